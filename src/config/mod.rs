@@ -1,0 +1,982 @@
+//! Configuration: built-in defaults, then a TOML file, then `SRB_` environment variables.
+//!
+//! Layering is figment's: the defaults are the `Default` impls below, the file given by
+//! `--config` overrides them, and environment variables prefixed `SRB_` override both, with
+//! `__` between nesting levels (`SRB_LIMITS__MAX_CALLS=50`,
+//! `SRB_UPSTREAMS__OPENAI__MODEL=gpt-realtime-mini`). Keys are matched case-insensitively in the
+//! environment, so tables meant to be overridden that way should have lower-case names.
+//!
+//! Everything is checked once, here: unknown keys are errors; values have types
+//! ([`types`]); cross-references (route -> profile -> upstream) are resolved. A [`Config`] that
+//! exists is valid. Errors carry the key path and where the value came from (the file, or the
+//! environment variable's name), so `check-config` can tell the operator exactly what to fix.
+//!
+//! Secrets are not values of the configuration: it holds their [`SecretSource`], and
+//! [`Config::check_secrets`] tries each one so the daemon can refuse to start without them.
+//!
+//! `conf/bridge.toml` is the reference for every key; keep it in step with this file (a test
+//! loads it).
+
+pub mod secret;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+pub use secret::{SecretError, SecretSource, SecretString};
+pub use types::{
+    EnvVarName, Listen, LogFilter, Matcher, Name, PortRange, PublicAddress, ServiceUrl, ToolName,
+    Transport,
+};
+
+/// The prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "SRB_";
+/// Where the systemd unit and `run` without `--config` look for the configuration.
+pub const DEFAULT_PATH: &str = "/etc/sip-realtime-bridge/bridge.toml";
+
+/// The whole, validated configuration of the daemon.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub log: LogConfig,
+    pub sip: SipConfig,
+    pub rtp: RtpConfig,
+    pub limits: LimitsConfig,
+    /// Realtime services, by name.
+    pub upstreams: BTreeMap<Name, UpstreamConfig>,
+    /// What the model is told and how it listens, by name.
+    pub profiles: BTreeMap<Name, ProfileConfig>,
+    /// Which profile answers which call; the first route that matches wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Used when `RUST_LOG` is not set.
+    pub level: LogFilter,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for journald and log shippers.
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// Sockets to listen on, `udp:ADDR:PORT` / `tcp:ADDR:PORT`.
+    pub listen: Vec<Listen>,
+    /// Address to advertise in Via, Contact and SDP instead of the socket's (NAT).
+    pub public_address: Option<PublicAddress>,
+    /// The `User-Agent` / `Server` header value.
+    pub user_agent: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let any = std::net::SocketAddr::from(([0, 0, 0, 0], 5060));
+        Self {
+            listen: vec![
+                Listen {
+                    transport: Transport::Udp,
+                    addr: any,
+                },
+                Listen {
+                    transport: Transport::Tcp,
+                    addr: any,
+                },
+            ],
+            public_address: None,
+            user_agent: concat!("sip-realtime-bridge/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtpConfig {
+    /// Even ports carry RTP, the odd port above each RTCP.
+    pub port_range: PortRange,
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        Self {
+            port_range: "20000-29999"
+                .parse()
+                .expect("the default port range is valid"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Calls beyond this many are refused with 503.
+    pub max_calls: NonZeroU32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_calls: NonZeroU32::new(100).expect("100 is not zero"),
+        }
+    }
+}
+
+/// A realtime service the calls talk to.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum UpstreamConfig {
+    /// OpenAI, GA protocol.
+    Openai(OpenAiUpstream),
+    /// Azure OpenAI, GA protocol (`/openai/v1/realtime?model=DEPLOYMENT`).
+    Azure(AzureUpstream),
+    /// Azure OpenAI, preview protocol (`/openai/realtime?api-version=..&deployment=..`).
+    AzurePreview(AzurePreviewUpstream),
+    /// The built-in fake realtime server, started in-process on loopback; needs no key.
+    Fake(FakeUpstream),
+}
+
+impl UpstreamConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Openai(_) => "openai",
+            Self::Azure(_) => "azure",
+            Self::AzurePreview(_) => "azure-preview",
+            Self::Fake(_) => "fake",
+        }
+    }
+
+    /// Where the API key comes from; `None` for the fake server.
+    pub fn api_key(&self) -> Option<&SecretSource> {
+        match self {
+            Self::Openai(u) => Some(&u.api_key),
+            Self::Azure(u) => Some(&u.api_key),
+            Self::AzurePreview(u) => Some(&u.api_key),
+            Self::Fake(_) => None,
+        }
+    }
+
+    /// The key path of the secret's source, for messages (`api_key_env` or `api_key_file`).
+    fn api_key_field(&self) -> Option<&'static str> {
+        self.api_key().map(|s| match s {
+            SecretSource::Env(_) => "api_key_env",
+            SecretSource::File(_) => "api_key_file",
+        })
+    }
+}
+
+/// The two ways of naming a secret, as written in the file; exactly one must be given.
+#[derive(Debug, Default, Deserialize)]
+struct RawKey {
+    api_key_env: Option<EnvVarName>,
+    api_key_file: Option<PathBuf>,
+}
+
+impl RawKey {
+    fn into_source(self) -> Result<SecretSource, String> {
+        match (self.api_key_env, self.api_key_file) {
+            (Some(env), None) => Ok(SecretSource::Env(env.into_string())),
+            (None, Some(path)) if path.is_absolute() => Ok(SecretSource::File(path)),
+            (None, Some(path)) => Err(format!(
+                "api_key_file `{}` must be an absolute path",
+                path.display()
+            )),
+            (Some(_), Some(_)) => Err("give api_key_env or api_key_file, not both".into()),
+            (None, None) => Err("missing api_key_env or api_key_file".into()),
+        }
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawOpenAiUpstream")]
+pub struct OpenAiUpstream {
+    /// Replaces `wss://api.openai.com/v1/realtime` (a proxy, a gateway).
+    pub url: Option<ServiceUrl>,
+    pub model: String,
+    pub api_key: SecretSource,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpenAiUpstream {
+    url: Option<ServiceUrl>,
+    #[serde(default = "default_openai_model")]
+    model: String,
+    api_key_env: Option<EnvVarName>,
+    api_key_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+}
+
+fn default_openai_model() -> String {
+    "gpt-realtime".into()
+}
+
+impl TryFrom<RawOpenAiUpstream> for OpenAiUpstream {
+    type Error = String;
+    fn try_from(raw: RawOpenAiUpstream) -> Result<Self, String> {
+        let api_key = RawKey {
+            api_key_env: raw.api_key_env,
+            api_key_file: raw.api_key_file,
+        }
+        .into_source()?;
+        Ok(Self {
+            url: raw.url,
+            model: non_empty("model", raw.model)?,
+            api_key,
+            connect_timeout: positive("connect_timeout", raw.connect_timeout)?,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawAzureUpstream")]
+pub struct AzureUpstream {
+    /// `https://RESOURCE.openai.azure.com` (the resource's endpoint, as the portal shows it).
+    pub endpoint: ServiceUrl,
+    /// The deployment name; the GA URL passes it as `model`.
+    pub deployment: String,
+    pub api_key: SecretSource,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAzureUpstream {
+    endpoint: ServiceUrl,
+    deployment: String,
+    api_key_env: Option<EnvVarName>,
+    api_key_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+}
+
+impl TryFrom<RawAzureUpstream> for AzureUpstream {
+    type Error = String;
+    fn try_from(raw: RawAzureUpstream) -> Result<Self, String> {
+        let api_key = RawKey {
+            api_key_env: raw.api_key_env,
+            api_key_file: raw.api_key_file,
+        }
+        .into_source()?;
+        Ok(Self {
+            endpoint: raw.endpoint,
+            deployment: non_empty("deployment", raw.deployment)?,
+            api_key,
+            connect_timeout: positive("connect_timeout", raw.connect_timeout)?,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawAzurePreviewUpstream")]
+pub struct AzurePreviewUpstream {
+    pub endpoint: ServiceUrl,
+    pub deployment: String,
+    pub api_version: String,
+    pub api_key: SecretSource,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAzurePreviewUpstream {
+    endpoint: ServiceUrl,
+    deployment: String,
+    #[serde(default = "default_azure_preview_api_version")]
+    api_version: String,
+    api_key_env: Option<EnvVarName>,
+    api_key_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+}
+
+fn default_azure_preview_api_version() -> String {
+    "2025-04-01-preview".into()
+}
+
+impl TryFrom<RawAzurePreviewUpstream> for AzurePreviewUpstream {
+    type Error = String;
+    fn try_from(raw: RawAzurePreviewUpstream) -> Result<Self, String> {
+        let api_key = RawKey {
+            api_key_env: raw.api_key_env,
+            api_key_file: raw.api_key_file,
+        }
+        .into_source()?;
+        Ok(Self {
+            endpoint: raw.endpoint,
+            deployment: non_empty("deployment", raw.deployment)?,
+            api_version: non_empty("api_version", raw.api_version)?,
+            api_key,
+            connect_timeout: positive("connect_timeout", raw.connect_timeout)?,
+        })
+    }
+}
+
+/// The fake realtime server; its behaviour keys arrive with the fake server itself.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FakeUpstream {}
+
+fn non_empty(key: &str, value: String) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err(format!("{key} must not be empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn positive(key: &str, value: Duration) -> Result<Duration, String> {
+    if value.is_zero() {
+        Err(format!("{key} must be longer than 0s"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// What the model is told and how it hears and speaks on a call.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// The name of an entry in `upstreams`.
+    pub upstream: Name,
+    #[serde(default = "default_instructions")]
+    pub instructions: String,
+    #[serde(default = "default_voice")]
+    pub voice: String,
+    #[serde(default)]
+    pub audio_format: AudioFormat,
+    #[serde(default)]
+    pub noise_reduction: NoiseReduction,
+    /// Transcribe the caller (the assistant's transcript always comes with its audio).
+    #[serde(default)]
+    pub transcription: Option<TranscriptionConfig>,
+    #[serde(default)]
+    pub turn_detection: TurnDetection,
+    /// Instructions for a first response at answer, so the model speaks first.
+    #[serde(default)]
+    pub greeting: Option<String>,
+    #[serde(default)]
+    pub tools: Vec<ToolConfig>,
+}
+
+fn default_instructions() -> String {
+    "You are a helpful voice assistant answering a telephone call. Keep answers short and \
+     conversational."
+        .into()
+}
+
+fn default_voice() -> String {
+    "alloy".into()
+}
+
+/// The audio format on the WebSocket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioFormat {
+    /// 24 kHz mono s16le: decode and resample on the way in and out.
+    #[default]
+    Pcm16,
+    /// G.711 mu-law, 8 kHz: passed through untouched when the call uses PCMU.
+    G711Ulaw,
+    /// G.711 A-law, 8 kHz: passed through untouched when the call uses PCMA.
+    G711Alaw,
+}
+
+impl fmt::Display for AudioFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pcm16 => "pcm16",
+            Self::G711Ulaw => "g711_ulaw",
+            Self::G711Alaw => "g711_alaw",
+        })
+    }
+}
+
+/// Server-side input noise reduction (sent as an object or null, never a boolean).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseReduction {
+    NearField,
+    FarField,
+    #[default]
+    Off,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscriptionConfig {
+    #[serde(default = "default_transcription_model")]
+    pub model: String,
+    /// ISO-639-1 language of the caller (`en`, `de`), improving accuracy and latency.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Vocabulary or context hints for the transcriber.
+    #[serde(default)]
+    pub prompt: Option<String>,
+}
+
+fn default_transcription_model() -> String {
+    "gpt-4o-mini-transcribe".into()
+}
+
+/// How the service decides that the caller has started and stopped talking.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TurnDetection {
+    ServerVad(ServerVad),
+    SemanticVad(SemanticVad),
+    /// No turn detection: nothing is committed or answered on its own.
+    None,
+}
+
+impl Default for TurnDetection {
+    fn default() -> Self {
+        Self::ServerVad(ServerVad::default())
+    }
+}
+
+impl TurnDetection {
+    /// Whether caller speech cuts the model off (barge-in).
+    pub fn interrupt_response(&self) -> bool {
+        match self {
+            Self::ServerVad(v) => v.interrupt_response,
+            Self::SemanticVad(v) => v.interrupt_response,
+            Self::None => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "RawServerVad")]
+pub struct ServerVad {
+    /// Activation threshold, 0.0-1.0; higher needs louder speech.
+    pub threshold: f64,
+    pub prefix_padding_ms: u32,
+    pub silence_duration_ms: u32,
+    pub create_response: bool,
+    pub interrupt_response: bool,
+    /// Re-prompt a silent caller after this long (5000-30000 ms).
+    pub idle_timeout_ms: Option<u32>,
+}
+
+impl Default for ServerVad {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            prefix_padding_ms: 300,
+            silence_duration_ms: 500,
+            create_response: true,
+            interrupt_response: true,
+            idle_timeout_ms: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServerVad {
+    threshold: f64,
+    prefix_padding_ms: u32,
+    silence_duration_ms: u32,
+    create_response: bool,
+    interrupt_response: bool,
+    idle_timeout_ms: Option<u32>,
+}
+
+impl Default for RawServerVad {
+    fn default() -> Self {
+        let d = ServerVad::default();
+        Self {
+            threshold: d.threshold,
+            prefix_padding_ms: d.prefix_padding_ms,
+            silence_duration_ms: d.silence_duration_ms,
+            create_response: d.create_response,
+            interrupt_response: d.interrupt_response,
+            idle_timeout_ms: d.idle_timeout_ms,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TryFrom<RawServerVad> for ServerVad {
+    type Error = String;
+    fn try_from(raw: RawServerVad) -> Result<Self, String> {
+        if !(0.0..=1.0).contains(&raw.threshold) {
+            return Err(format!("threshold {} is outside 0.0-1.0", raw.threshold));
+        }
+        if raw.prefix_padding_ms > 10_000 || raw.silence_duration_ms > 10_000 {
+            return Err("prefix_padding_ms and silence_duration_ms are at most 10000".into());
+        }
+        if let Some(ms) = raw.idle_timeout_ms {
+            if !(5_000..=30_000).contains(&ms) {
+                return Err(format!(
+                    "idle_timeout_ms {ms} is outside 5000-30000 (the service's range)"
+                ));
+            }
+        }
+        Ok(Self {
+            threshold: raw.threshold,
+            prefix_padding_ms: raw.prefix_padding_ms,
+            silence_duration_ms: raw.silence_duration_ms,
+            create_response: raw.create_response,
+            interrupt_response: raw.interrupt_response,
+            idle_timeout_ms: raw.idle_timeout_ms,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticVad {
+    #[serde(default)]
+    pub eagerness: Eagerness,
+    #[serde(default = "yes")]
+    pub create_response: bool,
+    #[serde(default = "yes")]
+    pub interrupt_response: bool,
+}
+
+impl Default for SemanticVad {
+    fn default() -> Self {
+        Self {
+            eagerness: Eagerness::Auto,
+            create_response: true,
+            interrupt_response: true,
+        }
+    }
+}
+
+/// How soon semantic VAD decides the caller has finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Eagerness {
+    Low,
+    Medium,
+    High,
+    #[default]
+    Auto,
+}
+
+/// A function the model may call.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    pub name: ToolName,
+    pub description: String,
+    /// JSON Schema of the arguments (an object schema).
+    #[serde(default = "empty_object_schema")]
+    pub parameters: serde_json::Value,
+}
+
+fn empty_object_schema() -> serde_json::Value {
+    serde_json::json!({ "type": "object", "properties": {} })
+}
+
+/// Which profile answers a call. A route with neither `dialed` nor `caller` matches every call
+/// (a default route; it must come last).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A label for logs and metrics; defaults to the profile's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The number called (Request-URI user, else To).
+    #[serde(default)]
+    pub dialed: Option<Matcher>,
+    /// The caller (P-Asserted-Identity, else From).
+    #[serde(default)]
+    pub caller: Option<Matcher>,
+    pub profile: Name,
+}
+
+impl RouteConfig {
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.profile.as_str())
+    }
+
+    pub fn matches(&self, dialed: &str, caller: &str) -> bool {
+        self.dialed.as_ref().is_none_or(|m| m.matches(dialed))
+            && self.caller.as_ref().is_none_or(|m| m.matches(caller))
+    }
+
+    fn matches_everything(&self) -> bool {
+        self.dialed.is_none() && self.caller.is_none()
+    }
+}
+
+/// One problem found in a configuration, with the key it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// Dotted key path, `routes[2].profile`.
+    pub key: String,
+    /// Where the value came from: a file, an environment variable, or the built-in defaults.
+    pub origin: Option<String>,
+    pub problem: Problem,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.key)?;
+        if let Some(origin) = &self.origin {
+            write!(f, " (from {origin})")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// What is wrong with a key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// Unknown key, wrong type, bad value: as the parser or a value type reported it.
+    #[error("{0}")]
+    Value(String),
+    #[error("no {what} named `{name}` (defined: {})", list(.defined))]
+    UnknownReference {
+        what: &'static str,
+        name: String,
+        defined: Vec<String>,
+    },
+    #[error("at least one route is required, or every call would be refused with 404")]
+    NoRoutes,
+    #[error(
+        "this route matches every call, so routes after it ({shadowed}) can never match; move it last"
+    )]
+    DefaultRouteNotLast { shadowed: usize },
+    #[error("tool `{0}` is defined twice")]
+    DuplicateTool(String),
+    #[error(
+        "parameters must be a JSON-schema object (a table), such as {{ type = \"object\", properties = {{}} }}"
+    )]
+    ToolParametersNotObject,
+    #[error("must not be empty")]
+    Empty,
+    #[error("listen address {0} appears twice")]
+    DuplicateListen(Listen),
+    #[error("at least one listen address is required")]
+    NoListen,
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_all(.0))]
+    Invalid(Vec<Invalid>),
+}
+
+fn render_all(problems: &[Invalid]) -> String {
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// The problems found, when the file could be read.
+    pub fn problems(&self) -> &[Invalid] {
+        match self {
+            Self::Invalid(p) => p,
+            Self::Read { .. } => &[],
+        }
+    }
+}
+
+/// A secret that cannot be loaded, with the key that names it.
+#[derive(Debug)]
+pub struct SecretProblem {
+    pub key: String,
+    pub error: SecretError,
+}
+
+impl fmt::Display for SecretProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.error)
+    }
+}
+
+impl Config {
+    /// Loads defaults <- `path` <- `SRB_*` environment variables, and validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        // figment treats a missing file as empty; an operator who names a file means it.
+        std::fs::metadata(path)
+            .and_then(|m| {
+                if m.is_file() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other("not a regular file"))
+                }
+            })
+            .map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::from_figment(
+            Figment::new()
+                .merge(Toml::file_exact(path))
+                .merge(EnvOverrides::new()),
+        )
+    }
+
+    /// Loads defaults <- a TOML document (no environment): for tests and tools.
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(toml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Self = figment.extract().map_err(|e| {
+            ConfigError::Invalid(e.into_iter().map(|e| invalid_from_figment(&e)).collect())
+        })?;
+        let problems = config.cross_check();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Checks what no single value can: references between tables, and rules across entries.
+    fn cross_check(&self) -> Vec<Invalid> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, problem| {
+            problems.push(Invalid {
+                key,
+                origin: None,
+                problem,
+            })
+        };
+
+        if self.sip.listen.is_empty() {
+            problem("sip.listen".into(), Problem::NoListen);
+        }
+        for (i, l) in self.sip.listen.iter().enumerate() {
+            if self.sip.listen.iter().take(i).any(|o| o == l) {
+                problem(format!("sip.listen[{i}]"), Problem::DuplicateListen(*l));
+            }
+        }
+
+        for (name, profile) in &self.profiles {
+            if !self.upstreams.contains_key(&profile.upstream) {
+                problem(
+                    format!("profiles.{name}.upstream"),
+                    Problem::UnknownReference {
+                        what: "upstream",
+                        name: profile.upstream.to_string(),
+                        defined: self.upstreams.keys().map(Name::to_string).collect(),
+                    },
+                );
+            }
+            if profile.instructions.trim().is_empty() {
+                problem(format!("profiles.{name}.instructions"), Problem::Empty);
+            }
+            if profile.voice.trim().is_empty() {
+                problem(format!("profiles.{name}.voice"), Problem::Empty);
+            }
+            if profile
+                .greeting
+                .as_deref()
+                .is_some_and(|g| g.trim().is_empty())
+            {
+                problem(format!("profiles.{name}.greeting"), Problem::Empty);
+            }
+            for (i, tool) in profile.tools.iter().enumerate() {
+                let key = format!("profiles.{name}.tools[{i}]");
+                if profile.tools.iter().take(i).any(|t| t.name == tool.name) {
+                    problem(
+                        format!("{key}.name"),
+                        Problem::DuplicateTool(tool.name.as_str().into()),
+                    );
+                }
+                if tool.description.trim().is_empty() {
+                    problem(format!("{key}.description"), Problem::Empty);
+                }
+                if !tool.parameters.is_object() {
+                    problem(
+                        format!("{key}.parameters"),
+                        Problem::ToolParametersNotObject,
+                    );
+                }
+            }
+        }
+
+        if self.routes.is_empty() {
+            problem("routes".into(), Problem::NoRoutes);
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !self.profiles.contains_key(&route.profile) {
+                problem(
+                    format!("routes[{i}].profile"),
+                    Problem::UnknownReference {
+                        what: "profile",
+                        name: route.profile.to_string(),
+                        defined: self.profiles.keys().map(Name::to_string).collect(),
+                    },
+                );
+            }
+            let shadowed = self.routes.len() - i - 1;
+            if route.matches_everything() && shadowed > 0 {
+                problem(
+                    format!("routes[{i}]"),
+                    Problem::DefaultRouteNotLast { shadowed },
+                );
+            }
+        }
+        problems
+    }
+
+    /// The first route that accepts a call from `caller` to `dialed`.
+    pub fn route(&self, dialed: &str, caller: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.matches(dialed, caller))
+    }
+
+    /// Upstreams that some route can reach (through its profile).
+    pub fn routed_upstreams(&self) -> impl Iterator<Item = (&Name, &UpstreamConfig)> {
+        self.upstreams.iter().filter(|(name, _)| {
+            self.routes.iter().any(|r| {
+                self.profiles
+                    .get(&r.profile)
+                    .is_some_and(|p| &p.upstream == *name)
+            })
+        })
+    }
+
+    /// Tries to load every API key that a route can need; returns what failed.
+    pub fn check_secrets(&self) -> Vec<SecretProblem> {
+        self.routed_upstreams()
+            .filter_map(|(name, upstream)| {
+                let source = upstream.api_key()?;
+                let field = upstream.api_key_field()?;
+                source.load().err().map(|error| SecretProblem {
+                    key: format!("upstreams.{name}.{field}"),
+                    error,
+                })
+            })
+            .collect()
+    }
+
+    /// A one-line description for `check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        let listen: Vec<String> = self.sip.listen.iter().map(Listen::to_string).collect();
+        let upstreams: Vec<String> = self
+            .upstreams
+            .iter()
+            .map(|(n, u)| format!("{n} ({})", u.kind()))
+            .collect();
+        format!(
+            "{} route(s), {} profile(s), upstreams: {}; SIP {}; RTP {}; max_calls {}",
+            self.routes.len(),
+            self.profiles.len(),
+            list(&upstreams),
+            listen.join(" "),
+            self.rtp.port_range,
+            self.limits.max_calls,
+        )
+    }
+}
+
+/// Turns one figment error into a problem with a full key path and its origin.
+fn invalid_from_figment(e: &figment::Error) -> Invalid {
+    use figment::error::Kind;
+    let mut path = e.path.clone();
+    // serde reports a missing field at its parent, and inside internally tagged tables
+    // (`kind = ...`, `type = ...`) figment's path stops at the table: name the field itself.
+    if let Kind::UnknownField(field, _) = &e.kind {
+        if path.last() != Some(field) {
+            path.push(field.clone());
+        }
+    }
+    let problem = match &e.kind {
+        Kind::UnknownField(_, []) => "unknown key (this table takes no keys)".to_owned(),
+        Kind::UnknownField(_, expected) => {
+            format!("unknown key (expected one of: {})", expected.join(", "))
+        }
+        Kind::MissingField(field) => {
+            path.push(field.to_string());
+            "required key is missing".to_owned()
+        }
+        other => other.to_string(),
+    };
+    let key = if path.is_empty() {
+        "(document)".to_owned()
+    } else {
+        path.join(".")
+    };
+    let origin = e.metadata.as_ref().map(|md| {
+        if md.name.contains("environment") {
+            let upper: Vec<String> = e.path.iter().map(|k| k.to_ascii_uppercase()).collect();
+            format!("environment variable {ENV_PREFIX}{}", upper.join("__"))
+        } else {
+            match &md.source {
+                Some(source) => source.to_string(),
+                None => md.name.to_string(),
+            }
+        }
+    });
+    Invalid {
+        key,
+        origin,
+        problem: Problem::Value(problem),
+    }
+}
+
+/// `SRB_*` environment variables, nested on `__`, with error origins that name the variable.
+struct EnvOverrides(Env);
+
+impl EnvOverrides {
+    fn new() -> Self {
+        Self(Env::prefixed(ENV_PREFIX).split("__"))
+    }
+}
+
+impl figment::Provider for EnvOverrides {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        self.0.data()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests;

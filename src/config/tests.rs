@@ -1,0 +1,488 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[upstreams.local]
+kind = "fake"
+
+[profiles.echo]
+upstream = "local"
+
+[[routes]]
+profile = "echo"
+"#;
+
+fn problems(toml: &str) -> Vec<Invalid> {
+    match Config::from_toml(toml) {
+        Ok(_) => panic!("expected an invalid configuration:\n{toml}"),
+        Err(e) => e.problems().to_vec(),
+    }
+}
+
+/// The single problem of an invalid configuration, as `(key, message)`.
+fn only_problem(toml: &str) -> (String, String) {
+    let p = problems(toml);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    (p[0].key.clone(), p[0].problem.to_string())
+}
+
+#[test]
+fn minimal_configuration_gets_the_documented_defaults() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(
+        c.sip.listen,
+        vec![
+            "udp:0.0.0.0:5060".parse().unwrap(),
+            "tcp:0.0.0.0:5060".parse().unwrap()
+        ]
+    );
+    assert_eq!(c.rtp.port_range.to_string(), "20000-29999");
+    assert_eq!(c.limits.max_calls.get(), 100);
+    assert_eq!(c.log.level.as_str(), "info");
+    assert_eq!(c.log.format, LogFormat::Text);
+    let p = &c.profiles[&"echo".parse().unwrap()];
+    assert_eq!(p.voice, "alloy");
+    assert_eq!(p.audio_format, AudioFormat::Pcm16);
+    assert_eq!(p.noise_reduction, NoiseReduction::Off);
+    assert_eq!(
+        p.turn_detection,
+        TurnDetection::ServerVad(ServerVad::default())
+    );
+    assert!(p.turn_detection.interrupt_response());
+    assert!(p.greeting.is_none() && p.transcription.is_none() && p.tools.is_empty());
+    assert!(c.sip.user_agent.starts_with("sip-realtime-bridge/"));
+}
+
+#[test]
+fn every_key_is_read_with_its_type() {
+    let c = Config::from_toml(
+        r#"
+[log]
+level = "sip_realtime_bridge=debug,warn"
+format = "json"
+
+[sip]
+listen = ["udp:127.0.0.1:5070", "tcp:[::1]:5070"]
+public_address = "sbc.example.com"
+user_agent = "ACME bridge"
+
+[rtp]
+port_range = "40000-40099"
+
+[limits]
+max_calls = 7
+
+[upstreams.openai]
+kind = "openai"
+model = "gpt-realtime-mini"
+api_key_env = "OPENAI_API_KEY"
+connect_timeout = "2s 500ms"
+
+[upstreams.azure]
+kind = "azure"
+endpoint = "https://acme.openai.azure.com"
+deployment = "rt-prod"
+api_key_file = "/run/credentials/sip-realtime-bridge.service/azure-key"
+
+[upstreams.azure-old]
+kind = "azure-preview"
+endpoint = "https://acme.openai.azure.com"
+deployment = "rt-preview"
+
+api_key_env = "AZURE_KEY"
+
+[profiles.support]
+upstream = "openai"
+instructions = "Be brief."
+voice = "marin"
+audio_format = "g711_alaw"
+noise_reduction = "far_field"
+greeting = "Say hello."
+transcription = { model = "whisper-1", language = "de", prompt = "ACME, Rechnung" }
+turn_detection = { type = "server_vad", threshold = 0.7, prefix_padding_ms = 200, silence_duration_ms = 650, create_response = false, interrupt_response = false, idle_timeout_ms = 8000 }
+
+[[profiles.support.tools]]
+name = "lookup_order"
+description = "Find an order by number."
+parameters = { type = "object", properties = { number = { type = "string" } }, required = ["number"] }
+
+[profiles.sales]
+upstream = "azure"
+turn_detection = { type = "semantic_vad", eagerness = "high", interrupt_response = false }
+
+[profiles.quiet]
+upstream = "azure-old"
+turn_detection = { type = "none" }
+
+[[routes]]
+name = "vip"
+dialed = { prefix = "+4930" }
+caller = { regex = "^\\+49170" }
+profile = "sales"
+
+[[routes]]
+dialed = { regex = "^\\+4930[0-9]+$" }
+profile = "support"
+
+[[routes]]
+profile = "quiet"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.sip.listen[1].transport, Transport::Tcp);
+    assert_eq!(
+        c.sip.public_address,
+        Some(PublicAddress::Name("sbc.example.com".into()))
+    );
+    assert_eq!(c.rtp.port_range.pairs(), 50);
+    assert_eq!(c.limits.max_calls.get(), 7);
+
+    let UpstreamConfig::Openai(o) = &c.upstreams[&"openai".parse().unwrap()] else {
+        panic!("openai upstream")
+    };
+    assert_eq!(o.model, "gpt-realtime-mini");
+    assert_eq!(o.api_key, SecretSource::Env("OPENAI_API_KEY".into()));
+    assert_eq!(o.connect_timeout, Duration::from_millis(2500));
+    let UpstreamConfig::Azure(a) = &c.upstreams[&"azure".parse().unwrap()] else {
+        panic!("azure upstream")
+    };
+    assert_eq!(a.endpoint.url().as_str(), "wss://acme.openai.azure.com/");
+    assert_eq!(a.connect_timeout, Duration::from_secs(10));
+    assert!(matches!(a.api_key, SecretSource::File(_)));
+    let UpstreamConfig::AzurePreview(p) = &c.upstreams[&"azure-old".parse().unwrap()] else {
+        panic!("azure-preview upstream")
+    };
+    assert_eq!(p.api_version, "2025-04-01-preview");
+
+    let s = &c.profiles[&"support".parse().unwrap()];
+    assert_eq!(s.audio_format, AudioFormat::G711Alaw);
+    assert_eq!(s.noise_reduction, NoiseReduction::FarField);
+    assert_eq!(
+        s.transcription.as_ref().unwrap().language.as_deref(),
+        Some("de")
+    );
+    let TurnDetection::ServerVad(v) = &s.turn_detection else {
+        panic!("server_vad")
+    };
+    assert_eq!(
+        (v.threshold, v.prefix_padding_ms, v.silence_duration_ms),
+        (0.7, 200, 650)
+    );
+    assert_eq!(
+        (v.create_response, v.interrupt_response, v.idle_timeout_ms),
+        (false, false, Some(8000))
+    );
+    assert_eq!(
+        s.tools[0].parameters["properties"]["number"]["type"],
+        serde_json::json!("string")
+    );
+    let sales = &c.profiles[&"sales".parse().unwrap()];
+    assert_eq!(
+        sales.turn_detection,
+        TurnDetection::SemanticVad(SemanticVad {
+            eagerness: Eagerness::High,
+            create_response: true,
+            interrupt_response: false,
+        })
+    );
+    assert_eq!(
+        c.profiles[&"quiet".parse().unwrap()].turn_detection,
+        TurnDetection::None
+    );
+
+    // First match wins; the caller matcher narrows the first route.
+    assert_eq!(c.route("+4930123", "+49170555").unwrap().label(), "vip");
+    assert_eq!(c.route("+4930123", "+4989555").unwrap().label(), "support");
+    assert_eq!(c.route("+4930abc", "+4989555").unwrap().label(), "quiet");
+    assert_eq!(c.routed_upstreams().count(), 3);
+}
+
+#[test]
+fn unknown_keys_are_errors_that_name_the_key() {
+    let cases = [
+        ("bogus = 1\n", "bogus"),
+        ("[sip]\nlisten_udp = []\n", "sip.listen_udp"),
+        ("[limits]\nmax_call = 3\n", "limits.max_call"),
+    ];
+    for (extra, key) in cases {
+        let (k, msg) = only_problem(&format!("{extra}{MINIMAL}"));
+        assert_eq!(k, key, "{extra}");
+        assert!(msg.starts_with("unknown key"), "{msg}");
+    }
+    let in_route = MINIMAL.replace(
+        "profile = \"echo\"\n",
+        "profile = \"echo\"\nmatch = \"x\"\n",
+    );
+    assert_eq!(only_problem(&in_route).0, "routes.0.match");
+    let in_profile = MINIMAL.replace(
+        "upstream = \"local\"",
+        "upstream = \"local\"\nvoices = \"x\"",
+    );
+    assert_eq!(only_problem(&in_profile).0, "profiles.echo.voices");
+}
+
+#[test]
+fn unknown_keys_inside_tagged_tables_are_errors() {
+    let (key, msg) = only_problem(&MINIMAL.replace("kind = \"fake\"", "kind = \"fake\"\nmode = 1"));
+    assert_eq!(key, "upstreams.local.mode");
+    assert_eq!(msg, "unknown key (this table takes no keys)");
+    let openai = r#"
+[upstreams.o]
+kind = "openai"
+api_key_env = "K"
+modle = "gpt-realtime"
+[profiles.p]
+upstream = "o"
+[[routes]]
+profile = "p"
+"#;
+    let (key, msg) = only_problem(openai);
+    assert_eq!(key, "upstreams.o.modle");
+    assert!(msg.contains("expected one of: url, model,"), "{msg}");
+    let vad = MINIMAL.replace(
+        "upstream = \"local\"",
+        "upstream = \"local\"\nturn_detection = { type = \"server_vad\", treshold = 0.5 }",
+    );
+    let (key, msg) = only_problem(&vad);
+    assert_eq!(key, "profiles.echo.turn_detection.treshold");
+    assert!(msg.contains("threshold"), "{msg}");
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    let missing = MINIMAL.replace("upstream = \"local\"", "voice = \"x\"");
+    assert_eq!(
+        only_problem(&missing),
+        (
+            "profiles.echo.upstream".into(),
+            "required key is missing".into()
+        )
+    );
+}
+
+#[test]
+fn wrong_types_and_values_name_the_key() {
+    let cases = [
+        ("[limits]\nmax_calls = \"ten\"\n", "limits.max_calls", "ten"),
+        ("[limits]\nmax_calls = 0\n", "limits.max_calls", "nonzero"),
+        (
+            "[rtp]\nport_range = \"20001-20100\"\n",
+            "rtp.port_range",
+            "even",
+        ),
+        (
+            "[sip]\nlisten = [\"udp:nowhere\"]\n",
+            "sip.listen.0",
+            "listen address",
+        ),
+        ("[log]\nformat = \"xml\"\n", "log.format", "xml"),
+    ];
+    for (extra, key, needle) in cases {
+        let (k, msg) = only_problem(&format!("{extra}{MINIMAL}"));
+        assert_eq!(k, key, "{extra}");
+        assert!(msg.contains(needle), "{key}: {msg}");
+    }
+    let fmt = MINIMAL.replace(
+        "upstream = \"local\"",
+        "upstream = \"local\"\naudio_format = \"opus\"",
+    );
+    let (k, msg) = only_problem(&fmt);
+    assert_eq!(k, "profiles.echo.audio_format");
+    assert!(msg.contains("g711_ulaw"), "{msg}");
+    let nr = MINIMAL.replace(
+        "upstream = \"local\"",
+        "upstream = \"local\"\nnoise_reduction = true",
+    );
+    assert_eq!(only_problem(&nr).0, "profiles.echo.noise_reduction");
+}
+
+#[test]
+fn out_of_range_vad_settings_are_refused() {
+    for (vad, needle) in [
+        ("threshold = 1.5", "threshold"),
+        ("idle_timeout_ms = 1000", "idle_timeout_ms"),
+        ("silence_duration_ms = 60000", "silence_duration_ms"),
+    ] {
+        let toml = MINIMAL.replace(
+            "upstream = \"local\"",
+            &format!("upstream = \"local\"\nturn_detection = {{ type = \"server_vad\", {vad} }}"),
+        );
+        let (key, msg) = only_problem(&toml);
+        assert!(key.starts_with("profiles.echo.turn_detection"), "{key}");
+        assert!(msg.contains(needle), "{msg}");
+    }
+}
+
+#[test]
+fn an_api_key_source_is_required_exactly_once() {
+    let base = r#"
+[upstreams.o]
+kind = "openai"
+KEY
+[profiles.p]
+upstream = "o"
+[[routes]]
+profile = "p"
+"#;
+    let (k, msg) = only_problem(&base.replace("KEY", ""));
+    assert_eq!(k, "upstreams.o");
+    assert!(msg.contains("missing api_key_env or api_key_file"), "{msg}");
+    let both = base.replace("KEY", "api_key_env = \"A\"\napi_key_file = \"/k\"");
+    assert!(only_problem(&both).1.contains("not both"));
+    let relative = base.replace("KEY", "api_key_file = \"keys/openai\"");
+    assert!(only_problem(&relative).1.contains("absolute"));
+    // The *_env key names a variable; a pasted key is refused without being echoed back.
+    let pasted = base.replace("KEY", "api_key_env = \"sk-live-abc\"");
+    let (k, _) = only_problem(&pasted);
+    assert_eq!(k, "upstreams.o");
+}
+
+#[test]
+fn insecure_upstream_urls_are_refused() {
+    let toml = r#"
+[upstreams.o]
+kind = "openai"
+url = "ws://api.example.com/v1/realtime"
+api_key_env = "K"
+[profiles.p]
+upstream = "o"
+[[routes]]
+profile = "p"
+"#;
+    let (k, msg) = only_problem(toml);
+    assert!(k.starts_with("upstreams.o"), "{k}");
+    assert!(msg.contains("loopback"), "{msg}");
+}
+
+#[test]
+fn references_must_exist() {
+    let bad_upstream = MINIMAL.replace("upstream = \"local\"", "upstream = \"nope\"");
+    let (k, msg) = only_problem(&bad_upstream);
+    assert_eq!(k, "profiles.echo.upstream");
+    assert_eq!(msg, "no upstream named `nope` (defined: local)");
+    let bad_profile = MINIMAL.replace("profile = \"echo\"", "profile = \"missing\"");
+    let (k, msg) = only_problem(&bad_profile);
+    assert_eq!(k, "routes[0].profile");
+    assert_eq!(msg, "no profile named `missing` (defined: echo)");
+}
+
+#[test]
+fn routes_are_required_and_a_catch_all_must_come_last() {
+    let no_routes = MINIMAL.replace("[[routes]]\nprofile = \"echo\"\n", "");
+    assert_eq!(
+        only_problem(&no_routes),
+        ("routes".into(), Problem::NoRoutes.to_string())
+    );
+    let shadowing =
+        format!("{MINIMAL}\n[[routes]]\ndialed = {{ prefix = \"1\" }}\nprofile = \"echo\"\n");
+    let (k, msg) = only_problem(&shadowing);
+    assert_eq!(k, "routes[0]");
+    assert!(msg.contains("can never match"), "{msg}");
+}
+
+#[test]
+fn tools_are_checked() {
+    let tools = MINIMAL.replace(
+        "upstream = \"local\"",
+        r#"upstream = "local"
+tools = [
+  { name = "a", description = "first" },
+  { name = "a", description = "again" },
+  { name = "b", description = "", parameters = "x" },
+]"#,
+    );
+    let keys: Vec<String> = problems(&tools).into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "profiles.echo.tools[1].name",
+            "profiles.echo.tools[2].description",
+            "profiles.echo.tools[2].parameters"
+        ]
+    );
+    let bad_name = MINIMAL.replace(
+        "upstream = \"local\"",
+        "upstream = \"local\"\ntools = [{ name = \"has space\", description = \"d\" }]",
+    );
+    assert_eq!(only_problem(&bad_name).0, "profiles.echo.tools.0.name");
+}
+
+#[test]
+fn several_problems_are_reported_together() {
+    let toml = MINIMAL
+        .replace("upstream = \"local\"", "upstream = \"nope\"\nvoice = \"\"")
+        .replace("[[routes]]\nprofile = \"echo\"\n", "");
+    let keys: Vec<String> = problems(&toml).into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        ["profiles.echo.upstream", "profiles.echo.voice", "routes"]
+    );
+}
+
+#[test]
+fn duplicate_listen_addresses_are_refused() {
+    let toml =
+        format!("[sip]\nlisten = [\"udp:127.0.0.1:5060\", \"udp:127.0.0.1:5060\"]\n{MINIMAL}");
+    assert_eq!(only_problem(&toml).0, "sip.listen[1]");
+    let none = format!("[sip]\nlisten = []\n{MINIMAL}");
+    assert_eq!(
+        only_problem(&none),
+        ("sip.listen".into(), Problem::NoListen.to_string())
+    );
+}
+
+#[test]
+fn secrets_of_routed_upstreams_are_checked_and_unused_ones_are_not() {
+    let toml = r#"
+[upstreams.used]
+kind = "openai"
+api_key_env = "SRB_TEST_SURELY_UNSET_KEY_1"
+[upstreams.spare]
+kind = "openai"
+api_key_env = "SRB_TEST_SURELY_UNSET_KEY_2"
+[profiles.p]
+upstream = "used"
+[profiles.q]
+upstream = "spare"
+[[routes]]
+profile = "p"
+"#;
+    let c = Config::from_toml(toml).unwrap();
+    let problems = c.check_secrets();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "upstreams.used.api_key_env");
+    assert!(matches!(problems[0].error, SecretError::EnvMissing(_)));
+}
+
+#[test]
+fn toml_syntax_errors_are_reported() {
+    let p = problems("[sip\nlisten = 1");
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].problem.to_string().contains("TOML"),
+        "{}",
+        p[0].problem
+    );
+}
+
+#[test]
+fn shipped_configuration_files_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["conf/bridge.toml", "conf/demo.toml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        if let Err(e) = Config::from_toml(&text) {
+            panic!("{file}:\n{e}");
+        }
+    }
+}
+
+#[test]
+fn demo_configuration_needs_no_api_key_and_listens_on_loopback() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("conf/demo.toml")).unwrap();
+    let c = Config::from_toml(&text).unwrap();
+    assert!(c.check_secrets().is_empty());
+    assert!(c.routed_upstreams().all(|(_, u)| u.api_key().is_none()));
+    let listen: Vec<String> = c.sip.listen.iter().map(Listen::to_string).collect();
+    assert_eq!(listen, ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]);
+}

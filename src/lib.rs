@@ -1,0 +1,36 @@
+//! # sip-realtime-bridge
+//!
+//! A daemon that answers telephone calls over SIP and lets a speech-to-speech model (OpenAI's
+//! or Azure OpenAI's Realtime API) talk to the caller: the caller's G.711 or Opus RTP audio goes
+//! to the model over a WebSocket, the model's audio comes back as paced RTP, and when the caller
+//! talks over the model, playback stops at once and the model is told how much was heard.
+//!
+//! ## Architecture: sans-IO cores, thin I/O shells
+//!
+//! Protocol logic lives in *cores* that own state and rules but never touch a socket, a task or
+//! the clock: time is an argument (`now`), timers are asked for (`poll_timeout`), output is
+//! drained (`poll_transmit` / `poll_event`) after every `handle_*` call. *Shells* own sockets,
+//! tasks and timers, and read the clock in exactly one place, so tests drive cores with
+//! simulated time and whole-daemon tests run on tokio's paused clock.
+//!
+//! ## Where each concern lives
+//!
+//! | module | kind | what it holds |
+//! |---|---|---|
+//! | [`config`] | loading | defaults <- TOML file <- `SRB_*` environment; typed, validated; secrets by reference |
+//! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
+//!
+//! Rooms still to be built, each with its issue: `sip/` (messages, transactions, dialogs, SDP,
+//! registration), `rtp/` (receive path, playout pacer, DTMF, RTCP), `realtime/` (events,
+//! dialects, session core), `call` (one call's cores wired together, barge-in), `io/` (the
+//! tokio shells) and `fake_realtime/` (the local stand-in for the Realtime API). The binary
+//! (`src/main.rs`) stays thin: command line, logging, runtime, signals.
+//!
+//! ## Conventions
+//!
+//! One `thiserror` enum per module; no `unwrap`, `expect` or slice indexing on data from the
+//! network (clippy's `unwrap_used` and `indexing_slicing` are on); no `unsafe`. Secrets are
+//! redacted in every `Debug` ([`config::SecretString`]).
+
+pub mod config;
+pub mod logging;
