@@ -181,26 +181,26 @@ impl UpstreamConfig {
     }
 }
 
-/// The two ways of naming a secret, as written in the file; exactly one must be given.
-#[derive(Debug, Default, Deserialize)]
-struct RawKey {
+/// The secret source and connect timeout every real upstream has, checked once: exactly one of
+/// `api_key_env` and `api_key_file`, an absolute file path, a timeout above zero.
+fn key_and_timeout(
     api_key_env: Option<EnvVarName>,
     api_key_file: Option<PathBuf>,
-}
-
-impl RawKey {
-    fn into_source(self) -> Result<SecretSource, String> {
-        match (self.api_key_env, self.api_key_file) {
-            (Some(env), None) => Ok(SecretSource::Env(env.into_string())),
-            (None, Some(path)) if path.is_absolute() => Ok(SecretSource::File(path)),
-            (None, Some(path)) => Err(format!(
+    connect_timeout: Duration,
+) -> Result<(SecretSource, Duration), String> {
+    let source = match (api_key_env, api_key_file) {
+        (Some(env), None) => SecretSource::Env(env.into_string()),
+        (None, Some(path)) if path.is_absolute() => SecretSource::File(path),
+        (None, Some(path)) => {
+            return Err(format!(
                 "api_key_file `{}` must be an absolute path",
                 path.display()
-            )),
-            (Some(_), Some(_)) => Err("give api_key_env or api_key_file, not both".into()),
-            (None, None) => Err("missing api_key_env or api_key_file".into()),
+            ));
         }
-    }
+        (Some(_), Some(_)) => return Err("give api_key_env or api_key_file, not both".into()),
+        (None, None) => return Err("missing api_key_env or api_key_file".into()),
+    };
+    Ok((source, positive("connect_timeout", connect_timeout)?))
 }
 
 fn default_connect_timeout() -> Duration {
@@ -236,16 +236,13 @@ fn default_openai_model() -> String {
 impl TryFrom<RawOpenAiUpstream> for OpenAiUpstream {
     type Error = String;
     fn try_from(raw: RawOpenAiUpstream) -> Result<Self, String> {
-        let api_key = RawKey {
-            api_key_env: raw.api_key_env,
-            api_key_file: raw.api_key_file,
-        }
-        .into_source()?;
+        let (api_key, connect_timeout) =
+            key_and_timeout(raw.api_key_env, raw.api_key_file, raw.connect_timeout)?;
         Ok(Self {
             url: raw.url,
             model: non_empty("model", raw.model)?,
             api_key,
-            connect_timeout: positive("connect_timeout", raw.connect_timeout)?,
+            connect_timeout,
         })
     }
 }
@@ -275,16 +272,13 @@ struct RawAzureUpstream {
 impl TryFrom<RawAzureUpstream> for AzureUpstream {
     type Error = String;
     fn try_from(raw: RawAzureUpstream) -> Result<Self, String> {
-        let api_key = RawKey {
-            api_key_env: raw.api_key_env,
-            api_key_file: raw.api_key_file,
-        }
-        .into_source()?;
+        let (api_key, connect_timeout) =
+            key_and_timeout(raw.api_key_env, raw.api_key_file, raw.connect_timeout)?;
         Ok(Self {
             endpoint: raw.endpoint,
             deployment: non_empty("deployment", raw.deployment)?,
             api_key,
-            connect_timeout: positive("connect_timeout", raw.connect_timeout)?,
+            connect_timeout,
         })
     }
 }
@@ -319,17 +313,14 @@ fn default_azure_preview_api_version() -> String {
 impl TryFrom<RawAzurePreviewUpstream> for AzurePreviewUpstream {
     type Error = String;
     fn try_from(raw: RawAzurePreviewUpstream) -> Result<Self, String> {
-        let api_key = RawKey {
-            api_key_env: raw.api_key_env,
-            api_key_file: raw.api_key_file,
-        }
-        .into_source()?;
+        let (api_key, connect_timeout) =
+            key_and_timeout(raw.api_key_env, raw.api_key_file, raw.connect_timeout)?;
         Ok(Self {
             endpoint: raw.endpoint,
             deployment: non_empty("deployment", raw.deployment)?,
             api_version: non_empty("api_version", raw.api_version)?,
             api_key,
-            connect_timeout: positive("connect_timeout", raw.connect_timeout)?,
+            connect_timeout,
         })
     }
 }

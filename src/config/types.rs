@@ -47,20 +47,26 @@ impl fmt::Display for Name {
     }
 }
 
+/// 1-64 ASCII letters, digits, `_` or `-`: safe in logs, metrics labels and the Realtime API's
+/// function names alike.
+fn identifier(s: &str, what: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` is not a valid {what}: use 1-64 letters, digits, `_` or `-`"
+        ))
+    }
+}
+
 impl FromStr for Name {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(format!(
-                "`{s}` is not a valid name: use 1-64 letters, digits, `_` or `-`"
-            ))
-        }
+        identifier(s, "name").map(Self)
     }
 }
 deserialize_from_str!(Name, "a name of letters, digits, `_` or `-`");
@@ -340,17 +346,7 @@ impl ToolName {
 impl FromStr for ToolName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(format!(
-                "`{s}` is not a valid tool name: use 1-64 letters, digits, `_` or `-`"
-            ))
-        }
+        identifier(s, "tool name").map(Self)
     }
 }
 deserialize_from_str!(ToolName, "a tool name");
