@@ -18,6 +18,7 @@
 //! | module | kind | what it holds |
 //! |---|---|---|
 //! | [`config`] | loading | defaults <- TOML file <- `SRB_*` environment; typed, validated; secrets by reference |
+//! | [`audio`] | core | G.711 mu-law/A-law, the 8 kHz <-> 24 kHz resampler, frame constants |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
 //!
 //! Rooms still to be built, each with its issue: `sip/` (messages, transactions, dialogs, SDP,
@@ -32,5 +33,6 @@
 //! network (clippy's `unwrap_used` and `indexing_slicing` are on); no `unsafe`. Secrets are
 //! redacted in every `Debug` ([`config::SecretString`]).
 
+pub mod audio;
 pub mod config;
 pub mod logging;

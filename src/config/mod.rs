@@ -523,12 +523,12 @@ impl TryFrom<RawServerVad> for ServerVad {
         if raw.prefix_padding_ms > 10_000 || raw.silence_duration_ms > 10_000 {
             return Err("prefix_padding_ms and silence_duration_ms are at most 10000".into());
         }
-        if let Some(ms) = raw.idle_timeout_ms {
-            if !(5_000..=30_000).contains(&ms) {
-                return Err(format!(
-                    "idle_timeout_ms {ms} is outside 5000-30000 (the service's range)"
-                ));
-            }
+        if let Some(ms) = raw.idle_timeout_ms
+            && !(5_000..=30_000).contains(&ms)
+        {
+            return Err(format!(
+                "idle_timeout_ms {ms} is outside 5000-30000 (the service's range)"
+            ));
         }
         Ok(Self {
             threshold: raw.threshold,
@@ -908,10 +908,10 @@ fn invalid_from_figment(e: &figment::Error) -> Invalid {
     let mut path = e.path.clone();
     // serde reports a missing field at its parent, and inside internally tagged tables
     // (`kind = ...`, `type = ...`) figment's path stops at the table: name the field itself.
-    if let Kind::UnknownField(field, _) = &e.kind {
-        if path.last() != Some(field) {
-            path.push(field.clone());
-        }
+    if let Kind::UnknownField(field, _) = &e.kind
+        && path.last() != Some(field)
+    {
+        path.push(field.clone());
     }
     let problem = match &e.kind {
         Kind::UnknownField(_, []) => "unknown key (this table takes no keys)".to_owned(),

@@ -1,0 +1,30 @@
+//! Audio processing for the bridge: everything between RTP payload bytes on
+//! the SIP side and the 24 kHz PCM the OpenAI Realtime API speaks.
+//!
+//! - [`g711`]: mu-law (PCMU) and A-law (PCMA) companding, bit-exact with the
+//!   ITU-T G.191 reference behaviour.
+//! - [`resample`]: streaming 8 kHz <-> 24 kHz conversion with a polyphase
+//!   Kaiser-windowed FIR, 2 ms algorithmic delay each way.
+//!
+//! The audio path works in 20 ms frames: [`SAMPLES_PER_FRAME_8K`] samples on
+//! the telephony side, [`SAMPLES_PER_FRAME_24K`] on the Realtime side. All code
+//! here is sans-IO and allocation-free per frame when callers reuse their
+//! output buffers: functions append to a `Vec` the caller owns.
+//!
+//! Opus (for wideband SIP peers) will be added here as its own module when it
+//! is needed; until then G.711 is the only telephony codec.
+
+pub mod g711;
+pub mod resample;
+
+pub use g711::G711Law;
+pub use resample::{ALGORITHMIC_DELAY_MICROS, Downsampler24To8, Upsampler8To24};
+
+/// Duration of one audio frame, matching the usual RTP packetisation.
+pub const FRAME_MS: u32 = 20;
+
+/// Samples in one 20 ms frame at 8 kHz (G.711 side).
+pub const SAMPLES_PER_FRAME_8K: usize = 160;
+
+/// Samples in one 20 ms frame at 24 kHz (OpenAI Realtime side).
+pub const SAMPLES_PER_FRAME_24K: usize = 480;
