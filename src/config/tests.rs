@@ -333,8 +333,10 @@ profile = "p"
     assert!(only_problem(&relative).1.contains("absolute"));
     // The *_env key names a variable; a pasted key is refused without being echoed back.
     let pasted = base.replace("KEY", "api_key_env = \"sk-live-abc\"");
-    let (k, _) = only_problem(&pasted);
+    let (k, msg) = only_problem(&pasted);
     assert_eq!(k, "upstreams.o");
+    assert!(msg.contains("not an environment variable name"), "{msg}");
+    assert!(!msg.contains("sk-live-abc"), "{msg}");
 }
 
 #[test]

@@ -372,9 +372,12 @@ impl FromStr for EnvVarName {
         if ok {
             Ok(Self(s.to_owned()))
         } else {
-            Err(format!(
-                "`{s}` is not an environment variable name (the *_env keys name a variable; they do not hold the secret)"
-            ))
+            // Never echo the value: an operator may have pasted the secret itself here.
+            Err(
+                "is not an environment variable name: *_env keys name the variable that \
+                 holds the secret, not the secret itself"
+                    .into(),
+            )
         }
     }
 }
