@@ -11,6 +11,25 @@
 //! here is sans-IO and allocation-free per frame when callers reuse their
 //! output buffers: functions append to a `Vec` the caller owns.
 //!
+//! One frame of caller audio on its way to a `pcm16` session, and back:
+//!
+//! ```
+//! use sip_realtime_bridge::audio::{
+//!     Downsampler24To8, G711Law, SAMPLES_PER_FRAME_8K, SAMPLES_PER_FRAME_24K, Upsampler8To24,
+//! };
+//!
+//! let rtp_payload = [0xFF_u8; SAMPLES_PER_FRAME_8K]; // 20 ms of PCMU silence
+//! let (mut pcm8k, mut pcm24k) = (Vec::new(), Vec::new());
+//! G711Law::Ulaw.decode_into(&rtp_payload, &mut pcm8k);
+//! Upsampler8To24::new().process(&pcm8k, &mut pcm24k);
+//! assert_eq!(pcm24k.len(), SAMPLES_PER_FRAME_24K);
+//!
+//! let (mut back8k, mut payload) = (Vec::new(), Vec::new());
+//! Downsampler24To8::new().process(&pcm24k, &mut back8k);
+//! G711Law::Ulaw.encode_into(&back8k, &mut payload);
+//! assert_eq!(payload, rtp_payload);
+//! ```
+//!
 //! Opus (for wideband SIP peers) will be added here as its own module when it
 //! is needed; until then G.711 is the only telephony codec.
 

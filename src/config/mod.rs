@@ -16,6 +16,30 @@
 //!
 //! `conf/bridge.toml` is the reference for every key; keep it in step with this file (a test
 //! loads it).
+//!
+//! ```
+//! use sip_realtime_bridge::config::Config;
+//!
+//! let config = Config::from_toml(r#"
+//!     [upstreams.local]
+//!     kind = "fake"
+//!     [profiles.sales]
+//!     upstream = "local"
+//!     [profiles.support]
+//!     upstream = "local"
+//!     [[routes]]
+//!     dialed = { prefix = "+4930" }
+//!     profile = "sales"
+//!     [[routes]]
+//!     profile = "support"
+//! "#).expect("valid");
+//! assert_eq!(config.route("+49301234", "anyone").map(|r| r.label()), Some("sales"));
+//! assert_eq!(config.route("100", "anyone").map(|r| r.label()), Some("support"));
+//!
+//! // A typo is an error that names the key.
+//! let error = Config::from_toml("[limits]\nmax_cals = 5").unwrap_err();
+//! assert_eq!(error.problems()[0].key, "limits.max_cals");
+//! ```
 
 pub mod secret;
 pub mod types;
