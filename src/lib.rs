@@ -19,6 +19,7 @@
 //! |---|---|---|
 //! | [`config`] | loading | defaults <- TOML file <- `SRB_*` environment; typed, validated; secrets by reference |
 //! | [`audio`] | core | G.711 mu-law/A-law, the 8 kHz <-> 24 kHz resampler, frame constants |
+//! | [`io`] | shell | tokio I/O: the WebSocket client to realtime services |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
 //!
 //! Rooms still to be built, each with its issue: `sip/` (messages, transactions, dialogs, SDP,
@@ -35,4 +36,5 @@
 
 pub mod audio;
 pub mod config;
+pub mod io;
 pub mod logging;

@@ -111,6 +111,7 @@ fn run(path: &Path) -> ExitCode {
         config.summary()
     );
 
+    sip_realtime_bridge::io::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("srb-worker")

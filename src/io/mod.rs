@@ -1,0 +1,13 @@
+//! I/O shells: the tokio side of the daemon. Shells own sockets, tasks and timers, and feed the
+//! sans-IO cores; they hold no protocol rules of their own.
+//!
+//! - [`ws`]: the WebSocket connection to a realtime service (TLS, auth, handshake errors).
+
+pub mod ws;
+
+/// Installs rustls' process-wide crypto provider (ring). tokio-tungstenite builds its TLS
+/// configuration from it, so without this the first `wss://` connect panics. Idempotent.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is all this function wants.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
