@@ -20,6 +20,7 @@
 //! | [`config`] | loading | defaults <- TOML file <- `SRB_*` environment; typed, validated; secrets by reference |
 //! | [`audio`] | core | G.711 mu-law/A-law, the 8 kHz <-> 24 kHz resampler, frame constants |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
+//! | [`realtime`] | core | Realtime API client: dialects and connect URLs, typed events, `session.update` rendering, the session core (setup, response sequencing, output-audio ledger, tool calls) |
 //!
 //! Rooms still to be built, each with its issue: `sip/` (messages, transactions, dialogs, SDP,
 //! registration), `rtp/` (receive path, playout pacer, DTMF, RTCP), `realtime/` (events,
@@ -36,3 +37,4 @@
 pub mod audio;
 pub mod config;
 pub mod logging;
+pub mod realtime;
