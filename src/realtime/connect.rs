@@ -126,7 +126,6 @@ pub fn fake_url(base: SocketAddr, dialect: Dialect) -> Url {
         Dialect::AzurePreview => "/openai/realtime?api-version=2025-04-01-preview&deployment=fake",
     };
     // `SocketAddr`'s Display brackets IPv6 hosts, so this is always a valid authority.
-    #[allow(clippy::expect_used)]
     Url::parse(&format!("ws://{base}{path_and_query}"))
         .expect("a socket address and a fixed path always form a valid ws:// URL")
 }
