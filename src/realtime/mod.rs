@@ -37,11 +37,19 @@ pub mod connect;
 pub mod ids;
 pub mod render;
 pub mod server_event;
+mod session;
+
+#[cfg(test)]
+mod tests;
 
 pub use connect::{AuthValue, ConnectTarget, connect_request, fake_url};
 pub use ids::{CallId, EventId, ItemId, ResponseId};
 pub use render::session_update;
 pub use server_event::{RateLimit, ServerEvent};
+pub use session::{
+    DEFAULT_SETUP_TIMEOUT, ResponseStatus, ServerError, Session, SessionEvent, SessionStats,
+    SetupFailure,
+};
 
 use crate::config::UpstreamConfig;
 
