@@ -21,6 +21,7 @@
 //! | [`audio`] | core | G.711 mu-law/A-law, the 8 kHz <-> 24 kHz resampler, frame constants |
 //! | [`io`] | shell | tokio I/O: the WebSocket client to realtime services |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
+//! | [`realtime`] | core | Realtime API client: dialects and connect URLs, typed events, `session.update` rendering, the session core (setup, response sequencing, output-audio ledger, tool calls) |
 //!
 //! Rooms still to be built, each with its issue: `sip/` (messages, transactions, dialogs, SDP,
 //! registration), `rtp/` (receive path, playout pacer, DTMF, RTCP), `realtime/` (events,
@@ -38,3 +39,4 @@ pub mod audio;
 pub mod config;
 pub mod io;
 pub mod logging;
+pub mod realtime;

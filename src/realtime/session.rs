@@ -1,0 +1,981 @@
+//! The session core: one WebSocket connection's protocol state, driven by the shell.
+//!
+//! See the module overview in [`super`] for the drive loop. The rules this file enforces:
+//!
+//! - **Setup.** Nothing but the `session.update` is sent before `session.updated` confirms the
+//!   profile; audio offered before that is dropped (and counted) because the service would
+//!   read it in its default format. Any `error` during setup is a rejected configuration.
+//! - **One response at a time.** A `response.create` while a response is active (or while our
+//!   previous create is still unanswered) fails with `conversation_already_has_active_response`,
+//!   so creates wait in a queue for the next `response.done`. If the server still refuses one
+//!   (server VAD started a response we had not heard of yet), it goes back to the queue.
+//! - **Ledger.** Audio received per `(item, content part)` is counted in bytes; its duration
+//!   bounds every truncate, because the service rejects a truncate past the audio it produced.
+//! - **Errors.** Most are harmless (a cancel with nothing to cancel, a late truncate) and only
+//!   logged; a few end the session (bad key, expired session, beta shape refused, repeated
+//!   server errors). Each names the client event it answers when the server says so.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use super::client_event::{ClientEvent, Envelope, NewItem, ResponseParams};
+use super::ids::{CallId, EventId, ItemId, ResponseId};
+use super::render::session_object;
+use super::server_event::{self as wire, Item, RateLimit, ServerEvent};
+use super::{Dialect, Error};
+use crate::config::{AudioFormat, ProfileConfig};
+
+/// How long `session.created` and then `session.updated` may take, unless the shell says
+/// otherwise.
+pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service accepts up to 15 MiB of base64 per append; larger input is split well below it.
+const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
+/// Sent client events remembered for error correlation.
+const RECENT_EVENTS: usize = 128;
+/// Items whose received audio is remembered: far more than one call can still truncate.
+const LEDGER_ITEMS: usize = 256;
+/// Tool calls remembered as already reported, so a call is surfaced once only.
+const REPORTED_CALLS: usize = 64;
+/// Calls being assembled at once; more means a misbehaving server.
+const PENDING_CALLS: usize = 32;
+/// `server_error`s within [`SERVER_ERROR_WINDOW`] that make the session unusable.
+const SERVER_ERRORS_FATAL: usize = 3;
+const SERVER_ERROR_WINDOW: Duration = Duration::from_secs(60);
+
+/// What the session reports to the `Call`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionEvent {
+    /// The profile is in effect; audio and commands may flow. `expires_at` (Unix seconds) is
+    /// when the service will end the session, for the shell to plan a reconnect.
+    Ready {
+        session_id: Option<String>,
+        expires_at: Option<u64>,
+    },
+    /// The session never became ready; the shell closes the socket.
+    SetupFailed(SetupFailure),
+    /// The service ended the session at its maximum duration (close 1001).
+    Expired,
+    /// The socket closed for another reason.
+    Closed {
+        code: Option<u16>,
+        reason: String,
+    },
+    /// Server VAD heard the caller start (barge-in starts here).
+    SpeechStarted {
+        audio_start_ms: u64,
+        item_id: ItemId,
+    },
+    SpeechStopped {
+        audio_end_ms: u64,
+        item_id: ItemId,
+    },
+    /// The idle timeout fired: the service is about to prompt a silent caller.
+    IdleTimeout {
+        item_id: ItemId,
+    },
+    ResponseCreated {
+        response_id: ResponseId,
+    },
+    ResponseDone {
+        response_id: ResponseId,
+        status: ResponseStatus,
+        /// `status_details.reason` (`turn_detected`, `client_cancelled`, ...), else the
+        /// code of `status_details.error`.
+        reason: Option<String>,
+    },
+    /// Model audio, decoded, in the session's output format.
+    AudioDelta {
+        response_id: ResponseId,
+        item_id: ItemId,
+        content_index: u32,
+        audio: Vec<u8>,
+    },
+    /// No more audio for this content part (also sent when a response is cut off).
+    AudioDone {
+        response_id: ResponseId,
+        item_id: ItemId,
+        content_index: u32,
+    },
+    /// The model wants a function run; answer with [`Session::submit_tool_output`].
+    ToolCall {
+        call_id: CallId,
+        name: String,
+        arguments: String,
+    },
+    CallerTranscript {
+        item_id: ItemId,
+        text: String,
+    },
+    CallerTranscriptFailed {
+        item_id: ItemId,
+        message: String,
+    },
+    AssistantTranscript {
+        response_id: ResponseId,
+        item_id: ItemId,
+        text: String,
+    },
+    ItemTruncated {
+        item_id: ItemId,
+        content_index: u32,
+        audio_end_ms: u64,
+    },
+    ItemDeleted {
+        item_id: ItemId,
+    },
+    RateLimits(Vec<RateLimit>),
+    /// An `error` from the service after setup. When `fatal`, the session has ended and the
+    /// shell should close the socket.
+    Error(ServerError),
+    /// A frame that could not be used (not JSON, a known type missing a field, bad base64).
+    /// Counted and skipped; never fatal.
+    Malformed {
+        reason: String,
+    },
+}
+
+/// Why setup failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetupFailure {
+    /// `waiting_for` (`session.created` or `session.updated`) did not arrive in time.
+    SetupTimeout { waiting_for: &'static str },
+    /// The service answered the setup with an error; `param` names the field it refused
+    /// (for example `session.audio.input.format`).
+    ConfigRejected {
+        code: Option<String>,
+        message: String,
+        param: Option<String>,
+    },
+}
+
+/// An `error` event, classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError {
+    pub fatal: bool,
+    /// `error.type`: `invalid_request_error`, `server_error`, ...
+    pub kind: Option<String>,
+    pub code: Option<String>,
+    pub message: String,
+    pub param: Option<String>,
+    /// `error.event_id`: the client event the error answers, when the server says.
+    pub client_event_id: Option<EventId>,
+    /// The `type` of that client event, if it was one of the recent ones.
+    pub caused_by: Option<&'static str>,
+}
+
+/// How a response ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseStatus {
+    Completed,
+    Cancelled,
+    Incomplete,
+    Failed,
+    InProgress,
+    Other(String),
+}
+
+impl ResponseStatus {
+    fn from_wire(status: Option<&str>) -> Self {
+        match status {
+            Some("completed") => Self::Completed,
+            Some("cancelled") => Self::Cancelled,
+            Some("incomplete") => Self::Incomplete,
+            Some("failed") => Self::Failed,
+            Some("in_progress") => Self::InProgress,
+            other => Self::Other(other.unwrap_or_default().to_owned()),
+        }
+    }
+}
+
+/// Counters for metrics and logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Text frames handed to [`Session::handle_text`].
+    pub frames_received: u64,
+    /// Client events queued for sending.
+    pub events_sent: u64,
+    /// Server events with a `type` this bridge does not know.
+    pub unknown_events: u64,
+    /// Frames that were not JSON, lacked a needed field, or carried bad base64.
+    pub malformed: u64,
+    /// `error` events from the service.
+    pub errors: u64,
+    /// Caller audio sent upstream (bytes in the input format).
+    pub input_audio_bytes_sent: u64,
+    /// Caller audio dropped because the session was not ready (or had ended).
+    pub input_audio_bytes_dropped: u64,
+    /// Model audio received (decoded bytes in the output format).
+    pub output_audio_bytes_received: u64,
+    /// `response.create`s that had to wait for an active response to finish.
+    pub responses_queued: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    AwaitingCreated,
+    AwaitingUpdated { update_id: EventId },
+    Ready,
+    Ended,
+}
+
+/// A `response.create` not yet accepted by the service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PendingCreate {
+    instructions: Option<String>,
+    /// Created to speak tool results; several of those waiting together need only one.
+    after_tool_output: bool,
+}
+
+struct LedgerEntry {
+    response_id: ResponseId,
+    bytes: u64,
+}
+
+#[derive(Default)]
+struct PendingCall {
+    name: Option<String>,
+    arguments: String,
+}
+
+/// One Realtime API session (one WebSocket connection), sans-IO.
+pub struct Session {
+    dialect: Dialect,
+    output_format: AudioFormat,
+    session: serde_json::Value,
+    state: State,
+    setup_started: Instant,
+    setup_timeout: Duration,
+    session_id: Option<String>,
+    expires_at: Option<u64>,
+
+    next_event_number: u64,
+    recent_sent: VecDeque<(EventId, &'static str)>,
+    transmits: VecDeque<String>,
+    events: VecDeque<SessionEvent>,
+
+    active_response: Option<ResponseId>,
+    create_in_flight: bool,
+    /// Set when the service refused a create because of a response we have not seen start;
+    /// nothing is sent until the next `response.done`.
+    wait_for_response_done: bool,
+    pending_creates: VecDeque<PendingCreate>,
+    sent_creates: VecDeque<(EventId, PendingCreate)>,
+
+    ledger: HashMap<(ItemId, u32), LedgerEntry>,
+    ledger_order: VecDeque<(ItemId, u32)>,
+    pending_calls: HashMap<CallId, PendingCall>,
+    reported_calls: VecDeque<CallId>,
+    rate_limits: Vec<RateLimit>,
+    server_errors: VecDeque<Instant>,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A session for `profile`, connected (or connecting) at `now`. The setup deadline runs
+    /// from `now`.
+    pub fn new(profile: &ProfileConfig, dialect: Dialect, now: Instant) -> Session {
+        Session {
+            dialect,
+            output_format: profile.audio_format,
+            session: session_object(profile, dialect),
+            state: State::AwaitingCreated,
+            setup_started: now,
+            setup_timeout: DEFAULT_SETUP_TIMEOUT,
+            session_id: None,
+            expires_at: None,
+            next_event_number: 0,
+            recent_sent: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            active_response: None,
+            create_in_flight: false,
+            wait_for_response_done: false,
+            pending_creates: VecDeque::new(),
+            sent_creates: VecDeque::new(),
+            ledger: HashMap::new(),
+            ledger_order: VecDeque::new(),
+            pending_calls: HashMap::new(),
+            reported_calls: VecDeque::new(),
+            rate_limits: Vec::new(),
+            server_errors: VecDeque::new(),
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// Replaces the [`DEFAULT_SETUP_TIMEOUT`] (still measured from the `now` given to `new`).
+    pub fn with_setup_timeout(mut self, timeout: Duration) -> Session {
+        self.setup_timeout = timeout;
+        self
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Whether the profile is in effect and commands are accepted.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// Whether the session has ended (setup failed, fatal error, closed).
+    pub fn is_ended(&self) -> bool {
+        self.state == State::Ended
+    }
+
+    /// The response the service is generating, if any.
+    pub fn active_response(&self) -> Option<&ResponseId> {
+        self.active_response.as_ref()
+    }
+
+    /// The latest `rate_limits.updated` entries.
+    pub fn rate_limits(&self) -> &[RateLimit] {
+        &self.rate_limits
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.stats.clone()
+    }
+
+    /// Milliseconds of audio received for this item's content part (G.711: bytes / 8,
+    /// pcm16 at 24 kHz: bytes / 48, rounded down): the most a truncate may keep.
+    pub fn received_ms(&self, item_id: &ItemId, content_index: u32) -> Option<u64> {
+        self.ledger
+            .get(&(item_id.clone(), content_index))
+            .map(|entry| entry.bytes / self.bytes_per_ms())
+    }
+
+    /// The response an item's audio came in, from the ledger.
+    pub fn response_of(&self, item_id: &ItemId, content_index: u32) -> Option<&ResponseId> {
+        self.ledger
+            .get(&(item_id.clone(), content_index))
+            .map(|entry| &entry.response_id)
+    }
+
+    fn bytes_per_ms(&self) -> u64 {
+        match self.output_format {
+            AudioFormat::Pcm16 => 48,
+            AudioFormat::G711Ulaw | AudioFormat::G711Alaw => 8,
+        }
+    }
+
+    // ---- output -----------------------------------------------------------------------------
+
+    /// The next client event to send, as a WebSocket text frame.
+    pub fn poll_transmit(&mut self) -> Option<String> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next: the setup deadline, until ready.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::AwaitingCreated | State::AwaitingUpdated { .. } => {
+                Some(self.setup_started + self.setup_timeout)
+            }
+            State::Ready | State::Ended => None,
+        }
+    }
+
+    // ---- input ------------------------------------------------------------------------------
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let waiting_for = match self.state {
+            State::AwaitingCreated => "session.created",
+            State::AwaitingUpdated { .. } => "session.updated",
+            State::Ready | State::Ended => return,
+        };
+        if now >= self.setup_started + self.setup_timeout {
+            tracing::warn!(waiting_for, "realtime session setup timed out");
+            self.state = State::Ended;
+            self.events
+                .push_back(SessionEvent::SetupFailed(SetupFailure::SetupTimeout {
+                    waiting_for,
+                }));
+        }
+    }
+
+    /// The socket closed (reported even after a failure already ended the session, so the
+    /// shell learns the close code). Close 1001 with "maximum duration" is the service's
+    /// session limit.
+    pub fn handle_closed(&mut self, _now: Instant, code: Option<u16>, reason: &str) {
+        self.state = State::Ended;
+        let expired =
+            code == Some(1001) && reason.to_ascii_lowercase().contains("maximum duration");
+        if expired {
+            tracing::info!(reason, "realtime session reached its maximum duration");
+            self.events.push_back(SessionEvent::Expired);
+        } else {
+            tracing::info!(?code, reason, "realtime session closed");
+            self.events.push_back(SessionEvent::Closed {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// One WebSocket text frame from the service.
+    pub fn handle_text(&mut self, now: Instant, text: &str) {
+        self.stats.frames_received += 1;
+        if self.state == State::Ended {
+            return;
+        }
+        match ServerEvent::parse(text) {
+            Ok(event) => self.handle_event(now, event),
+            Err(error) => self.malformed(error.to_string()),
+        }
+    }
+
+    fn malformed(&mut self, reason: String) {
+        self.stats.malformed += 1;
+        tracing::debug!(%reason, "skipping malformed realtime frame");
+        self.events.push_back(SessionEvent::Malformed { reason });
+    }
+
+    fn handle_event(&mut self, now: Instant, event: ServerEvent) {
+        match event {
+            ServerEvent::SessionCreated(created) => self.handle_session_created(created.session),
+            ServerEvent::SessionUpdated(updated) => self.handle_session_updated(updated.session),
+            ServerEvent::Error(payload) => self.handle_error(now, payload.error),
+            ServerEvent::SpeechStarted(e) => self.events.push_back(SessionEvent::SpeechStarted {
+                audio_start_ms: e.audio_start_ms,
+                item_id: e.item_id,
+            }),
+            ServerEvent::SpeechStopped(e) => self.events.push_back(SessionEvent::SpeechStopped {
+                audio_end_ms: e.audio_end_ms,
+                item_id: e.item_id,
+            }),
+            ServerEvent::InputAudioTimeoutTriggered(e) => self
+                .events
+                .push_back(SessionEvent::IdleTimeout { item_id: e.item_id }),
+            ServerEvent::TranscriptionCompleted(e) => {
+                self.events.push_back(SessionEvent::CallerTranscript {
+                    item_id: e.item_id,
+                    text: e.transcript,
+                })
+            }
+            ServerEvent::TranscriptionFailed(e) => {
+                self.events.push_back(SessionEvent::CallerTranscriptFailed {
+                    item_id: e.item_id,
+                    message: e.error.message,
+                })
+            }
+            ServerEvent::ItemTruncated(e) => self.events.push_back(SessionEvent::ItemTruncated {
+                item_id: e.item_id,
+                content_index: e.content_index,
+                audio_end_ms: e.audio_end_ms,
+            }),
+            ServerEvent::ItemDeleted(e) => self
+                .events
+                .push_back(SessionEvent::ItemDeleted { item_id: e.item_id }),
+            ServerEvent::ResponseCreated(e) => self.handle_response_created(e.response),
+            ServerEvent::ResponseDone(e) => self.handle_response_done(e.response),
+            ServerEvent::OutputItemAdded(e) => {
+                if e.item.is_function_call()
+                    && let Some(call_id) = e.item.call_id.clone()
+                    && !self.already_reported(&call_id)
+                    && (self.pending_calls.len() < PENDING_CALLS
+                        || self.pending_calls.contains_key(&call_id))
+                {
+                    self.pending_calls.entry(call_id).or_default().name = e.item.name;
+                }
+            }
+            ServerEvent::OutputItemDone(e) => self.handle_function_call_item(&e.item),
+            ServerEvent::OutputAudioDelta(e) => self.handle_audio_delta(e),
+            ServerEvent::OutputAudioDone(e) => self.events.push_back(SessionEvent::AudioDone {
+                response_id: e.response_id,
+                item_id: e.item_id,
+                content_index: e.content_index,
+            }),
+            ServerEvent::OutputAudioTranscriptDone(e) => {
+                self.events.push_back(SessionEvent::AssistantTranscript {
+                    response_id: e.at.response_id,
+                    item_id: e.at.item_id,
+                    text: e.transcript,
+                })
+            }
+            ServerEvent::FunctionCallArgumentsDelta(e) => {
+                if self.already_reported(&e.call_id) {
+                    return;
+                }
+                if self.pending_calls.len() >= PENDING_CALLS
+                    && !self.pending_calls.contains_key(&e.call_id)
+                {
+                    tracing::warn!(call_id = %e.call_id, "too many tool calls in assembly; ignoring");
+                    return;
+                }
+                self.pending_calls
+                    .entry(e.call_id)
+                    .or_default()
+                    .arguments
+                    .push_str(&e.delta);
+            }
+            ServerEvent::FunctionCallArgumentsDone(e) => self.handle_arguments_done(e),
+            ServerEvent::RateLimitsUpdated(e) => {
+                self.rate_limits = e.rate_limits;
+                self.events
+                    .push_back(SessionEvent::RateLimits(self.rate_limits.clone()));
+            }
+            ServerEvent::Unknown { type_name } => {
+                self.stats.unknown_events += 1;
+                tracing::debug!(%type_name, "ignoring unknown realtime event");
+            }
+            // Known, and nothing to do: the bridge learns what it needs from other events.
+            ServerEvent::ConversationCreated
+            | ServerEvent::InputAudioCommitted(_)
+            | ServerEvent::InputAudioCleared
+            | ServerEvent::ItemAdded(_)
+            | ServerEvent::ItemDone(_)
+            | ServerEvent::TranscriptionDelta(_)
+            | ServerEvent::ContentPartAdded(_)
+            | ServerEvent::ContentPartDone(_)
+            | ServerEvent::OutputAudioTranscriptDelta(_)
+            | ServerEvent::OutputTextDelta(_)
+            | ServerEvent::OutputTextDone(_) => {}
+        }
+    }
+
+    fn handle_session_created(&mut self, session: wire::SessionInfo) {
+        if self.state != State::AwaitingCreated {
+            tracing::debug!("ignoring a repeated session.created");
+            return;
+        }
+        self.session_id = session.id;
+        self.expires_at = session.expires_at;
+        let update_id = self.send(ClientEvent::SessionUpdate {
+            session: self.session.clone(),
+        });
+        self.state = State::AwaitingUpdated { update_id };
+    }
+
+    fn handle_session_updated(&mut self, session: wire::SessionInfo) {
+        if !matches!(self.state, State::AwaitingUpdated { .. }) {
+            // Before our update it is not our config; after Ready it changes nothing we track.
+            return;
+        }
+        if session.id.is_some() {
+            self.session_id = session.id;
+        }
+        if session.expires_at.is_some() {
+            self.expires_at = session.expires_at;
+        }
+        self.state = State::Ready;
+        tracing::debug!(session_id = ?self.session_id, "realtime session ready");
+        self.events.push_back(SessionEvent::Ready {
+            session_id: self.session_id.clone(),
+            expires_at: self.expires_at,
+        });
+    }
+
+    fn handle_error(&mut self, now: Instant, error: wire::ErrorDetail) {
+        self.stats.errors += 1;
+        let client_event_id = error.event_id.map(EventId::new);
+        let caused_by = client_event_id.as_ref().and_then(|id| {
+            self.recent_sent
+                .iter()
+                .rev()
+                .find(|(sent, _)| sent == id)
+                .map(|(_, kind)| *kind)
+        });
+        if !matches!(self.state, State::Ready) {
+            // Before Ready every error is about the setup (most likely our session.update).
+            tracing::warn!(code = ?error.code, param = ?error.param, message = %error.message,
+                "realtime service rejected the session configuration");
+            self.state = State::Ended;
+            self.events
+                .push_back(SessionEvent::SetupFailed(SetupFailure::ConfigRejected {
+                    code: error.code,
+                    message: error.message,
+                    param: error.param,
+                }));
+            return;
+        }
+        let code = error.code.as_deref().unwrap_or_default();
+        if code == "conversation_already_has_active_response" {
+            self.requeue_refused_create(client_event_id.as_ref());
+        }
+        let fatal = self.is_fatal(now, error.kind.as_deref(), code);
+        if fatal {
+            tracing::warn!(code, message = %error.message, "fatal realtime error");
+            self.state = State::Ended;
+        } else {
+            tracing::debug!(code, caused_by, message = %error.message, "realtime error");
+        }
+        self.events.push_back(SessionEvent::Error(ServerError {
+            fatal,
+            kind: error.kind,
+            code: error.code,
+            message: error.message,
+            param: error.param,
+            client_event_id,
+            caused_by,
+        }));
+    }
+
+    /// Fatal: the key is refused, the session is over, the service refuses our protocol, the
+    /// account cannot pay, or `server_error`s keep coming (three within a minute: one is a
+    /// blip the service says it recovers from; a stream of them is a broken session).
+    /// Everything else (empty commits, late truncates, cancels of nothing, unknown items, rate
+    /// limiting, one server error) leaves the session usable.
+    fn is_fatal(&mut self, now: Instant, kind: Option<&str>, code: &str) -> bool {
+        if matches!(
+            code,
+            "invalid_api_key"
+                | "session_expired"
+                | "beta_api_shape_disabled"
+                | "insufficient_quota"
+        ) || kind == Some("authentication_error")
+        {
+            return true;
+        }
+        if kind == Some("server_error") || code == "server_error" {
+            self.server_errors.push_back(now);
+            while self
+                .server_errors
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) > SERVER_ERROR_WINDOW)
+            {
+                self.server_errors.pop_front();
+            }
+            return self.server_errors.len() >= SERVER_ERRORS_FATAL;
+        }
+        false
+    }
+
+    fn requeue_refused_create(&mut self, client_event_id: Option<&EventId>) {
+        let index = match client_event_id {
+            Some(id) => self.sent_creates.iter().position(|(sent, _)| sent == id),
+            // Without an id, the refusal can only be about our latest create.
+            None if self.create_in_flight => self.sent_creates.len().checked_sub(1),
+            None => None,
+        };
+        if let Some((_, create)) = index.and_then(|i| self.sent_creates.remove(i)) {
+            tracing::debug!("response.create refused while a response is active; re-queued");
+            self.create_in_flight = false;
+            self.wait_for_response_done = true;
+            self.stats.responses_queued += 1;
+            self.pending_creates.push_front(create);
+        }
+    }
+
+    fn handle_response_created(&mut self, response: wire::ResponseInfo) {
+        // Whether it answers our create or server VAD started it, a response is now active and
+        // our create is no longer unanswered (if it was refused, its error re-queues it).
+        self.create_in_flight = false;
+        self.active_response = Some(response.id.clone());
+        self.events.push_back(SessionEvent::ResponseCreated {
+            response_id: response.id,
+        });
+    }
+
+    fn handle_response_done(&mut self, response: wire::ResponseInfo) {
+        for item in &response.output {
+            self.handle_function_call_item(item);
+        }
+        // The bridge only uses the default conversation, where one response runs at a time: any
+        // done (even for a response whose `created` we missed) means none is active now.
+        if let Some(active) = self.active_response.take()
+            && active != response.id
+        {
+            tracing::debug!(%active, done = %response.id, "response.done for another response");
+        }
+        self.wait_for_response_done = false;
+        let details = response.status_details.unwrap_or_default();
+        let reason = details
+            .reason
+            .or_else(|| details.error.and_then(|error| error.code));
+        self.events.push_back(SessionEvent::ResponseDone {
+            response_id: response.id,
+            status: ResponseStatus::from_wire(response.status.as_deref()),
+            reason,
+        });
+        self.send_next_create();
+    }
+
+    fn handle_audio_delta(&mut self, delta: wire::OutputAudioDelta) {
+        let audio = match BASE64.decode(delta.delta.as_bytes()) {
+            Ok(audio) => audio,
+            Err(error) => {
+                self.malformed(format!(
+                    "audio delta for {}: bad base64: {error}",
+                    delta.at.item_id
+                ));
+                return;
+            }
+        };
+        let bytes = u64::try_from(audio.len()).unwrap_or(u64::MAX);
+        self.stats.output_audio_bytes_received =
+            self.stats.output_audio_bytes_received.saturating_add(bytes);
+        let key = (delta.at.item_id.clone(), delta.at.content_index);
+        match self.ledger.get_mut(&key) {
+            Some(entry) => entry.bytes = entry.bytes.saturating_add(bytes),
+            None => {
+                if self.ledger_order.len() >= LEDGER_ITEMS
+                    && let Some(oldest) = self.ledger_order.pop_front()
+                {
+                    self.ledger.remove(&oldest);
+                }
+                self.ledger_order.push_back(key.clone());
+                self.ledger.insert(
+                    key,
+                    LedgerEntry {
+                        response_id: delta.at.response_id.clone(),
+                        bytes,
+                    },
+                );
+            }
+        }
+        self.events.push_back(SessionEvent::AudioDelta {
+            response_id: delta.at.response_id,
+            item_id: delta.at.item_id,
+            content_index: delta.at.content_index,
+            audio,
+        });
+    }
+
+    fn already_reported(&self, call_id: &CallId) -> bool {
+        self.reported_calls.contains(call_id)
+    }
+
+    fn handle_arguments_done(&mut self, done: wire::FunctionCallArgumentsDone) {
+        if self.already_reported(&done.call_id) {
+            return;
+        }
+        let pending = self.pending_calls.remove(&done.call_id).unwrap_or_default();
+        let arguments = done.arguments.unwrap_or(pending.arguments);
+        match done.name.or(pending.name) {
+            Some(name) => self.report_tool_call(done.call_id, name, arguments),
+            None => {
+                // The preview names the function only in the output item: wait for it.
+                self.pending_calls.insert(
+                    done.call_id,
+                    PendingCall {
+                        name: None,
+                        arguments,
+                    },
+                );
+            }
+        }
+    }
+
+    /// `response.output_item.done`, or an item of `response.done`: a complete function call.
+    fn handle_function_call_item(&mut self, item: &Item) {
+        let Some(call_id) = item.call_id.as_ref().filter(|_| item.is_function_call()) else {
+            return;
+        };
+        if self.already_reported(call_id) {
+            return;
+        }
+        let pending = self.pending_calls.remove(call_id).unwrap_or_default();
+        let arguments = item.arguments.clone().unwrap_or(pending.arguments);
+        match item.name.clone().or(pending.name) {
+            Some(name) => self.report_tool_call(call_id.clone(), name, arguments),
+            None => {
+                self.remember_reported(call_id.clone());
+                self.malformed(format!("function call {call_id} has no name"));
+            }
+        }
+    }
+
+    fn report_tool_call(&mut self, call_id: CallId, name: String, arguments: String) {
+        self.remember_reported(call_id.clone());
+        self.events.push_back(SessionEvent::ToolCall {
+            call_id,
+            name,
+            arguments,
+        });
+    }
+
+    fn remember_reported(&mut self, call_id: CallId) {
+        if self.reported_calls.len() >= REPORTED_CALLS {
+            self.reported_calls.pop_front();
+        }
+        self.reported_calls.push_back(call_id);
+    }
+
+    // ---- commands ---------------------------------------------------------------------------
+
+    fn ensure_ready(&self) -> Result<(), Error> {
+        match self.state {
+            State::Ready => Ok(()),
+            State::Ended => Err(Error::Ended),
+            State::AwaitingCreated | State::AwaitingUpdated { .. } => Err(Error::NotReady),
+        }
+    }
+
+    /// Caller audio, in the profile's wire format. Before the session is ready (or after it
+    /// ended) the audio is dropped and counted: the service would misread it.
+    pub fn append_audio(&mut self, audio: &[u8]) {
+        let bytes = u64::try_from(audio.len()).unwrap_or(u64::MAX);
+        if self.ensure_ready().is_err() {
+            self.stats.input_audio_bytes_dropped =
+                self.stats.input_audio_bytes_dropped.saturating_add(bytes);
+            return;
+        }
+        for chunk in audio.chunks(MAX_APPEND_BYTES) {
+            self.send(ClientEvent::InputAudioAppend {
+                audio: BASE64.encode(chunk),
+            });
+        }
+        self.stats.input_audio_bytes_sent = self.stats.input_audio_bytes_sent.saturating_add(bytes);
+    }
+
+    /// Ends the caller's turn by hand (no turn detection). Does not create a response.
+    pub fn commit_audio(&mut self) -> Result<(), Error> {
+        self.ensure_ready()?;
+        self.send(ClientEvent::InputAudioCommit);
+        Ok(())
+    }
+
+    pub fn clear_audio(&mut self) -> Result<(), Error> {
+        self.ensure_ready()?;
+        self.send(ClientEvent::InputAudioClear);
+        Ok(())
+    }
+
+    /// Asks the model to speak, optionally with instructions for this response only (a
+    /// greeting). Sent at once when no response is active, else after the next
+    /// `response.done`.
+    pub fn create_response(&mut self, instructions: Option<&str>) -> Result<(), Error> {
+        self.ensure_ready()?;
+        self.queue_create(PendingCreate {
+            instructions: instructions.map(str::to_owned),
+            after_tool_output: false,
+        });
+        Ok(())
+    }
+
+    /// Cancels the active response. The service answers `response_cancel_not_active` if there
+    /// is none; that error is harmless.
+    pub fn cancel_response(&mut self) -> Result<(), Error> {
+        self.ensure_ready()?;
+        self.send(ClientEvent::ResponseCancel);
+        Ok(())
+    }
+
+    /// Cuts an assistant item's audio at `audio_end_ms` (what the caller heard). The value is
+    /// clamped to the audio received for the item, because the service rejects more.
+    pub fn truncate(
+        &mut self,
+        item_id: &ItemId,
+        content_index: u32,
+        audio_end_ms: u64,
+    ) -> Result<(), Error> {
+        self.ensure_ready()?;
+        let audio_end_ms = match self.received_ms(item_id, content_index) {
+            Some(received) => audio_end_ms.min(received),
+            None => audio_end_ms,
+        };
+        self.send(ClientEvent::ItemTruncate {
+            item_id: item_id.clone(),
+            content_index,
+            audio_end_ms,
+        });
+        Ok(())
+    }
+
+    pub fn delete_item(&mut self, item_id: &ItemId) -> Result<(), Error> {
+        self.ensure_ready()?;
+        self.send(ClientEvent::ItemDelete {
+            item_id: item_id.clone(),
+        });
+        Ok(())
+    }
+
+    /// Adds a user text message to the conversation (no response is created).
+    pub fn add_user_text(&mut self, text: &str) -> Result<(), Error> {
+        self.ensure_ready()?;
+        self.send(ClientEvent::ItemCreate {
+            item: NewItem::user_text(text),
+        });
+        Ok(())
+    }
+
+    /// Answers a [`SessionEvent::ToolCall`] and asks the model to speak the result (now, or
+    /// after the active response; several outputs waiting together share one response).
+    pub fn submit_tool_output(&mut self, call_id: &CallId, output: String) -> Result<(), Error> {
+        self.ensure_ready()?;
+        self.send(ClientEvent::ItemCreate {
+            item: NewItem::FunctionCallOutput {
+                call_id: call_id.clone(),
+                output,
+            },
+        });
+        let already_waiting = self.pending_creates.iter().any(|c| c.after_tool_output);
+        if !already_waiting {
+            self.queue_create(PendingCreate {
+                instructions: None,
+                after_tool_output: true,
+            });
+        }
+        Ok(())
+    }
+
+    fn queue_create(&mut self, create: PendingCreate) {
+        if self.can_send_create() {
+            self.send_create(create);
+        } else {
+            self.stats.responses_queued += 1;
+            self.pending_creates.push_back(create);
+        }
+    }
+
+    fn can_send_create(&self) -> bool {
+        self.state == State::Ready
+            && self.active_response.is_none()
+            && !self.create_in_flight
+            && !self.wait_for_response_done
+    }
+
+    fn send_next_create(&mut self) {
+        if self.can_send_create()
+            && let Some(create) = self.pending_creates.pop_front()
+        {
+            self.send_create(create);
+        }
+    }
+
+    fn send_create(&mut self, create: PendingCreate) {
+        let id = self.send(ClientEvent::ResponseCreate {
+            response: create
+                .instructions
+                .clone()
+                .map(|instructions| ResponseParams { instructions }),
+        });
+        self.create_in_flight = true;
+        if self.sent_creates.len() >= RECENT_EVENTS {
+            self.sent_creates.pop_front();
+        }
+        self.sent_creates.push_back((id, create));
+    }
+
+    /// Queues `event` for sending under a fresh `event_id` and remembers its type.
+    fn send(&mut self, event: ClientEvent) -> EventId {
+        self.next_event_number += 1;
+        let id = EventId::new(format!("evt_{}", self.next_event_number));
+        match serde_json::to_string(&Envelope {
+            event_id: &id,
+            event: &event,
+        }) {
+            Ok(text) => {
+                self.transmits.push_back(text);
+                self.stats.events_sent += 1;
+            }
+            // Unreachable with these types (string keys only), but never worth a panic.
+            Err(error) => {
+                tracing::error!(%error, kind = event.kind(), "cannot encode client event")
+            }
+        }
+        if self.recent_sent.len() >= RECENT_EVENTS {
+            self.recent_sent.pop_front();
+        }
+        self.recent_sent.push_back((id.clone(), event.kind()));
+        id
+    }
+}
