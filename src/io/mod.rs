@@ -2,7 +2,9 @@
 //! sans-IO cores; they hold no protocol rules of their own.
 //!
 //! - [`ws`]: the WebSocket connection to a realtime service (TLS, auth, handshake errors).
+//! - [`realtime`]: the task that drives one realtime session core over that connection.
 
+pub mod realtime;
 pub mod ws;
 
 /// Installs rustls' process-wide crypto provider (ring). tokio-tungstenite builds its TLS

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::config::SecretString;
+use crate::realtime::ConnectTarget;
 
 /// An open WebSocket to a realtime service.
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -22,33 +22,6 @@ pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// The largest frame accepted from the service. Audio deltas are small; a 16 MiB frame is
 /// already far beyond anything legitimate, and the limit bounds memory per call.
 const MAX_FRAME_BYTES: usize = 16 << 20;
-
-/// Where and how to connect.
-#[derive(Debug)]
-pub struct ConnectRequest<'a> {
-    pub url: &'a url::Url,
-    /// The authentication header (`authorization` with `Bearer KEY`, or `api-key` with `KEY`).
-    pub auth: Option<(&'static str, AuthValue<'a>)>,
-    pub timeout: Duration,
-}
-
-/// How the key goes into its header.
-#[derive(Clone, Copy)]
-pub enum AuthValue<'a> {
-    /// `Bearer KEY`
-    Bearer(&'a SecretString),
-    /// `KEY` as it is
-    Plain(&'a SecretString),
-}
-
-impl std::fmt::Debug for AuthValue<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Bearer(_) => "Bearer [redacted]",
-            Self::Plain(_) => "[redacted]",
-        })
-    }
-}
 
 /// Why a connection could not be opened. Never contains the key.
 #[derive(Debug, thiserror::Error)]
@@ -97,9 +70,9 @@ fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
-/// Opens the WebSocket, within `request.timeout` for TCP, TLS and the HTTP upgrade together.
-pub async fn connect(request: ConnectRequest<'_>) -> Result<WsStream, ConnectError> {
-    let url = request.url;
+/// Opens the WebSocket, within `timeout` for TCP, TLS and the HTTP upgrade together.
+pub async fn connect(target: &ConnectTarget, timeout: Duration) -> Result<WsStream, ConnectError> {
+    let url = &target.url;
     match url.scheme() {
         "wss" => {}
         "ws" if is_loopback(url) => {}
@@ -113,13 +86,9 @@ pub async fn connect(request: ConnectRequest<'_>) -> Result<WsStream, ConnectErr
         .as_str()
         .into_client_request()
         .map_err(|e| ConnectError::Request(e.to_string()))?;
-    if let Some((name, value)) = request.auth {
-        let text = match value {
-            AuthValue::Bearer(key) => format!("Bearer {}", key.expose()),
-            AuthValue::Plain(key) => key.expose().to_owned(),
-        };
+    if let Some((name, value)) = &target.auth_header {
         // The error of from_str does not quote the value, so the key cannot leak through it.
-        let mut value = HeaderValue::from_str(&text).map_err(|_| {
+        let mut value = HeaderValue::from_str(value.expose()).map_err(|_| {
             ConnectError::Request("the API key contains characters not allowed in a header".into())
         })?;
         value.set_sensitive(true);
@@ -131,8 +100,8 @@ pub async fn connect(request: ConnectRequest<'_>) -> Result<WsStream, ConnectErr
         .max_message_size(Some(MAX_FRAME_BYTES));
     let handshake =
         tokio_tungstenite::connect_async_tls_with_config(http, Some(config), true, None);
-    match tokio::time::timeout(request.timeout, handshake).await {
-        Err(_) => Err(ConnectError::Timeout(request.timeout)),
+    match tokio::time::timeout(timeout, handshake).await {
+        Err(_) => Err(ConnectError::Timeout(timeout)),
         Ok(Ok((stream, _response))) => Ok(stream),
         Ok(Err(error)) => Err(classify(error)),
     }
@@ -217,10 +186,30 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio_tungstenite::tungstenite::Message;
 
-    fn key() -> SecretString {
-        crate::config::SecretSource::Env("K".into())
-            .load_with(|_| Some("sk-test-xyz".into()))
+    const KEY: &str = "sk-test-xyz";
+
+    /// The connect target of an `openai` upstream whose URL override points at `url`, with
+    /// [`KEY`]: the same path the daemon takes, minus the real host.
+    fn openai_target(url: &str) -> ConnectTarget {
+        let config = crate::config::Config::from_toml(&format!(
+            "[upstreams.o]\nkind = \"openai\"\nurl = \"{url}\"\napi_key_env = \"K\"\n\
+             [profiles.p]\nupstream = \"o\"\n[[routes]]\nprofile = \"p\"\n"
+        ))
+        .unwrap();
+        let upstream = config.upstreams.values().next().unwrap();
+        let key = upstream
+            .api_key()
             .unwrap()
+            .load_with(|_| Some(KEY.into()))
+            .unwrap();
+        crate::realtime::connect_request(upstream, Some(&key)).unwrap()
+    }
+
+    fn plain_target(url: url::Url) -> ConnectTarget {
+        ConnectTarget {
+            url,
+            auth_header: None,
+        }
     }
 
     /// A server that answers every connection with `response` (raw HTTP) and closes.
@@ -249,14 +238,9 @@ mod tests {
             .into_boxed_str(),
         );
         let url = http_server(response).await;
-        let key = key();
-        let err = connect(ConnectRequest {
-            url: &url,
-            auth: Some(("authorization", AuthValue::Bearer(&key))),
-            timeout: Duration::from_secs(5),
-        })
-        .await
-        .unwrap_err();
+        let err = connect(&openai_target(url.as_str()), Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(err.http_status(), Some(401));
         assert_eq!(
             err.to_string(),
@@ -267,13 +251,9 @@ mod tests {
     #[tokio::test]
     async fn not_found_and_other_statuses_are_named() {
         let url = http_server("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await;
-        let err = connect(ConnectRequest {
-            url: &url,
-            auth: None,
-            timeout: Duration::from_secs(5),
-        })
-        .await
-        .unwrap_err();
+        let err = connect(&plain_target(url.clone()), Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, ConnectError::NotFound { message } if message == "Not Found"),
             "{err}"
@@ -282,13 +262,9 @@ mod tests {
             "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 8\r\n\r\nbusy\x07\r\nx",
         )
         .await;
-        let err = connect(ConnectRequest {
-            url: &url,
-            auth: None,
-            timeout: Duration::from_secs(5),
-        })
-        .await
-        .unwrap_err();
+        let err = connect(&plain_target(url.clone()), Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(err.to_string(), "the service answered HTTP 503: busy   x");
     }
 
@@ -299,13 +275,9 @@ mod tests {
             .parse()
             .unwrap();
         // Accepts the TCP connection (the backlog does) but never answers the upgrade.
-        let err = connect(ConnectRequest {
-            url: &url,
-            auth: None,
-            timeout: Duration::from_secs(10),
-        })
-        .await
-        .unwrap_err();
+        let err = connect(&plain_target(url.clone()), Duration::from_secs(10))
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, ConnectError::Timeout(d) if d == Duration::from_secs(10)),
             "{err}"
@@ -316,25 +288,16 @@ mod tests {
     #[tokio::test]
     async fn plain_ws_to_a_remote_host_is_refused_before_any_traffic() {
         let url: url::Url = "ws://api.openai.com/v1/realtime".parse().unwrap();
-        let err = connect(ConnectRequest {
-            url: &url,
-            auth: None,
-            timeout: Duration::from_secs(1),
-        })
-        .await
-        .unwrap_err();
+        let err = connect(&plain_target(url.clone()), Duration::from_secs(1))
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, ConnectError::InsecureUrl(ref h) if h == "api.openai.com"),
             "{err}"
         );
         let http: url::Url = "http://127.0.0.1:1/".parse().unwrap();
         assert!(matches!(
-            connect(ConnectRequest {
-                url: &http,
-                auth: None,
-                timeout: Duration::from_secs(1)
-            })
-            .await,
+            connect(&plain_target(http.clone()), Duration::from_secs(1)).await,
             Err(ConnectError::InsecureUrl(_))
         ));
     }
@@ -351,7 +314,7 @@ mod tests {
                  resp: tungstenite::handshake::server::Response| {
                     seen = req
                         .headers()
-                        .get("api-key")
+                        .get("authorization")
                         .map(|v| v.to_str().unwrap().to_owned());
                     Ok(resp)
                 };
@@ -362,35 +325,20 @@ mod tests {
             let echoed = ws.next().await.unwrap().unwrap();
             (seen, echoed)
         });
-        let url: url::Url = format!("ws://{addr}/openai/v1/realtime?model=d")
-            .parse()
-            .unwrap();
-        let key = key();
-        let mut ws = connect(ConnectRequest {
-            url: &url,
-            auth: Some(("api-key", AuthValue::Plain(&key))),
-            timeout: Duration::from_secs(5),
-        })
-        .await
-        .unwrap();
+        let target = openai_target(&format!("ws://{addr}/v1/realtime"));
+        let mut ws = connect(&target, Duration::from_secs(5)).await.unwrap();
         let first = ws.next().await.unwrap().unwrap();
         assert_eq!(first, Message::text("hello"));
         ws.send(Message::text("back")).await.unwrap();
         let (seen, echoed) = server.await.unwrap();
-        assert_eq!(seen.as_deref(), Some("sk-test-xyz"));
+        assert_eq!(seen.as_deref(), Some("Bearer sk-test-xyz"));
         assert_eq!(echoed, Message::text("back"));
     }
 
     #[test]
-    fn auth_value_debug_is_redacted() {
-        let key = key();
-        let request = ConnectRequest {
-            url: &"wss://x.example/".parse().unwrap(),
-            auth: Some(("authorization", AuthValue::Bearer(&key))),
-            timeout: Duration::from_secs(1),
-        };
-        let debug = format!("{request:?}");
-        assert!(!debug.contains("sk-test"), "{debug}");
-        assert!(debug.contains("Bearer [redacted]"), "{debug}");
+    fn connect_target_debug_is_redacted() {
+        let debug = format!("{:?}", openai_target("wss://x.example/v1/realtime"));
+        assert!(!debug.contains(KEY), "{debug}");
+        assert!(debug.contains("[redacted]"), "{debug}");
     }
 }
