@@ -19,12 +19,13 @@
 //! |---|---|---|
 //! | [`config`] | loading | defaults <- TOML file <- `SRB_*` environment; typed, validated; secrets by reference |
 //! | [`audio`] | core | G.711 mu-law/A-law, the 8 kHz <-> 24 kHz resampler, frame constants |
+//! | [`fake_realtime`] | core + shell | a protocol-faithful local Realtime API server (both dialects, VAD, barge-in, truncate, tool calls, expiry) for tests, benchmarks and the demo |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
 //!
 //! Rooms still to be built, each with its issue: `sip/` (messages, transactions, dialogs, SDP,
 //! registration), `rtp/` (receive path, playout pacer, DTMF, RTCP), `realtime/` (events,
-//! dialects, session core), `call` (one call's cores wired together, barge-in), `io/` (the
-//! tokio shells) and `fake_realtime/` (the local stand-in for the Realtime API). The binary
+//! dialects, session core), `call` (one call's cores wired together, barge-in), and `io/` (the
+//! tokio shells). The binary
 //! (`src/main.rs`) stays thin: command line, logging, runtime, signals.
 //!
 //! ## Conventions
@@ -35,4 +36,5 @@
 
 pub mod audio;
 pub mod config;
+pub mod fake_realtime;
 pub mod logging;

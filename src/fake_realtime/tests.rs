@@ -1,0 +1,1 @@
+//! Core tests of the fake server on simulated time.
