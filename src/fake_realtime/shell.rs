@@ -2,7 +2,7 @@
 //! handshake (routing by path, checking the key, refusing with the real service's HTTP
 //! statuses), then pumps one [`FakeSession`] per socket.
 //!
-//! The clock is read in exactly one place, [`now`], and the core's timer is driven with
+//! The clock is read in exactly one place, `now()`, and the core's timer is driven with
 //! `tokio::time::sleep_until`, so tests on tokio's paused clock run whole calls instantly.
 
 use std::future::Future;
