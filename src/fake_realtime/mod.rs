@@ -172,6 +172,14 @@ impl FakeOptions {
                 problem: "must be longer than 0s".to_owned(),
             });
         }
+        if let FakeReply::Tone { duration_ms, .. } = self.reply
+            && duration_ms > MAX_TONE_MS
+        {
+            return Err(FakeError::Invalid {
+                key: "reply.duration_ms",
+                problem: format!("must be at most {MAX_TONE_MS} (10 minutes), not {duration_ms}"),
+            });
+        }
         if let FakeReply::File { path, pcm } = &mut self.reply
             && pcm.is_none()
         {
@@ -180,6 +188,9 @@ impl FakeOptions {
         Ok(())
     }
 }
+
+/// Longest tone reply: every response renders it in memory.
+const MAX_TONE_MS: u32 = 10 * 60 * 1000;
 
 /// What an audio reply contains.
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -1060,3 +1060,46 @@ fn session_expires_with_1001_at_the_configured_time() {
         "nothing after the close"
     );
 }
+
+// --- options ---------------------------------------------------------------------------------
+
+#[test]
+fn options_deserialize_strictly_and_prepare_checks_values() {
+    let options: FakeOptions = serde_json::from_value(json!({
+        "reply": {"kind": "file", "path": "/nonexistent/reply.wav"},
+        "transcript": "hi", "speed": 2.5, "delta_ms_min": 20, "delta_ms_max": 60, "seed": 7,
+        "session_max_duration": "90s",
+        "tool_script": [{"turn": 2, "name": "transfer", "arguments": {"to": "sales"}}],
+        "record": "/tmp/x.jsonl",
+    }))
+    .unwrap();
+    assert_eq!(options.session_max_duration, Some(Duration::from_secs(90)));
+    assert!(options.clone().prepare().is_err(), "missing reply file");
+    assert!(serde_json::from_value::<FakeOptions>(json!({"sped": 2})).is_err());
+    assert!(
+        serde_json::from_value::<FakeOptions>(json!({"api_key": "k"})).is_err(),
+        "not a config key"
+    );
+    let bad = |options: FakeOptions| options.clone().prepare().is_err();
+    assert!(bad(FakeOptions {
+        speed: 0.0,
+        ..FakeOptions::default()
+    }));
+    assert!(bad(FakeOptions {
+        delta_ms_min: 300,
+        ..FakeOptions::default()
+    }));
+    assert!(bad(FakeOptions {
+        reply: tone(u32::MAX),
+        ..FakeOptions::default()
+    }));
+    assert!(FakeOptions::default().prepare().is_ok());
+    let shown = format!(
+        "{:?}",
+        FakeOptions {
+            api_key: Some("sk-secret".into()),
+            ..FakeOptions::default()
+        }
+    );
+    assert!(!shown.contains("sk-secret"), "{shown}");
+}
