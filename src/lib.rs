@@ -19,15 +19,15 @@
 //! |---|---|---|
 //! | [`config`] | loading | defaults <- TOML file <- `SRB_*` environment; typed, validated; secrets by reference |
 //! | [`audio`] | core | G.711 mu-law/A-law, the 8 kHz <-> 24 kHz resampler, frame constants |
-//! | [`io`] | shell | tokio I/O: the WebSocket client to realtime services |
+//! | [`fake_realtime`] | core + shell | a protocol-faithful local Realtime API server (both dialects, VAD, barge-in, truncate, tool calls, expiry) for tests, benchmarks and the demo |
+//! | [`io`] | shell | tokio I/O: the WebSocket connect shell, the realtime session driver, `probe` |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
 //! | [`realtime`] | core | Realtime API client: dialects and connect URLs, typed events, `session.update` rendering, the session core (setup, response sequencing, output-audio ledger, tool calls) |
 //!
 //! Rooms still to be built, each with its issue: `sip/` (messages, transactions, dialogs, SDP,
-//! registration), `rtp/` (receive path, playout pacer, DTMF, RTCP), `realtime/` (events,
-//! dialects, session core), `call` (one call's cores wired together, barge-in), `io/` (the
-//! tokio shells) and `fake_realtime/` (the local stand-in for the Realtime API). The binary
-//! (`src/main.rs`) stays thin: command line, logging, runtime, signals.
+//! registration), `rtp/` (receive path, playout pacer, DTMF, RTCP) and `call` (one call's cores
+//! wired together, barge-in); `io/` grows a shell for each. The binary (`src/main.rs`) stays
+//! thin: command line, logging, runtime, signals.
 //!
 //! ## Conventions
 //!
@@ -37,6 +37,7 @@
 
 pub mod audio;
 pub mod config;
+pub mod fake_realtime;
 pub mod io;
 pub mod logging;
 pub mod realtime;

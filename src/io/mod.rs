@@ -3,7 +3,9 @@
 //!
 //! - [`ws`]: the WebSocket connection to a realtime service (TLS, auth, handshake errors).
 //! - [`realtime`]: the task that drives one realtime session core over that connection.
+//! - [`probe`]: connect, configure, send a second of silence, report: the `probe` command.
 
+pub mod probe;
 pub mod realtime;
 pub mod ws;
 

@@ -1,0 +1,589 @@
+//! The tokio shell of the fake server: accepts TCP connections, performs the WebSocket
+//! handshake (routing by path, checking the key, refusing with the real service's HTTP
+//! statuses), then pumps one [`FakeSession`] per socket.
+//!
+//! The clock is read in exactly one place, `now()`, and the core's timer is driven with
+//! `tokio::time::sleep_until`, so tests on tokio's paused clock run whole calls instantly.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use super::{FakeDialect, FakeError, FakeOptions, FakeSession, Outgoing};
+
+/// How long shutdown waits for connections to send their close frames.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The one place the shell reads the clock: the monotonic instant the core runs on (tokio's,
+/// so a paused test clock applies) and the Unix time used for `expires_at`.
+fn now() -> (Instant, u64) {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (tokio::time::Instant::now().into_std(), unix)
+}
+
+/// What the handshake decided about a request.
+#[derive(Debug)]
+struct Route {
+    dialect: FakeDialect,
+    model: String,
+    /// The client sent `OpenAI-Beta` on a GA path: upgrade, then error and close 4000.
+    beta: bool,
+}
+
+/// Serves fake Realtime connections on `listener` until `shutdown` completes, then closes
+/// every open connection with 1001 and returns. Fails only if `options` are unusable.
+pub async fn serve(
+    listener: TcpListener,
+    options: Arc<FakeOptions>,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    let options = prepared(options)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut connections: u64 = 0;
+    let shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = shutdown;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections += 1;
+                    tracing::debug!(%peer, connection = connections, "fake realtime: accepted");
+                    tasks.spawn(connection(stream, Arc::clone(&options), connections, stop_rx.clone()));
+                }
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "fake realtime: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+fn prepared(options: Arc<FakeOptions>) -> Result<Arc<FakeOptions>, FakeError> {
+    // Cheap when already prepared: a loaded file is shared, not re-read.
+    let mut owned = Arc::unwrap_or_clone(options);
+    owned.prepare()?;
+    Ok(Arc::new(owned))
+}
+
+/// A fake server running in this process on 127.0.0.1; stops when dropped.
+#[derive(Debug)]
+pub struct FakeHandle {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl FakeHandle {
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `ws://` URL of a dialect's endpoint on this server, for `model` (the deployment on
+    /// Azure).
+    pub fn url(&self, dialect: FakeDialect, model: &str) -> String {
+        let addr = self.addr;
+        match dialect {
+            FakeDialect::OpenAiGa => format!("ws://{addr}/v1/realtime?model={model}"),
+            FakeDialect::AzureGa => format!("ws://{addr}/openai/v1/realtime?model={model}"),
+            FakeDialect::AzurePreview => format!(
+                "ws://{addr}/openai/realtime?api-version=2025-04-01-preview&deployment={model}"
+            ),
+        }
+    }
+
+    /// Stops the server and waits until its connections are closed.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for FakeHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts a fake server on an ephemeral loopback port.
+pub async fn start_loopback(options: FakeOptions) -> std::io::Result<FakeHandle> {
+    let options = prepared(Arc::new(options))?;
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, options, async move {
+        let _ = stopped.await;
+    }));
+    Ok(FakeHandle {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+/// The `fake-realtime --listen ADDR` subcommand: serves until SIGTERM or SIGINT.
+pub async fn run_cli(listen: SocketAddr, options: FakeOptions) -> std::io::Result<()> {
+    let options = prepared(Arc::new(options))?;
+    let listener = TcpListener::bind(listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "fake realtime server listening");
+    serve(listener, options, termination()).await
+}
+
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+// --- the handshake ------------------------------------------------------------------------
+
+// The error type is tungstenite's handshake callback contract, large or not.
+#[allow(clippy::result_large_err)]
+fn route(request: &Request, api_key: Option<&str>) -> Result<Route, ErrorResponse> {
+    let query: Vec<(String, String)> = request
+        .uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    let (dialect, model) = match request.uri().path() {
+        "/v1/realtime" => (FakeDialect::OpenAiGa, param("model")),
+        "/openai/v1/realtime" => (FakeDialect::AzureGa, param("model")),
+        "/openai/realtime" => (FakeDialect::AzurePreview, param("deployment")),
+        _ => {
+            return Err(http_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Invalid URL: this server serves /v1/realtime, /openai/v1/realtime and /openai/realtime.",
+            ));
+        }
+    };
+    if let Some(expected) = api_key {
+        let header_value = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let presented = match dialect {
+            FakeDialect::OpenAiGa => header_value("authorization")
+                .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)),
+            FakeDialect::AzureGa | FakeDialect::AzurePreview => {
+                header_value("api-key").or_else(|| param("api-key"))
+            }
+        };
+        if presented.as_deref() != Some(expected) {
+            let message = match presented {
+                None => "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or in the api-key header on Azure.".to_owned(),
+                Some(key) => format!(
+                    "Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.",
+                    mask(&key)
+                ),
+            };
+            return Err(http_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                &message,
+            ));
+        }
+    }
+    let beta = dialect.is_ga() && request.headers().contains_key("openai-beta");
+    let model = model.unwrap_or_else(|| {
+        if dialect.is_ga() {
+            "gpt-realtime".to_owned()
+        } else {
+            "gpt-4o-realtime-preview".to_owned()
+        }
+    });
+    Ok(Route {
+        dialect,
+        model,
+        beta,
+    })
+}
+
+/// Shows only the ends of a wrong key, as OpenAI does, so logs of the test never hold it.
+fn mask(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 8 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars.iter().take(3).collect();
+    let tail: String = chars.iter().skip(chars.len() - 4).collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
+}
+
+fn http_error(status: StatusCode, code: &str, message: &str) -> ErrorResponse {
+    let body = serde_json::json!({
+        "error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}
+    });
+    let mut response = ErrorResponse::new(Some(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+// --- one connection -------------------------------------------------------------------------
+
+#[allow(clippy::result_large_err)] // the handshake callback's type is tungstenite's
+async fn connection(
+    stream: TcpStream,
+    options: Arc<FakeOptions>,
+    number: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut decided = None;
+    let callback = |request: &Request, response: Response| {
+        let route = route(request, options.api_key.as_deref())?;
+        decided = Some(route);
+        Ok(response)
+    };
+    let socket = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::debug!(%error, "fake realtime: handshake refused or failed");
+            return;
+        }
+    };
+    let Some(route) = decided else {
+        return;
+    };
+    let (mut sink, mut source) = socket.split();
+    if route.beta {
+        let error = serde_json::json!({
+            "type": "error",
+            "event_id": "event_1",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "beta_api_shape_disabled",
+                "message": "The Realtime Beta API is no longer supported. Please use the GA API: remove the 'OpenAI-Beta' header.",
+                "param": null,
+                "event_id": null,
+            }
+        });
+        let _ = sink.send(Message::text(error.to_string())).await;
+        let _ = sink.send(close(4000, "beta_api_shape_disabled")).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), source.next()).await;
+        return;
+    }
+    let (start, unix) = now();
+    let mut session = FakeSession::new(route.dialect, &options, start)
+        .with_model(&route.model)
+        .with_unix_time(unix)
+        .with_connection_number(number);
+    let mut recorder = options.record.as_deref().and_then(Recorder::open);
+    loop {
+        while let Some(outgoing) = session.poll_transmit() {
+            let (message, last) = match outgoing {
+                Outgoing::Text(text) => (Message::text(text), false),
+                Outgoing::Close { code, reason } => (close(code, &reason), true),
+            };
+            if sink.send(message).await.is_err() {
+                return;
+            }
+            if last {
+                // Let the client answer the close; do not wait for it forever.
+                let _ = tokio::time::timeout(Duration::from_secs(1), source.next()).await;
+                return;
+            }
+        }
+        let deadline = session.poll_timeout();
+        tokio::select! {
+            message = source.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let (at, _) = now();
+                    if let Some(recorder) = recorder.as_mut() {
+                        recorder.record(at.saturating_duration_since(start), text.as_str());
+                    }
+                    session.handle_text(at, text.as_str());
+                }
+                // The service speaks JSON text frames only; a binary frame is not JSON.
+                Some(Ok(Message::Binary(_))) => session.handle_text(now().0, ""),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            () = sleep_until(deadline) => session.handle_timeout(now().0),
+            _ = stop.changed() => {
+                let _ = sink.send(close(1001, "server shutting down")).await;
+                return;
+            }
+        }
+    }
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    }))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Appends received client events to a JSONL file.
+struct Recorder {
+    file: std::fs::File,
+}
+
+impl Recorder {
+    fn open(path: &Path) -> Option<Self> {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(file) => Some(Self { file }),
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "fake realtime: cannot open record file");
+                None
+            }
+        }
+    }
+
+    fn record(&mut self, since_start: Duration, text: &str) {
+        let event = serde_json::from_str::<serde_json::Value>(text)
+            .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
+        let line = serde_json::json!({"t_ms": since_start.as_millis() as u64, "event": event});
+        // One write per line, so concurrent connections appending to one file do not interleave
+        // within a line.
+        let _ = self.file.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    async fn first_text(
+        socket: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<TcpStream>,
+        >,
+    ) -> serde_json::Value {
+        loop {
+            match socket.next().await.unwrap().unwrap() {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    fn keyed(key: &str) -> FakeOptions {
+        FakeOptions {
+            api_key: Some(key.to_owned()),
+            ..FakeOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_path_answers_in_its_dialect() {
+        let server = start_loopback(keyed("sk-test")).await.unwrap();
+        for dialect in [
+            FakeDialect::OpenAiGa,
+            FakeDialect::AzureGa,
+            FakeDialect::AzurePreview,
+        ] {
+            let mut request = server.url(dialect, "dep1").into_client_request().unwrap();
+            let (name, value) = match dialect {
+                FakeDialect::OpenAiGa => ("authorization", "Bearer sk-test"),
+                _ => ("api-key", "sk-test"),
+            };
+            request
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+            let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+            let created = first_text(&mut socket).await;
+            assert_eq!(created["type"], "session.created");
+            let session = &created["session"];
+            assert_eq!(session["object"], "realtime.session");
+            assert_eq!(session["model"], "dep1");
+            assert!(session["id"].as_str().unwrap().starts_with("sess_"));
+            assert!(session["expires_at"].as_u64().unwrap() > 1_600_000_000);
+            if dialect.is_ga() {
+                assert_eq!(session["type"], "realtime");
+                assert_eq!(session["audio"]["input"]["format"]["type"], "audio/pcm");
+                assert!(session.get("input_audio_format").is_none());
+            } else {
+                assert_eq!(session["input_audio_format"], "pcm16");
+                assert!(session.get("audio").is_none());
+            }
+        }
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn unknown_path_is_404() {
+        let server = start_loopback(FakeOptions::default()).await.unwrap();
+        let url = format!("ws://{}/v2/realtime?model=x", server.addr());
+        match tokio_tungstenite::connect_async(url).await {
+            Err(WsError::Http(response)) => assert_eq!(response.status(), StatusCode::NOT_FOUND),
+            other => panic!("expected 404, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_key_is_401_with_openai_json() {
+        let server = start_loopback(keyed("sk-right-key-1234")).await.unwrap();
+        let mut request = server
+            .url(FakeDialect::OpenAiGa, "gpt-realtime")
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_static("Bearer sk-wrong-key-9999"),
+        );
+        match tokio_tungstenite::connect_async(request).await {
+            Err(WsError::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+                let body: serde_json::Value =
+                    serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["error"]["code"], "invalid_api_key");
+                assert_eq!(body["error"]["type"], "invalid_request_error");
+                let message = body["error"]["message"].as_str().unwrap();
+                assert!(message.starts_with("Incorrect API key provided"));
+                assert!(!message.contains("sk-wrong-key-9999"), "the key is masked");
+            }
+            other => panic!("expected 401, got {other:?}"),
+        }
+        // Azure paths want the api-key header, not Bearer.
+        let mut request = server
+            .url(FakeDialect::AzureGa, "dep")
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_static("Bearer sk-right-key-1234"),
+        );
+        assert!(matches!(
+            tokio_tungstenite::connect_async(request).await,
+            Err(WsError::Http(r)) if r.status() == StatusCode::UNAUTHORIZED
+        ));
+    }
+
+    #[tokio::test]
+    async fn beta_header_gets_error_and_close_4000() {
+        let server = start_loopback(FakeOptions::default()).await.unwrap();
+        let mut request = server
+            .url(FakeDialect::OpenAiGa, "gpt-realtime")
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("openai-beta", HeaderValue::from_static("realtime=v1"));
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let error = first_text(&mut socket).await;
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["error"]["code"], "beta_api_shape_disabled");
+        match socket.next().await.unwrap().unwrap() {
+            Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 4000),
+            other => panic!("expected close, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_received_events_and_serves_a_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("events.jsonl");
+        let options = FakeOptions {
+            record: Some(record.clone()),
+            speed: 1000.0,
+            ..FakeOptions::default()
+        };
+        let server = start_loopback(options).await.unwrap();
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(server.url(FakeDialect::OpenAiGa, "m"))
+                .await
+                .unwrap();
+        assert_eq!(first_text(&mut socket).await["type"], "session.created");
+        socket
+            .send(Message::text(
+                r#"{"type":"response.create","event_id":"c1"}"#,
+            ))
+            .await
+            .unwrap();
+        socket.send(Message::text("not json")).await.unwrap();
+        let mut kinds = Vec::new();
+        loop {
+            let event = first_text(&mut socket).await;
+            let kind = event["type"].as_str().unwrap().to_owned();
+            kinds.push(kind.clone());
+            if kind == "error" {
+                assert_eq!(event["error"]["code"], "invalid_json");
+                break;
+            }
+        }
+        assert!(kinds.contains(&"response.done".to_owned()), "{kinds:?}");
+        server.shutdown().await;
+        let text = std::fs::read_to_string(&record).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"]["type"], "response.create");
+        assert_eq!(lines[0]["event"]["event_id"], "c1");
+        assert!(lines[0]["t_ms"].is_u64());
+        assert_eq!(lines[1]["event"], "not json");
+    }
+}
