@@ -324,6 +324,42 @@ fn ga_update_without_session_type_is_missing_required() {
 }
 
 #[test]
+fn unknown_voices_are_invalid_values_and_known_ones_pass() {
+    let mut harness = Harness::ga(FakeOptions::default());
+    let out = harness.send(
+        json!({"type": "session.update", "event_id": "v1", "session": {
+        "type": "realtime", "audio": {"output": {"voice": "nobody"}}}}),
+    );
+    let message = expect_error(
+        &out,
+        "invalid_value",
+        Some("session.audio.output.voice"),
+        Some("v1"),
+    );
+    assert!(message.contains("nobody"), "{message}");
+    let out = harness.send(json!({"type": "session.update", "session": {
+        "type": "realtime", "audio": {"output": {"voice": "marin"}}}}));
+    assert!(
+        out.iter().any(|e| e["type"] == "session.updated"),
+        "{out:?}"
+    );
+    // A custom voice is an object with an id.
+    let out = harness.send(json!({"type": "session.update", "session": {
+        "type": "realtime", "audio": {"output": {"voice": {"id": "voice_123"}}}}}));
+    assert!(
+        out.iter().any(|e| e["type"] == "session.updated"),
+        "{out:?}"
+    );
+
+    let mut harness = Harness::preview(FakeOptions::default());
+    let out = harness.send(
+        json!({"type": "session.update", "event_id": "v2", "session": {
+        "voice": "nobody"}}),
+    );
+    expect_error(&out, "invalid_value", Some("session.voice"), Some("v2"));
+}
+
+#[test]
 fn boolean_noise_reduction_is_invalid_type_in_both_shapes() {
     let mut harness = Harness::ga(FakeOptions::default());
     let out = harness.send(

@@ -70,6 +70,12 @@ enum Check {
 
 const MAX_INT: i64 = i64::MAX;
 const FORMATS_PREVIEW: &[&str] = &["pcm16", "g711_ulaw", "g711_alaw"];
+/// The built-in voices. The service refuses any other name with `invalid_value` (GA also takes
+/// a custom voice as `{"id": ...}`).
+const VOICES: &[&str] = &[
+    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
+];
+
 const MODALITIES: &[&str] = &["text", "audio"];
 const INCLUDE: &[&str] = &["item.input_audio_transcription.logprobs"];
 const NOISE_REDUCTION: &[&str] = &["near_field", "far_field"];
@@ -336,7 +342,7 @@ fn turn_detection_ga(value: &Value, path: &str) -> Checked {
 
 fn voice_ga(value: &Value, path: &str) -> Checked {
     if value.is_string() {
-        return Ok(());
+        return run(&Check::Enum(VOICES), value, path);
     }
     if value.is_object() {
         return fields(value, path, &[("id", Check::Str)], &["id"]);
@@ -479,7 +485,7 @@ fn session_preview(value: &Value, path: &str) -> Checked {
             ("modalities", Check::ArrayOf(&Check::Enum(MODALITIES))),
             ("model", Check::Str),
             ("instructions", Check::Str),
-            ("voice", Check::Str),
+            ("voice", Check::Enum(VOICES)),
             ("input_audio_format", Check::Enum(FORMATS_PREVIEW)),
             ("output_audio_format", Check::Enum(FORMATS_PREVIEW)),
             (
@@ -727,7 +733,7 @@ fn response_preview(value: &Value, path: &str) -> Checked {
         &[
             ("modalities", Check::ArrayOf(&Check::Enum(MODALITIES))),
             ("instructions", Check::Str),
-            ("voice", Check::Str),
+            ("voice", Check::Enum(VOICES)),
             ("output_audio_format", Check::Enum(FORMATS_PREVIEW)),
             ("tools", Check::ArrayOf(&Check::Custom(tool_preview))),
             ("tool_choice", Check::Custom(tool_choice_preview)),
