@@ -51,6 +51,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
+
+use crate::fake_realtime::FakeOptions;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
@@ -193,6 +195,16 @@ impl UpstreamConfig {
             Self::Azure(u) => Some(&u.api_key),
             Self::AzurePreview(u) => Some(&u.api_key),
             Self::Fake(_) => None,
+        }
+    }
+
+    /// The limit on connect + WebSocket handshake (the in-process fake: 10 s).
+    pub fn connect_timeout(&self) -> Duration {
+        match self {
+            Self::Openai(u) => u.connect_timeout,
+            Self::Azure(u) => u.connect_timeout,
+            Self::AzurePreview(u) => u.connect_timeout,
+            Self::Fake(_) => default_connect_timeout(),
         }
     }
 
@@ -349,10 +361,21 @@ impl TryFrom<RawAzurePreviewUpstream> for AzurePreviewUpstream {
     }
 }
 
-/// The fake realtime server; its behaviour keys arrive with the fake server itself.
+/// The built-in fake realtime server: its keys are [`FakeOptions`]' (reply, speed, tool
+/// script, session length, recording). Checked at load, a reply file included.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FakeUpstream {}
+#[serde(try_from = "FakeOptions")]
+pub struct FakeUpstream {
+    pub options: FakeOptions,
+}
+
+impl TryFrom<FakeOptions> for FakeUpstream {
+    type Error = String;
+    fn try_from(mut options: FakeOptions) -> Result<Self, String> {
+        options.prepare().map_err(|e| e.to_string())?;
+        Ok(Self { options })
+    }
+}
 
 fn non_empty(key: &str, value: String) -> Result<String, String> {
     if value.trim().is_empty() {
