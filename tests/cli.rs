@@ -350,3 +350,137 @@ fn sigint_also_stops_the_daemon_cleanly() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert!(rest.iter().any(|l| l.contains("SIGINT")), "{rest:?}");
 }
+
+#[test]
+fn probe_against_the_in_process_fake_succeeds() {
+    let out = bridge()
+        .args(["probe", "-c"])
+        .arg(repo("conf/demo.toml"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("profile echo -> upstream fake (fake): OK: connected in"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sent without error"), "{stdout}");
+}
+
+/// A free loopback port (bound, read, released: the fake binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `fake-realtime` as its own process, requiring the key in FAKE_KEY; killed on drop.
+struct FakeProcess(std::process::Child);
+
+impl FakeProcess {
+    fn start(port: u16, key: &str) -> Self {
+        let mut child = bridge()
+            .args(["fake-realtime", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--api-key-env", "FAKE_KEY"])
+            .env("FAKE_KEY", key)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.unwrap().contains("listening")),
+            "fake-realtime did not start"
+        );
+        Self(child)
+    }
+}
+
+impl Drop for FakeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn probe_reports_success_a_401_and_a_refused_setting_against_the_fake_server() {
+    let port = free_port();
+    let _fake = FakeProcess::start(port, "right-key");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[upstreams.openai]
+kind = "openai"
+url = "ws://127.0.0.1:{port}/v1/realtime"
+api_key_env = "TEST_OPENAI_KEY"
+[upstreams.azure]
+kind = "azure-preview"
+endpoint = "http://127.0.0.1:{port}"
+deployment = "rt"
+api_key_env = "TEST_OPENAI_KEY"
+[profiles.support]
+upstream = "openai"
+audio_format = "g711_alaw"
+[profiles.legacy]
+upstream = "azure"
+[profiles.odd]
+upstream = "openai"
+voice = "nobody"
+[[routes]]
+profile = "support"
+"#
+        ),
+    );
+    let probe = |key: &str, profile: Option<&str>| {
+        let mut cmd = bridge();
+        cmd.args(["probe", "-c"])
+            .arg(&path)
+            .env("TEST_OPENAI_KEY", key);
+        if let Some(p) = profile {
+            cmd.args(["--profile", p]);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = text(&out);
+        (out.status.code(), stdout, stderr)
+    };
+
+    let (code, stdout, stderr) = probe("right-key", None);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("1 s of silence (8000 bytes of g711_alaw)"),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = probe("right-key", Some("legacy"));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("/openai/realtime?api-version=2025-04-01-preview&deployment=rt"),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = probe("wrong-key", None);
+    assert_eq!(code, Some(4), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("FAILED: connect: authentication failed (HTTP 401)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong-key") && !stdout.contains("wrong-key"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = probe("right-key", Some("odd"));
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains("field session.audio.output.voice"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = probe("right-key", Some("missing"));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("no profile named `missing`"), "{stderr}");
+}

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::ws::WsStream;
-use crate::realtime::{CallId, ItemId, Session, SessionEvent};
+use crate::realtime::{CallId, ItemId, Session, SessionEvent, SessionStats};
 
 /// What the call asks of its realtime session.
 #[derive(Debug)]
@@ -46,7 +46,14 @@ pub enum Command {
     Close,
 }
 
-/// How the session task ended.
+/// How the session task ended, with the session's counters at that moment.
+#[derive(Debug)]
+pub struct Finished {
+    pub ended: Ended,
+    pub stats: SessionStats,
+}
+
+/// Who ended the session.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
     /// We closed it (a `Close` command, or every command sender dropped).
@@ -65,6 +72,20 @@ pub async fn run(
     mut session: Session,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<SessionEvent>,
+    keepalive: Duration,
+) -> Finished {
+    let ended = drive(&mut ws, &mut session, &mut commands, &events, keepalive).await;
+    Finished {
+        ended,
+        stats: session.stats(),
+    }
+}
+
+async fn drive(
+    ws: &mut WsStream,
+    session: &mut Session,
+    commands: &mut mpsc::Receiver<Command>,
+    events: &mpsc::Sender<SessionEvent>,
     keepalive: Duration,
 ) -> Ended {
     let mut ping = tokio::time::interval(keepalive);
@@ -118,7 +139,7 @@ pub async fn run(
                     let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "call ended".into() })).await;
                     return Ended::Closed;
                 }
-                Some(command) => apply(&mut session, command),
+                Some(command) => apply(session, command),
             },
             () = sleep_until(deadline) => session.handle_timeout(now()),
             _ = ping.tick() => {
