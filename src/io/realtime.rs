@@ -188,3 +188,108 @@ fn apply(session: &mut Session, command: Command) {
         tracing::warn!(%error, "realtime command refused");
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::realtime::{ConnectTarget, Dialect};
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::WebSocketStream;
+
+    fn profile() -> crate::config::ProfileConfig {
+        let config = Config::from_toml(
+            "[upstreams.f]\nkind = \"fake\"\n[profiles.p]\nupstream = \"f\"\n[[routes]]\nprofile = \"p\"\n",
+        )
+        .unwrap();
+        config.profiles.into_values().next().unwrap()
+    }
+
+    /// A WebSocket server that accepts one connection and hands it to `behave`.
+    async fn server<F, Fut>(behave: F) -> ConnectTarget
+    where
+        F: FnOnce(WebSocketStream<tokio::net::TcpStream>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let ws = tokio_tungstenite::accept_async(socket).await.unwrap();
+            behave(ws).await;
+        });
+        ConnectTarget {
+            url: format!("ws://{addr}/v1/realtime").parse().unwrap(),
+            auth_header: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_service_is_declared_lost_after_two_keepalive_intervals() {
+        // Upgrades, then neither reads nor writes: no pong ever comes back.
+        let target = server(|ws| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(ws);
+        })
+        .await;
+        let ws = super::super::ws::connect(&target, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let session = Session::new(&profile(), Dialect::OpenAiGa, now());
+        let (_commands, command_rx) = mpsc::channel(4);
+        let (event_tx, mut events) = mpsc::channel(16);
+        let keepalive = Duration::from_millis(100);
+        let started = Instant::now();
+        let finished = run(ws, session, command_rx, event_tx, keepalive).await;
+        assert_eq!(finished.ended, Ended::Remote);
+        assert!(started.elapsed() >= keepalive * 2);
+        let mut closed = None;
+        while let Ok(event) = events.try_recv() {
+            if let SessionEvent::Closed { reason, .. } = event {
+                closed = Some(reason);
+            }
+        }
+        assert_eq!(
+            closed.as_deref(),
+            Some("no frame from the service for two keepalive intervals")
+        );
+    }
+
+    #[tokio::test]
+    async fn pings_are_sent_and_a_close_frame_is_surfaced_with_its_code() {
+        let (seen_tx, mut seen_rx) = mpsc::channel(4);
+        let target = server(move |mut ws| async move {
+            // Wait for the client's first ping, then close with a code of our own.
+            while let Some(Ok(frame)) = ws.next().await {
+                if matches!(frame, Message::Ping(_)) {
+                    seen_tx.send(()).await.unwrap();
+                    let close = CloseFrame {
+                        code: CloseCode::Library(4000),
+                        reason: "shape disabled".into(),
+                    };
+                    let _ = ws.close(Some(close)).await;
+                    while ws.next().await.is_some() {}
+                    return;
+                }
+            }
+        })
+        .await;
+        let ws = super::super::ws::connect(&target, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let session = Session::new(&profile(), Dialect::OpenAiGa, now());
+        let (_commands, command_rx) = mpsc::channel(4);
+        let (event_tx, mut events) = mpsc::channel(16);
+        let finished = run(ws, session, command_rx, event_tx, Duration::from_millis(50)).await;
+        assert_eq!(finished.ended, Ended::Remote);
+        assert!(seen_rx.try_recv().is_ok(), "no ping reached the server");
+        let mut closed = None;
+        while let Ok(event) = events.try_recv() {
+            if let SessionEvent::Closed { code, reason } = event {
+                closed = Some((code, reason));
+            }
+        }
+        assert_eq!(closed, Some((Some(4000), "shape disabled".to_owned())));
+    }
+}
