@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::ws::WsStream;
-use crate::realtime::{CallId, ItemId, Session, SessionEvent, SessionStats};
+use crate::realtime::{CallId, ItemId, ServerError, Session, SessionEvent, SessionStats};
 
 /// What the call asks of its realtime session.
 #[derive(Debug)]
@@ -62,6 +62,7 @@ pub enum Ended {
     Remote,
 }
 
+/// The one place this shell reads the clock (tokio's, so a paused test clock applies).
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
@@ -91,7 +92,7 @@ async fn drive(
     let mut ping = tokio::time::interval(keepalive);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
-    let mut last_heard = Instant::now();
+    let mut last_heard = now();
     loop {
         while let Some(text) = session.poll_transmit() {
             if let Err(error) = ws.send(Message::text(text)).await {
@@ -100,10 +101,15 @@ async fn drive(
             }
         }
         while let Some(event) = session.poll_event() {
-            // After these the core has nothing more to say and the socket is done with.
+            // After these the core has nothing more to say and the socket is done with. A fatal
+            // error ends the session in the core; leaving the socket open would only keep a
+            // dead session's keepalive going until the call hangs up.
             let closed = matches!(
                 event,
-                SessionEvent::Closed { .. } | SessionEvent::Expired | SessionEvent::SetupFailed(_)
+                SessionEvent::Closed { .. }
+                    | SessionEvent::Expired
+                    | SessionEvent::SetupFailed(_)
+                    | SessionEvent::Error(ServerError { fatal: true, .. })
             );
             if events.send(event).await.is_err() {
                 // Nobody listens any more: the call is gone.
@@ -118,7 +124,7 @@ async fn drive(
         let deadline = session.poll_timeout();
         tokio::select! {
             frame = ws.next() => {
-                last_heard = Instant::now();
+                last_heard = now();
                 match frame {
                     Some(Ok(Message::Text(text))) => session.handle_text(now(), text.as_str()),
                     Some(Ok(Message::Close(frame))) => {
@@ -143,7 +149,7 @@ async fn drive(
             },
             () = sleep_until(deadline) => session.handle_timeout(now()),
             _ = ping.tick() => {
-                if last_heard.elapsed() > keepalive * 2 {
+                if now().saturating_duration_since(last_heard) > keepalive * 2 {
                     session.handle_closed(now(), None, "no frame from the service for two keepalive intervals");
                 } else if let Err(error) = ws.send(Message::Ping(Vec::new().into())).await {
                     session.handle_closed(now(), None, &format!("ping failed: {error}"));
@@ -291,5 +297,52 @@ mod tests {
             }
         }
         assert_eq!(closed, Some((Some(4000), "shape disabled".to_owned())));
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_closes_the_socket() {
+        let (closed_tx, mut closed_rx) = mpsc::channel(1);
+        let target = server(move |mut ws| async move {
+            let created = r#"{"type":"session.created","event_id":"e1","session":{"id":"sess_1","type":"realtime"}}"#;
+            ws.send(Message::text(created)).await.unwrap();
+            while let Some(Ok(frame)) = ws.next().await {
+                let Message::Text(text) = frame else { continue };
+                if text.contains("session.update") {
+                    let updated = r#"{"type":"session.updated","event_id":"e2","session":{"id":"sess_1","type":"realtime"}}"#;
+                    ws.send(Message::text(updated)).await.unwrap();
+                    let fatal = r#"{"type":"error","event_id":"e3","error":{"type":"invalid_request_error","code":"invalid_api_key","message":"key revoked"}}"#;
+                    ws.send(Message::text(fatal)).await.unwrap();
+                    break;
+                }
+            }
+            // The client must close now, without being asked to.
+            let closed = loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(_))) | None => break true,
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => break false,
+                }
+            };
+            closed_tx.send(closed).await.unwrap();
+        })
+        .await;
+        let ws = super::super::ws::connect(&target, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let session = Session::new(&profile(), Dialect::OpenAiGa, now());
+        let (_commands, command_rx) = mpsc::channel(4);
+        let (event_tx, mut events) = mpsc::channel(16);
+        let finished = run(ws, session, command_rx, event_tx, Duration::from_secs(20)).await;
+        assert_eq!(finished.ended, Ended::Remote);
+        assert_eq!(closed_rx.recv().await, Some(true));
+        let mut fatal = None;
+        while let Ok(event) = events.try_recv() {
+            if let SessionEvent::Error(e) = event {
+                fatal = Some(e);
+            }
+        }
+        let fatal = fatal.expect("the fatal error reached the call");
+        assert!(fatal.fatal);
+        assert_eq!(fatal.code.as_deref(), Some("invalid_api_key"));
     }
 }
