@@ -263,18 +263,37 @@ impl FromStr for ServiceUrl {
         if !url.username().is_empty() || url.password().is_some() {
             return Err("put credentials in api_key_env or api_key_file, not in the URL".into());
         }
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            None => return Err(format!("`{s}` has no host")),
-        };
+        if url.host().is_none() {
+            return Err(format!("`{s}` has no host"));
+        }
+        // A gateway key in the query would be printed wherever the URL is (probe, logs).
+        if let Some((name, _)) = url.query_pairs().find(|(name, _)| {
+            let name = name.to_ascii_lowercase();
+            [
+                "key",
+                "api-key",
+                "api_key",
+                "apikey",
+                "token",
+                "access_token",
+                "sig",
+                "signature",
+            ]
+            .contains(&name.as_str())
+        }) {
+            return Err(format!(
+                "query parameter `{name}` looks like a credential: put it in api_key_env or \
+                 api_key_file"
+            ));
+        }
+        let loopback = is_loopback_url(&url);
         let secure = match url.scheme() {
             "wss" | "https" => true,
             "ws" | "http" if loopback => false,
             "ws" | "http" => {
                 return Err(format!(
-                    "`{s}`: plain ws:// is allowed only to a loopback address; use wss://"
+                    "`{s}`: plain ws:// is allowed only to a loopback IP address (127.0.0.1, \
+                     [::1]); use wss://"
                 ));
             }
             other => {
@@ -314,6 +333,16 @@ impl fmt::Display for Matcher {
             Self::Prefix(p) => write!(f, "prefix {p:?}"),
             Self::Regex(r) => write!(f, "regex {:?}", r.0.as_str()),
         }
+    }
+}
+
+/// Whether `url` names a loopback IP address, the only place plain `ws://` may go. A name such
+/// as `localhost` does not count: what it resolves to is up to the host's resolver.
+pub fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(_)) | None => false,
     }
 }
 
@@ -455,7 +484,6 @@ mod tests {
                 .scheme(),
             "ws"
         );
-        assert!("ws://localhost:9000".parse::<ServiceUrl>().is_ok());
         assert!("ws://[::1]:9000".parse::<ServiceUrl>().is_ok());
         for bad in [
             "ws://api.openai.com/v1/realtime",
@@ -463,6 +491,9 @@ mod tests {
             "ftp://x.example",
             "wss://user:pw@api.openai.com/",
             "not a url",
+            "ws://localhost:9000",
+            "wss://gw.example.com/v1/realtime?api-key=abc",
+            "wss://gw.example.com/v1/realtime?Token=abc",
         ] {
             assert!(bad.parse::<ServiceUrl>().is_err(), "{bad}");
         }

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::config::types::is_loopback_url;
 use crate::realtime::ConnectTarget;
 
 /// An open WebSocket to a realtime service.
@@ -60,22 +61,12 @@ impl ConnectError {
     }
 }
 
-/// Whether `url` may be used without TLS.
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
 /// Opens the WebSocket, within `timeout` for TCP, TLS and the HTTP upgrade together.
 pub async fn connect(target: &ConnectTarget, timeout: Duration) -> Result<WsStream, ConnectError> {
     let url = &target.url;
     match url.scheme() {
         "wss" => {}
-        "ws" if is_loopback(url) => {}
+        "ws" if is_loopback_url(url) => {}
         _ => {
             return Err(ConnectError::InsecureUrl(
                 url.host_str().unwrap_or_default().to_owned(),
@@ -295,6 +286,11 @@ mod tests {
             matches!(err, ConnectError::InsecureUrl(ref h) if h == "api.openai.com"),
             "{err}"
         );
+        let named: url::Url = "ws://localhost:1/".parse().unwrap();
+        assert!(matches!(
+            connect(&plain_target(named), Duration::from_secs(1)).await,
+            Err(ConnectError::InsecureUrl(_))
+        ));
         let http: url::Url = "http://127.0.0.1:1/".parse().unwrap();
         assert!(matches!(
             connect(&plain_target(http.clone()), Duration::from_secs(1)).await,
