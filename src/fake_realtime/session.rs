@@ -466,8 +466,10 @@ impl FakeSession {
         }
         if !self.vad.speaking() {
             // Between turns only the prefix padding can still become part of an item.
-            let keep_ms = turn.vad.prefix_padding_ms + 20;
-            let keep_from = self.input_units.saturating_sub(keep_ms * UNITS_PER_MS);
+            let keep_ms = turn.vad.prefix_padding_ms.saturating_add(20);
+            let keep_from = self
+                .input_units
+                .saturating_sub(keep_ms.saturating_mul(UNITS_PER_MS));
             self.drop_buffer_before(keep_from);
         }
         Ok(())
@@ -501,8 +503,8 @@ impl FakeSession {
                 ("item_id", json!(item_id)),
             ]),
         );
-        let from = self.speech_start_ms * UNITS_PER_MS;
-        let to = audio_end_ms * UNITS_PER_MS;
+        let from = self.speech_start_ms.saturating_mul(UNITS_PER_MS);
+        let to = audio_end_ms.saturating_mul(UNITS_PER_MS);
         let audio = self.buffer_slice(from, to).to_vec();
         self.drop_buffer_before(to);
         self.commit_user_item(item_id, audio);

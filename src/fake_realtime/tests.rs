@@ -848,6 +848,40 @@ fn response_event_sequence_with_transcript() {
     assert_eq!(ids.len(), harness.log.len(), "event ids are unique");
 }
 
+#[test]
+fn huge_vad_durations_are_refused_without_panicking() {
+    let huge = i64::MAX;
+    for field in ["prefix_padding_ms", "silence_duration_ms"] {
+        let mut harness = Harness::ga(FakeOptions::default());
+        let out = harness.send(
+            json!({"type": "session.update", "event_id": "u", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", field: huge}}}}}),
+        );
+        let param = format!("session.audio.input.turn_detection.{field}");
+        expect_error(&out, "integer_above_max_value", Some(&param), Some("u"));
+        let out = harness.send(
+            json!({"type": "session.update", "event_id": "v", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", field: 10_001}}}}}),
+        );
+        expect_error(&out, "integer_above_max_value", Some(&param), Some("v"));
+        let out = harness.send(json!({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", field: 10_000}}}}}));
+        assert_eq!(kinds(&out), ["session.updated"]);
+        // The session still runs a turn's worth of audio on the accepted settings.
+        harness.stream(&pcm16_bytes(&turn_pcm(24_000)), 48, 960);
+
+        let mut harness = Harness::preview(FakeOptions::default());
+        let out = harness.send(json!({"type": "session.update", "session": {
+            "turn_detection": {"type": "server_vad", field: huge}}}));
+        let param = format!("session.turn_detection.{field}");
+        expect_error(&out, "integer_above_max_value", Some(&param), None);
+        harness.stream(&pcm16_bytes(&turn_pcm(24_000)), 48, 960);
+    }
+}
+
 // --- barge-in, cancel, truncate ------------------------------------------------------------------
 
 /// A session whose reply is a long tone streamed at real time, with a response in flight.

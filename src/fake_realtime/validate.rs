@@ -69,6 +69,10 @@ enum Check {
 }
 
 const MAX_INT: i64 = i64::MAX;
+/// Upper bound of `prefix_padding_ms` and `silence_duration_ms`. The SDK types give no range
+/// and the reference records none; 10 s is the fake's choice (far above any useful value), so
+/// larger values are `integer_above_max_value` instead of overflowing the timeline arithmetic.
+const MAX_VAD_MS: i64 = 10_000;
 const FORMATS_PREVIEW: &[&str] = &["pcm16", "g711_ulaw", "g711_alaw"];
 /// The built-in voices. The service refuses any other name with `invalid_value` (GA also takes
 /// a custom voice as `{"id": ...}`).
@@ -331,8 +335,8 @@ fn turn_detection_ga(value: &Value, path: &str) -> Checked {
                 ("create_response", Check::Bool),
                 ("idle_timeout_ms", Check::Nullable(&Check::Int(5000, 30000))),
                 ("interrupt_response", Check::Bool),
-                ("prefix_padding_ms", Check::Int(0, MAX_INT)),
-                ("silence_duration_ms", Check::Int(0, MAX_INT)),
+                ("prefix_padding_ms", Check::Int(0, MAX_VAD_MS)),
+                ("silence_duration_ms", Check::Int(0, MAX_VAD_MS)),
                 ("threshold", Check::Num(0.0, 1.0)),
             ],
             &["type"],
@@ -537,8 +541,8 @@ fn turn_detection_preview(value: &Value, path: &str) -> Checked {
             ("create_response", Check::Bool),
             ("eagerness", Check::Enum(EAGERNESS)),
             ("interrupt_response", Check::Bool),
-            ("prefix_padding_ms", Check::Int(0, MAX_INT)),
-            ("silence_duration_ms", Check::Int(0, MAX_INT)),
+            ("prefix_padding_ms", Check::Int(0, MAX_VAD_MS)),
+            ("silence_duration_ms", Check::Int(0, MAX_VAD_MS)),
             ("threshold", Check::Num(0.0, 1.0)),
             ("idle_timeout_ms", Check::Nullable(&Check::Int(5000, 30000))),
         ],
