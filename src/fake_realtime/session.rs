@@ -14,6 +14,9 @@
 //!   not start a second response;
 //! - `idle_timeout_ms` is accepted but not acted on; `previous_item_id` on item creation is
 //!   accepted, and the item goes at the end;
+//! - a truncate past the end of the audio is refused with no effect (one third-party trace shows
+//!   the service truncating at the real end anyway); its error has `code`, `param` and
+//!   `event_id` all `null`, as observed;
 //! - pcm16 appends of an odd number of bytes lose the last byte;
 //! - a change of input format discards audio buffered in the old format.
 
@@ -350,7 +353,7 @@ impl FakeSession {
             "code": error.code,
             "message": error.message,
             "param": error.param,
-            "event_id": client_event_id,
+            "event_id": client_event_id.filter(|_| error.echo_event_id),
         });
         self.send("error", fields([("error", body)]));
     }
@@ -677,7 +680,7 @@ impl FakeSession {
         } = &mut item.kind
         else {
             return Err(WireError::new(
-                "invalid_value",
+                "unsupported_content_type",
                 "Only model output audio messages can be truncated",
                 Some("item_id"),
             ));
@@ -691,13 +694,10 @@ impl FakeSession {
         }
         let produced_ms = (*produced_bytes / format.bytes_per_ms()) as u64;
         if audio_end_ms > produced_ms {
-            return Err(WireError::new(
-                "invalid_value",
-                format!(
-                    "Audio content of {produced_ms} ms is already shorter than {audio_end_ms} ms"
-                ),
-                Some("audio_end_ms"),
-            ));
+            // No code, param or event_id: that is how the service reports it.
+            return Err(WireError::uncoded(format!(
+                "Audio content of {produced_ms} ms is already shorter than {audio_end_ms} ms"
+            )));
         }
         *produced_bytes = usize::try_from(audio_end_ms)
             .unwrap_or(usize::MAX)

@@ -21,17 +21,32 @@ use serde_json::{Map, Value};
 /// An `error` event's payload (`type` is always `invalid_request_error` for these).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct WireError {
-    pub(crate) code: &'static str,
+    /// `error.code`; `None` is sent as `null`.
+    pub(crate) code: Option<&'static str>,
     pub(crate) message: String,
     pub(crate) param: Option<String>,
+    /// Whether `error.event_id` echoes the client event's `event_id` (else it is `null`).
+    pub(crate) echo_event_id: bool,
 }
 
 impl WireError {
     pub(crate) fn new(code: &'static str, message: impl Into<String>, param: Option<&str>) -> Self {
         Self {
-            code,
+            code: Some(code),
             message: message.into(),
             param: param.map(str::to_owned),
+            echo_event_id: true,
+        }
+    }
+
+    /// An error the service sends with `code`, `param` and `event_id` all `null`, as it does for
+    /// a truncate past the end of the audio (realtime-api.md sections 1.7 and 4.3).
+    pub(crate) fn uncoded(message: impl Into<String>) -> Self {
+        Self {
+            code: None,
+            message: message.into(),
+            param: None,
+            echo_event_id: false,
         }
     }
 }
