@@ -17,6 +17,9 @@
 //! - a truncate past the end of the audio is refused with no effect (one third-party trace shows
 //!   the service truncating at the real end anyway); its error has `code`, `param` and
 //!   `event_id` all `null`, as observed;
+//! - truncating the assistant item still being streamed stops its audio at once: no more
+//!   deltas, the item ends `incomplete` with its audio length at the truncate point, and the
+//!   response finishes `completed` (or `cancelled` if a barge-in already cancelled it);
 //! - pcm16 appends of an odd number of bytes lose the last byte;
 //! - a change of input format discards audio buffered in the old format.
 
@@ -100,6 +103,10 @@ struct ActiveResponse {
     next_at: Instant,
     transcript: Vec<char>,
     transcript_sent: usize,
+    /// The client truncated the item: its transcript is gone and no more audio is produced.
+    truncated: bool,
+    /// Why the response will end as cancelled, once its in-flight audio is sent.
+    cancel_reason: Option<&'static str>,
 }
 
 /// One fake Realtime connection's state machine. See the module docs.
@@ -719,6 +726,15 @@ impl FakeSession {
                 ("audio_end_ms", json!(audio_end_ms)),
             ]),
         );
+        // Truncating the item still being streamed ends its audio there: no further deltas,
+        // and the response finishes now (cancelled if a barge-in already cancelled it).
+        if let Some(active) = self.response.as_mut()
+            && active.item_id == item_id
+        {
+            active.truncated = true;
+            let reason = active.cancel_reason;
+            self.finish_response(reason);
+        }
         Ok(())
     }
 
@@ -1036,6 +1052,8 @@ impl FakeSession {
             next_at: now,
             transcript: self.transcript.as_deref().unwrap_or("").chars().collect(),
             transcript_sent: 0,
+            truncated: false,
+            cancel_reason: None,
         });
         self.pump(now);
     }
@@ -1108,13 +1126,18 @@ impl FakeSession {
     }
 
     /// Ends the active response: completed when `cancel_reason` is `None`, else cancelled.
-    fn finish_response(&mut self, cancel_reason: Option<&str>) {
+    fn finish_response(&mut self, cancel_reason: Option<&'static str>) {
         let Some(active) = self.response.take() else {
             return;
         };
+        let sent_text = if active.truncated {
+            0
+        } else {
+            active.transcript_sent
+        };
         let transcript: String = active
             .transcript
-            .get(..active.transcript_sent)
+            .get(..sent_text)
             .unwrap_or_default()
             .iter()
             .collect();
@@ -1144,7 +1167,7 @@ impl FakeSession {
             json!({"type": part_type, "transcript": transcript}),
         );
         self.send("response.content_part.done", body);
-        let status = if cancel_reason.is_some() {
+        let status = if cancel_reason.is_some() || active.truncated {
             "incomplete"
         } else {
             "completed"

@@ -1053,6 +1053,55 @@ fn truncate_checks_the_produced_length() {
 }
 
 #[test]
+fn truncate_while_streaming_stops_the_item_there() {
+    let mut harness = talking(true);
+    let out = harness.run_for(Duration::from_millis(500));
+    let item_id = find(
+        &harness
+            .log
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect::<Vec<_>>(),
+        "response.output_item.added",
+    )["item"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(deltas(&out).iter().map(Vec::len).sum::<usize>() / 48 > 300);
+    let out = harness.send(json!({"type": "conversation.item.truncate",
+        "item_id": item_id, "content_index": 0, "audio_end_ms": 300}));
+    assert_eq!(out[0]["type"], "conversation.item.truncated");
+    assert_eq!(count(&out, "response.output_audio.delta"), 0);
+    let done = find(&out, "response.done");
+    assert_eq!(done["response"]["output"][0]["status"], "incomplete");
+    assert_eq!(
+        done["response"]["output"][0]["content"][0]["transcript"],
+        ""
+    );
+    assert_eq!(
+        done["response"]["usage"]["output_token_details"]["audio_tokens"],
+        300 / 50
+    );
+    let later = harness.run_for(Duration::from_secs(3));
+    assert_eq!(
+        count(&later, "response.output_audio.delta"),
+        0,
+        "no deltas after the truncate"
+    );
+    // The item's audio stays 300 ms long: the streaming did not grow it back.
+    let out = harness.send(json!({"type": "conversation.item.truncate",
+        "item_id": item_id, "content_index": 0, "audio_end_ms": 400}));
+    let message = expect_error_code(&out, None, None, None);
+    assert_eq!(
+        message,
+        "Audio content of 300 ms is already shorter than 400 ms"
+    );
+    // And the session is free for the next response.
+    let out = harness.send(json!({"type": "response.create"}));
+    assert_eq!(out[0]["type"], "response.created");
+}
+
+#[test]
 fn cancel_when_idle_is_an_error() {
     let mut harness = Harness::ga(FakeOptions::default());
     let out = harness.send(json!({"type": "response.cancel", "event_id": "c9"}));
