@@ -107,6 +107,8 @@ struct ActiveResponse {
     truncated: bool,
     /// Why the response will end as cancelled, once its in-flight audio is sent.
     cancel_reason: Option<&'static str>,
+    /// With `cancel_reason` set: the response ends once `sent` reaches this.
+    cancel_at: usize,
 }
 
 /// One fake Realtime connection's state machine. See the module docs.
@@ -117,6 +119,7 @@ pub struct FakeSession {
     transcript: Option<String>,
     speed: f64,
     delta_ms: (u64, u64),
+    late_deltas_ms: u32,
     prng: Prng,
     tool_script: Vec<ToolStep>,
     tool_used: Vec<bool>,
@@ -170,6 +173,7 @@ impl FakeSession {
                 1.0
             },
             delta_ms: (min, u64::from(options.delta_ms_max).max(min)),
+            late_deltas_ms: options.late_deltas_ms,
             prng: Prng::new(options.seed),
             tool_used: vec![false; options.tool_script.len()],
             tool_script: options.tool_script.clone(),
@@ -496,8 +500,21 @@ impl FakeSession {
                 ("item_id", json!(item_id)),
             ]),
         );
-        if turn.interrupt_response && self.response.is_some() {
-            self.finish_response(Some("turn_detected"));
+        if !turn.interrupt_response {
+            return;
+        }
+        let late_ms = usize::try_from(self.late_deltas_ms).unwrap_or(usize::MAX);
+        match self.response.as_mut() {
+            // Already cancelled by an earlier barge-in; its in-flight audio is still going.
+            Some(active) if active.cancel_reason.is_some() => {}
+            Some(active) if late_ms > 0 => {
+                active.cancel_reason = Some("turn_detected");
+                active.cancel_at = active
+                    .sent
+                    .saturating_add(late_ms.saturating_mul(active.format.bytes_per_ms()));
+            }
+            Some(_) => self.finish_response(Some("turn_detected")),
+            None => {}
         }
     }
 
@@ -518,6 +535,7 @@ impl FakeSession {
         let audio = self.buffer_slice(from, to).to_vec();
         self.drop_buffer_before(to);
         self.commit_user_item(item_id, audio);
+        self.flush_cancelled();
         if turn.create_response && self.response.is_none() {
             self.start_response(now, None);
         }
@@ -775,6 +793,7 @@ impl FakeSession {
     // --- responses ----------------------------------------------------------------------------
 
     fn response_create(&mut self, now: Instant, event: &Value) -> Result<(), WireError> {
+        self.flush_cancelled();
         if let Some(active) = &self.response {
             return Err(WireError::new(
                 "conversation_already_has_active_response",
@@ -790,6 +809,8 @@ impl FakeSession {
     }
 
     fn response_cancel(&mut self, event: &Value) -> Result<(), WireError> {
+        // A response a barge-in cancelled is no longer active on the server.
+        self.flush_cancelled();
         let wanted = event.get("response_id").and_then(Value::as_str);
         match &self.response {
             Some(active) if wanted.is_none_or(|id| id == active.id) => {
@@ -1054,8 +1075,18 @@ impl FakeSession {
             transcript_sent: 0,
             truncated: false,
             cancel_reason: None,
+            cancel_at: usize::MAX,
         });
         self.pump(now);
+    }
+
+    /// Ends at once a response a barge-in already cancelled whose in-flight audio
+    /// (`late_deltas_ms`) is still being sent: the server is done with it, so anything the
+    /// client does next sees it finished.
+    fn flush_cancelled(&mut self) {
+        if let Some(reason) = self.response.as_ref().and_then(|r| r.cancel_reason) {
+            self.finish_response(Some(reason));
+        }
     }
 
     /// Sends every delta due by `now`, and finishes the response after the last one.
@@ -1064,8 +1095,10 @@ impl FakeSession {
             let Some(active) = self.response.as_mut() else {
                 return;
             };
-            if active.sent >= active.audio.len() {
-                self.finish_response(None);
+            let limit = active.audio.len().min(active.cancel_at);
+            if active.sent >= limit {
+                let reason = active.cancel_reason;
+                self.finish_response(reason);
                 return;
             }
             if active.next_at > now {
@@ -1076,7 +1109,7 @@ impl FakeSession {
             let (min_ms, max_ms) = self.delta_ms;
             let size = self.prng.range(min_ms * per_ms, max_ms * per_ms) as usize;
             let size = (size / per_sample * per_sample).max(per_sample);
-            let end = (active.sent + size).min(active.audio.len());
+            let end = active.sent.saturating_add(size).min(limit);
             let chunk = active.audio.get(active.sent..end).unwrap_or_default();
             let delta = BASE64.encode(chunk);
             let transcript_target = if active.audio.is_empty() {

@@ -901,10 +901,15 @@ fn huge_vad_durations_are_refused_without_panicking() {
 
 /// A session whose reply is a long tone streamed at real time, with a response in flight.
 fn talking(interrupt: bool) -> Harness {
+    talking_with(interrupt, FakeOptions::default())
+}
+
+/// [`talking`] with other options besides the reply and the speed.
+fn talking_with(interrupt: bool, options: FakeOptions) -> Harness {
     let mut harness = Harness::ga(FakeOptions {
         reply: tone(10_000),
         speed: 1.0,
-        ..FakeOptions::default()
+        ..options
     });
     harness.send(
         json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
@@ -939,6 +944,84 @@ fn barge_in_cancels_with_turn_detected() {
     );
     let later = harness.run_for(Duration::from_secs(20));
     assert_eq!(count(&later, "response.output_audio.delta"), 0);
+}
+
+#[test]
+fn barge_in_late_deltas_arrive_after_speech_started() {
+    let mut harness = talking_with(
+        true,
+        FakeOptions {
+            late_deltas_ms: 60,
+            ..FakeOptions::default()
+        },
+    );
+    let out = harness.stream(&pcm16_bytes(&turn_pcm(24_000)[..24_000]), 48, 960);
+    let order = kinds(&out);
+    let started = order
+        .iter()
+        .position(|k| *k == "input_audio_buffer.speech_started")
+        .unwrap();
+    let done = order.iter().position(|k| *k == "response.done").unwrap();
+    assert!(started < done);
+    let late = deltas(&out[started..done]);
+    assert!(!late.is_empty(), "deltas after speech_started: {order:?}");
+    assert_eq!(
+        late.iter().map(Vec::len).sum::<usize>(),
+        60 * 48,
+        "exactly 60 ms"
+    );
+    let response_id = out[done]["response"]["id"].clone();
+    for event in &out[started..done] {
+        if event["type"] == "response.output_audio.delta" {
+            assert_eq!(event["response_id"], response_id);
+        }
+    }
+    let audio_done = order
+        .iter()
+        .position(|k| *k == "response.output_audio.done")
+        .unwrap();
+    let last_delta = order
+        .iter()
+        .rposition(|k| *k == "response.output_audio.delta")
+        .unwrap();
+    assert!(
+        started < last_delta && last_delta < audio_done && audio_done < done,
+        "{order:?}"
+    );
+    let response = &out[done]["response"];
+    assert_eq!(response["status"], "cancelled");
+    assert_eq!(
+        response["status_details"],
+        json!({"type": "cancelled", "reason": "turn_detected"})
+    );
+    let later = harness.run_for(Duration::from_secs(20));
+    assert_eq!(count(&later, "response.output_audio.delta"), 0);
+}
+
+#[test]
+fn a_response_create_during_late_deltas_finds_the_old_one_cancelled() {
+    let mut harness = talking_with(
+        true,
+        FakeOptions {
+            late_deltas_ms: 5_000,
+            ..FakeOptions::default()
+        },
+    );
+    let out = harness.stream(&pcm16_bytes(&turn_pcm(24_000)[..18_000]), 48, 960);
+    assert_eq!(count(&out, "input_audio_buffer.speech_started"), 1);
+    assert_eq!(
+        count(&out, "response.done"),
+        0,
+        "still sending in-flight audio"
+    );
+    let out = harness.send(json!({"type": "response.create"}));
+    let order = kinds(&out);
+    let done = order.iter().position(|k| *k == "response.done").unwrap();
+    assert_eq!(
+        out[done]["response"]["status_details"]["reason"],
+        "turn_detected"
+    );
+    assert_eq!(order[done + 1], "response.created");
 }
 
 #[test]
