@@ -109,7 +109,24 @@ struct ActiveResponse {
     cancel_reason: Option<&'static str>,
     /// With `cancel_reason` set: the response ends once `sent` reaches this.
     cancel_at: usize,
+    /// Set when the response is a scripted function call instead of audio.
+    tool: Option<ToolProgress>,
 }
+
+/// Where a function call response is.
+#[derive(Debug)]
+struct ToolProgress {
+    name: String,
+    call_id: String,
+    arguments: String,
+    /// The argument deltas, and how many are sent.
+    chunks: Vec<String>,
+    chunks_sent: usize,
+    previous: Option<String>,
+}
+
+/// How many argument deltas a function call is streamed in (fewer for very short arguments).
+const TOOL_DELTAS: usize = 3;
 
 /// One fake Realtime connection's state machine. See the module docs.
 #[derive(Debug)]
@@ -507,7 +524,7 @@ impl FakeSession {
         match self.response.as_mut() {
             // Already cancelled by an earlier barge-in; its in-flight audio is still going.
             Some(active) if active.cancel_reason.is_some() => {}
-            Some(active) if late_ms > 0 => {
+            Some(active) if late_ms > 0 && active.tool.is_none() => {
                 active.cancel_reason = Some("turn_detected");
                 active.cancel_at = active
                     .sent
@@ -919,14 +936,23 @@ impl FakeSession {
                 *used = true;
             }
             if let Some(step) = self.tool_script.get(index).cloned() {
-                self.function_call(&response_id, &step, format);
+                self.function_call(now, response_id, &step, format);
             }
             return;
         }
         self.audio_response(now, response_id, format);
     }
 
-    fn function_call(&mut self, response_id: &str, step: &ToolStep, format: AudioFormat) {
+    /// Starts a scripted function call. Like audio, it is paced on the response timer: the
+    /// item is announced now, the arguments follow in [`TOOL_DELTAS`] deltas one timer step
+    /// apart, and the call completes one step after the last of them.
+    fn function_call(
+        &mut self,
+        now: Instant,
+        response_id: String,
+        step: &ToolStep,
+        format: AudioFormat,
+    ) {
         let item_id = self.fresh_id("item");
         let call_id = self.fresh_id("call");
         let arguments = match &step.arguments {
@@ -935,7 +961,7 @@ impl FakeSession {
             other => other.to_string(),
         };
         let previous = self.last_item_id();
-        let mut item = json!({
+        let item = json!({
             "id": item_id, "object": "realtime.item", "type": "function_call",
             "status": "in_progress", "name": step.name, "call_id": call_id, "arguments": "",
         });
@@ -948,50 +974,137 @@ impl FakeSession {
             ]),
         );
         self.item_added(&item, previous.clone());
+        self.items.push(Item {
+            id: item_id.clone(),
+            kind: ItemKind::FunctionCall {
+                call_id: call_id.clone(),
+            },
+            json: item,
+        });
         let chars: Vec<char> = arguments.chars().collect();
-        let chunk = chars.len().div_ceil(3).max(1);
-        for piece in chars.chunks(chunk) {
-            self.send(
-                "response.function_call_arguments.delta",
-                fields([
-                    ("response_id", json!(response_id)),
-                    ("item_id", json!(item_id)),
-                    ("output_index", json!(0)),
-                    ("call_id", json!(call_id)),
-                    ("delta", json!(piece.iter().collect::<String>())),
-                ]),
-            );
+        let chunk = chars.len().div_ceil(TOOL_DELTAS).max(1);
+        let chunks = chars.chunks(chunk).map(|c| c.iter().collect()).collect();
+        let step_time = self.tool_step();
+        self.response = Some(ActiveResponse {
+            id: response_id,
+            item_id,
+            format,
+            audio: Vec::new(),
+            sent: 0,
+            started: now,
+            next_at: now + step_time,
+            transcript: Vec::new(),
+            transcript_sent: 0,
+            truncated: false,
+            cancel_reason: None,
+            cancel_at: usize::MAX,
+            tool: Some(ToolProgress {
+                name: step.name.clone(),
+                call_id,
+                arguments,
+                chunks,
+                chunks_sent: 0,
+                previous,
+            }),
+        });
+    }
+
+    /// Time between two steps of a function call response: 50 ms of "generation", sped up
+    /// like audio.
+    fn tool_step(&self) -> Duration {
+        Duration::from_secs_f64(0.05 / self.speed)
+    }
+
+    /// Sends the function call's argument deltas due by `now`, then completes the call.
+    fn pump_tool(&mut self, now: Instant) {
+        let step_time = self.tool_step();
+        loop {
+            let Some(active) = self.response.as_mut() else {
+                return;
+            };
+            if active.next_at > now {
+                return;
+            }
+            let Some(tool) = active.tool.as_mut() else {
+                return;
+            };
+            let Some(piece) = tool.chunks.get(tool.chunks_sent).cloned() else {
+                self.finish_response(None);
+                return;
+            };
+            tool.chunks_sent += 1;
+            active.next_at += step_time;
+            let body = fields([
+                ("response_id", json!(active.id)),
+                ("item_id", json!(active.item_id)),
+                ("output_index", json!(0)),
+                ("call_id", json!(tool.call_id)),
+                ("delta", json!(piece)),
+            ]);
+            self.send("response.function_call_arguments.delta", body);
         }
-        let mut done = fields([
-            ("response_id", json!(response_id)),
-            ("item_id", json!(item_id)),
-            ("output_index", json!(0)),
-            ("call_id", json!(call_id)),
-            ("arguments", json!(arguments)),
-        ]);
-        if self.dialect.is_ga() {
-            done.insert("name".into(), json!(step.name));
+    }
+
+    /// Ends a function call response: completed with all its arguments, or cancelled with
+    /// those sent so far and the item `incomplete`.
+    fn finish_tool(
+        &mut self,
+        active: ActiveResponse,
+        tool: ToolProgress,
+        cancel_reason: Option<&'static str>,
+    ) {
+        let arguments = if cancel_reason.is_none() {
+            tool.arguments
+        } else {
+            tool.chunks
+                .iter()
+                .take(tool.chunks_sent)
+                .map(String::as_str)
+                .collect()
+        };
+        if cancel_reason.is_none() {
+            let mut done = fields([
+                ("response_id", json!(active.id)),
+                ("item_id", json!(active.item_id)),
+                ("output_index", json!(0)),
+                ("call_id", json!(tool.call_id)),
+                ("arguments", json!(arguments)),
+            ]);
+            if self.dialect.is_ga() {
+                done.insert("name".into(), json!(tool.name));
+            }
+            self.send("response.function_call_arguments.done", done);
         }
-        self.send("response.function_call_arguments.done", done);
-        if let Some(map) = item.as_object_mut() {
-            map.insert("status".into(), json!("completed"));
-            map.insert("arguments".into(), json!(arguments));
+        let status = if cancel_reason.is_some() {
+            "incomplete"
+        } else {
+            "completed"
+        };
+        let item = json!({
+            "id": active.item_id, "object": "realtime.item", "type": "function_call",
+            "status": status, "name": tool.name, "call_id": tool.call_id,
+            "arguments": arguments,
+        });
+        if let Some(stored) = self
+            .find_item(&active.item_id)
+            .and_then(|i| self.items.get_mut(i))
+        {
+            stored.json = item.clone();
         }
         self.send(
             "response.output_item.done",
             fields([
-                ("response_id", json!(response_id)),
+                ("response_id", json!(active.id)),
                 ("output_index", json!(0)),
                 ("item", item.clone()),
             ]),
         );
-        self.item_done(&item, previous);
-        self.items.push(Item {
-            id: item_id,
-            kind: ItemKind::FunctionCall { call_id },
-            json: item.clone(),
-        });
-        let done = self.response_object(response_id, "completed", Value::Null, vec![item], format);
+        self.item_done(&item, tool.previous);
+        let (status, details) = match cancel_reason {
+            None => ("completed", Value::Null),
+            Some(reason) => ("cancelled", json!({"type": "cancelled", "reason": reason})),
+        };
+        let done = self.response_object(&active.id, status, details, vec![item], active.format);
         self.send("response.done", fields([("response", done)]));
     }
 
@@ -1076,6 +1189,7 @@ impl FakeSession {
             truncated: false,
             cancel_reason: None,
             cancel_at: usize::MAX,
+            tool: None,
         });
         self.pump(now);
     }
@@ -1091,6 +1205,10 @@ impl FakeSession {
 
     /// Sends every delta due by `now`, and finishes the response after the last one.
     fn pump(&mut self, now: Instant) {
+        if self.response.as_ref().is_some_and(|r| r.tool.is_some()) {
+            self.pump_tool(now);
+            return;
+        }
         loop {
             let Some(active) = self.response.as_mut() else {
                 return;
@@ -1160,9 +1278,13 @@ impl FakeSession {
 
     /// Ends the active response: completed when `cancel_reason` is `None`, else cancelled.
     fn finish_response(&mut self, cancel_reason: Option<&'static str>) {
-        let Some(active) = self.response.take() else {
+        let Some(mut active) = self.response.take() else {
             return;
         };
+        if let Some(tool) = active.tool.take() {
+            self.finish_tool(active, tool, cancel_reason);
+            return;
+        }
         let sent_text = if active.truncated {
             0
         } else {

@@ -1267,6 +1267,115 @@ fn tool_script_round_trip() {
 }
 
 #[test]
+fn function_calls_are_paced_so_an_early_response_create_is_refused() {
+    let mut harness = Harness::ga(FakeOptions {
+        speed: 1.0,
+        tool_script: vec![ToolStep {
+            turn: 1,
+            name: "lookup_order".into(),
+            arguments: json!({"order": 42}),
+        }],
+        ..FakeOptions::default()
+    });
+    let mut out = Vec::new();
+    for piece in pcm16_bytes(&turn_pcm(24_000)).chunks(960) {
+        out.extend(harness.send(json!({
+            "type": "input_audio_buffer.append",
+            "audio": BASE64.encode(piece),
+        })));
+        // Step the timer until the first argument delta, then act on it at once.
+        out.extend(harness.run_for(Duration::from_millis(20)));
+        if count(&out, "response.function_call_arguments.delta") > 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        count(&out, "response.function_call_arguments.delta"),
+        1,
+        "{:?}",
+        kinds(&out)
+    );
+    assert_eq!(count(&out, "response.done"), 0, "{:?}", kinds(&out));
+    let at_first_delta = harness
+        .log
+        .iter()
+        .find(|(_, e)| e["type"] == "response.function_call_arguments.delta")
+        .unwrap()
+        .0;
+    let created_at = harness
+        .log
+        .iter()
+        .find(|(_, e)| e["type"] == "response.created")
+        .unwrap()
+        .0;
+    assert!(
+        at_first_delta > created_at,
+        "the deltas follow the response timer"
+    );
+    let early = harness.send(json!({"type": "response.create", "event_id": "early"}));
+    expect_error(
+        &early,
+        "conversation_already_has_active_response",
+        None,
+        Some("early"),
+    );
+    let rest = harness.run_for(Duration::from_secs(1));
+    let order = kinds(&rest);
+    let pos = |kind: &str| order.iter().position(|k| *k == kind).unwrap();
+    assert_eq!(count(&rest, "response.function_call_arguments.delta"), 2);
+    assert!(pos("response.function_call_arguments.done") < pos("response.output_item.done"));
+    assert!(pos("response.output_item.done") < pos("response.done"));
+    let done_at = harness
+        .log
+        .iter()
+        .find(|(_, e)| e["type"] == "response.done")
+        .unwrap()
+        .0;
+    assert!(done_at > at_first_delta);
+    let args: String = harness
+        .log
+        .iter()
+        .filter(|(_, e)| e["type"] == "response.function_call_arguments.delta")
+        .map(|(_, e)| e["delta"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(args, r#"{"order":42}"#);
+    assert_eq!(
+        find(&rest, "response.done")["response"]["output"][0]["arguments"],
+        args
+    );
+}
+
+#[test]
+fn a_cancelled_function_call_ends_incomplete() {
+    let mut harness = Harness::ga(FakeOptions {
+        speed: 1.0,
+        tool_script: vec![ToolStep {
+            turn: 1,
+            name: "f".into(),
+            arguments: json!({"a": 1}),
+        }],
+        ..FakeOptions::default()
+    });
+    harness.send(
+        json!({"type": "session.update", "session": {"type": "realtime",
+        "audio": {"input": {"turn_detection": null}}}}),
+    );
+    harness.send(json!({"type": "input_audio_buffer.append",
+        "audio": BASE64.encode(vec![0_u8; 9600])}));
+    harness.send(json!({"type": "input_audio_buffer.commit"}));
+    let out = harness.send(json!({"type": "response.create"}));
+    assert_eq!(count(&out, "response.output_item.added"), 1);
+    assert_eq!(count(&out, "response.function_call_arguments.delta"), 0);
+    let out = harness.send(json!({"type": "response.cancel"}));
+    assert_eq!(count(&out, "response.function_call_arguments.done"), 0);
+    let response = &find(&out, "response.done")["response"];
+    assert_eq!(response["status"], "cancelled");
+    assert_eq!(response["output"][0]["status"], "incomplete");
+    assert_eq!(response["output"][0]["arguments"], "");
+    assert!(harness.run_for(Duration::from_secs(1)).is_empty());
+}
+
+#[test]
 fn session_expires_with_1001_at_the_configured_time() {
     let mut harness = Harness::ga(FakeOptions {
         session_max_duration: Some(Duration::from_secs(120)),
