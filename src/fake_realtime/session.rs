@@ -12,7 +12,8 @@
 //!   `param: "item.call_id"`;
 //! - VAD speech end while a response is still active (with `interrupt_response: false`) does
 //!   not start a second response;
-//! - `idle_timeout_ms` is accepted but not acted on; `previous_item_id` on item creation is
+//! - `idle_timeout_ms` is accepted (GA only; the preview refuses it as an unknown parameter)
+//!   but not acted on; `previous_item_id` on item creation is
 //!   accepted, and the item goes at the end;
 //! - a truncate past the end of the audio is refused with no effect (one third-party trace shows
 //!   the service truncating at the real end anyway); its error has `code`, `param` and

@@ -864,6 +864,27 @@ fn response_event_sequence_with_transcript() {
 }
 
 #[test]
+fn idle_timeout_is_ga_only() {
+    let mut harness = Harness::preview(FakeOptions::default());
+    let out = harness.send(
+        json!({"type": "session.update", "event_id": "i", "session": {
+        "turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}}}),
+    );
+    expect_error(
+        &out,
+        "unknown_parameter",
+        Some("session.turn_detection.idle_timeout_ms"),
+        Some("i"),
+    );
+    let mut harness = Harness::ga(FakeOptions::default());
+    let out = harness.send(
+        json!({"type": "session.update", "session": {"type": "realtime",
+        "audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}}}}}),
+    );
+    assert_eq!(kinds(&out), ["session.updated"]);
+}
+
+#[test]
 fn huge_vad_durations_are_refused_without_panicking() {
     let huge = i64::MAX;
     for field in ["prefix_padding_ms", "silence_duration_ms"] {

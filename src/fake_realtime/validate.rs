@@ -559,7 +559,7 @@ fn turn_detection_preview(value: &Value, path: &str) -> Checked {
             ("prefix_padding_ms", Check::Int(0, MAX_VAD_MS)),
             ("silence_duration_ms", Check::Int(0, MAX_VAD_MS)),
             ("threshold", Check::Num(0.0, 1.0)),
-            ("idle_timeout_ms", Check::Nullable(&Check::Int(5000, 30000))),
+            // No `idle_timeout_ms`: it is GA-only (realtime-api.md sections 2.3 and 2.5).
         ],
         &[],
     )
