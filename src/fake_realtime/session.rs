@@ -42,6 +42,22 @@ const MAX_APPEND_BYTES: usize = 15 * 1024 * 1024;
 /// Shortest buffer `input_audio_buffer.commit` accepts.
 const MIN_COMMIT_MS: u64 = 100;
 
+/// Most input audio the buffer holds (15 minutes, as the service's cap on one input item is
+/// undocumented). Beyond it the oldest audio is dropped, so a long call with no commit cannot
+/// grow memory without bound; timestamps stay on the full input timeline, and a commit then
+/// holds only the newest audio.
+#[cfg(not(test))]
+const MAX_BUFFER_MS: u64 = 15 * 60 * 1000;
+#[cfg(test)]
+const MAX_BUFFER_MS: u64 = 5_000;
+
+/// Most conversation items kept; the oldest beyond it are forgotten without an event (they
+/// can no longer be retrieved, deleted or truncated), so a long call's memory stays bounded.
+#[cfg(not(test))]
+const MAX_ITEMS: usize = 1000;
+#[cfg(test)]
+const MAX_ITEMS: usize = 50;
+
 /// Something to send to the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outgoing {
@@ -479,6 +495,10 @@ impl FakeSession {
         let start = self.input_units;
         self.input_units += pcm.len() as u64 * format.units_per_sample();
         self.buffer.extend_from_slice(&bytes);
+        let max_units = MAX_BUFFER_MS.saturating_mul(UNITS_PER_MS);
+        if self.input_units.saturating_sub(self.buffer_start_units) > max_units {
+            self.drop_buffer_before(self.input_units.saturating_sub(max_units));
+        }
         let Some(turn) = self.settings.turn else {
             return Ok(());
         };
@@ -608,7 +628,7 @@ impl FakeSession {
         });
         self.item_added(&item, previous.clone());
         self.item_done(&item, previous);
-        self.items.push(Item {
+        self.push_item(Item {
             id: item_id,
             kind: ItemKind::UserAudio,
             json: item,
@@ -688,12 +708,21 @@ impl FakeSession {
         let previous = self.last_item_id();
         self.item_added(&item, previous.clone());
         self.item_done(&item, previous);
-        self.items.push(Item {
+        self.push_item(Item {
             id,
             kind,
             json: item,
         });
         Ok(())
+    }
+
+    /// Adds an item at the end, forgetting the oldest beyond [`MAX_ITEMS`].
+    fn push_item(&mut self, item: Item) {
+        self.items.push(item);
+        let excess = self.items.len().saturating_sub(MAX_ITEMS);
+        if excess > 0 {
+            self.items.drain(..excess);
+        }
     }
 
     fn find_item(&self, id: &str) -> Option<usize> {
@@ -975,7 +1004,7 @@ impl FakeSession {
             ]),
         );
         self.item_added(&item, previous.clone());
-        self.items.push(Item {
+        self.push_item(Item {
             id: item_id.clone(),
             kind: ItemKind::FunctionCall {
                 call_id: call_id.clone(),
@@ -1154,7 +1183,7 @@ impl FakeSession {
             ]),
         );
         self.item_added(&item, previous);
-        self.items.push(Item {
+        self.push_item(Item {
             id: item_id.clone(),
             kind: ItemKind::AssistantAudio {
                 produced_bytes: 0,

@@ -693,6 +693,53 @@ fn no_turn_detection_means_manual_commit() {
     assert_eq!(kinds(&out), ["input_audio_buffer.cleared"]);
 }
 
+#[test]
+fn the_input_buffer_keeps_only_the_newest_audio_beyond_its_cap() {
+    // The cap is 5 s under test (15 minutes otherwise).
+    let mut harness = Harness::ga(FakeOptions {
+        speed: 1000.0,
+        ..FakeOptions::default()
+    });
+    harness.send(ga_pcmu());
+    harness.send(
+        json!({"type": "session.update", "session": {"type": "realtime",
+        "audio": {"input": {"turn_detection": null}}}}),
+    );
+    let input: Vec<u8> = (0..8 * 8000).map(|i: usize| (i % 251) as u8).collect();
+    harness.stream(&input, 8, 1600);
+    harness.send(json!({"type": "input_audio_buffer.commit"}));
+    let mut out = harness.send(json!({"type": "response.create"}));
+    out.extend(harness.run_for(Duration::from_secs(1)));
+    let echoed: Vec<u8> = deltas(&out).concat();
+    assert_eq!(echoed.len(), 5 * 8000);
+    assert_eq!(echoed, input[3 * 8000..]);
+}
+
+#[test]
+fn a_long_conversation_keeps_only_the_newest_items() {
+    // The cap is 50 items under test (1000 otherwise).
+    let mut harness = Harness::ga(FakeOptions::default());
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let out = harness.send(json!({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": format!("m{n}")}]}}));
+        ids.push(find(&out, "conversation.item.added")["item"]["id"].clone());
+    }
+    let out = harness
+        .send(json!({"type": "conversation.item.retrieve", "event_id": "r", "item_id": ids[9]}));
+    expect_error(
+        &out,
+        "item_retrieve_invalid_item_id",
+        Some("item_id"),
+        Some("r"),
+    );
+    for id in &ids[10..] {
+        let out = harness.send(json!({"type": "conversation.item.retrieve", "item_id": id}));
+        assert_eq!(out[0]["item"]["id"], *id);
+    }
+}
+
 // --- replies ----------------------------------------------------------------------------------
 
 #[test]
