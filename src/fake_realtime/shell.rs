@@ -26,6 +26,9 @@ use super::{FakeDialect, FakeError, FakeOptions, FakeSession, Outgoing};
 /// How long shutdown waits for connections to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a TCP client has to complete the WebSocket upgrade before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The one place the shell reads the clock: the monotonic instant the core runs on (tokio's,
 /// so a paused test clock applies) and the Unix time used for `expires_at`.
 fn now() -> (Instant, u64) {
@@ -51,6 +54,16 @@ pub async fn serve(
     options: Arc<FakeOptions>,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
+    serve_with(listener, options, shutdown, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`serve`] with the handshake time limit as a parameter, for tests.
+async fn serve_with(
+    listener: TcpListener,
+    options: Arc<FakeOptions>,
+    shutdown: impl Future,
+    handshake_timeout: Duration,
+) -> std::io::Result<()> {
     let options = prepared(options)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -64,7 +77,13 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     connections += 1;
                     tracing::debug!(%peer, connection = connections, "fake realtime: accepted");
-                    tasks.spawn(connection(stream, Arc::clone(&options), connections, stop_rx.clone()));
+                    tasks.spawn(connection(
+                        stream,
+                        Arc::clone(&options),
+                        connections,
+                        stop_rx.clone(),
+                        handshake_timeout,
+                    ));
                 }
                 Err(error) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -284,6 +303,7 @@ async fn connection(
     options: Arc<FakeOptions>,
     number: u64,
     mut stop: watch::Receiver<bool>,
+    handshake_timeout: Duration,
 ) {
     let mut decided = None;
     let callback = |request: &Request, response: Response| {
@@ -291,12 +311,24 @@ async fn connection(
         decided = Some(route);
         Ok(response)
     };
-    let socket = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
-        Ok(socket) => socket,
-        Err(error) => {
-            tracing::debug!(%error, "fake realtime: handshake refused or failed");
-            return;
-        }
+    // A client that never completes the upgrade must not hold a task, nor delay shutdown.
+    let handshake = tokio::time::timeout(
+        handshake_timeout,
+        tokio_tungstenite::accept_hdr_async(stream, callback),
+    );
+    let socket = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "fake realtime: handshake refused or failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(connection = number, "fake realtime: handshake timed out");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
     };
     let Some(route) = decided else {
         return;
@@ -539,6 +571,49 @@ mod tests {
             Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 4000),
             other => panic!("expected close, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(
+            listener,
+            Arc::new(FakeOptions::default()),
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_millis(100),
+        ));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0_u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "the server closed the idle socket: {read:?}"
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_a_stalled_handshake() {
+        let server = start_loopback(FakeOptions::default()).await.unwrap();
+        // Half a request line, then nothing: the handshake is under way and stalls.
+        let mut stalled = TcpStream::connect(server.addr()).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET /v1/realtime HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(1), server.shutdown())
+            .await
+            .expect("shutdown is not held up by the grace period");
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]
