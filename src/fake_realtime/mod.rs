@@ -109,7 +109,11 @@ pub struct FakeOptions {
     /// instead of audio. Default: none.
     pub tool_script: Vec<ToolStep>,
     /// Append every received client event to this JSONL file, one line each:
-    /// `{"t_ms": <ms since the connection started>, "event": <the event>}`. Default: off.
+    /// `{"t_ms": <ms since the connection started>, "conn": <connection number, from 1>,
+    /// "event": <the event>}`. The `audio` of `input_audio_buffer.append` is recorded as
+    /// `"<N bytes base64>"` (N the base64 text's length) to keep files small; text that is not
+    /// JSON is recorded as a string. Written by a task of its own, never on a connection's.
+    /// Default: off.
     pub record: Option<PathBuf>,
     /// Key a client must present (`Authorization: Bearer` on the OpenAI path, `api-key` on
     /// Azure paths). Not a configuration key: set by tests that exercise authentication.
