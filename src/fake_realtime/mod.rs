@@ -96,6 +96,11 @@ pub struct FakeOptions {
     pub delta_ms_max: u32,
     /// Seed of the delta-size PRNG; every connection starts from it, so runs repeat exactly.
     pub seed: u64,
+    /// Barge-in latency: after a `speech_started` that cancels the response
+    /// (`interrupt_response`), keep streaming this many ms of the response's audio deltas
+    /// before its `response.done` (`cancelled`, `turn_detected`), as the real service's
+    /// in-flight audio still arrives after the event. Default 0 (the response ends at once).
+    pub late_deltas_ms: u32,
     /// When the server closes the socket (1001, "Your session hit the maximum duration of N
     /// minutes."). Default: the real service's limit, 60 minutes for OpenAI and 30 for Azure.
     #[serde(with = "humantime_serde")]
@@ -104,7 +109,11 @@ pub struct FakeOptions {
     /// instead of audio. Default: none.
     pub tool_script: Vec<ToolStep>,
     /// Append every received client event to this JSONL file, one line each:
-    /// `{"t_ms": <ms since the connection started>, "event": <the event>}`. Default: off.
+    /// `{"t_ms": <ms since the connection started>, "conn": <connection number, from 1>,
+    /// "event": <the event>}`. The `audio` of `input_audio_buffer.append` is recorded as
+    /// `"<N bytes base64>"` (N the base64 text's length) to keep files small; text that is not
+    /// JSON is recorded as a string. Written by a task of its own, never on a connection's.
+    /// Default: off.
     pub record: Option<PathBuf>,
     /// Key a client must present (`Authorization: Bearer` on the OpenAI path, `api-key` on
     /// Azure paths). Not a configuration key: set by tests that exercise authentication.
@@ -121,6 +130,7 @@ impl Default for FakeOptions {
             delta_ms_min: 40,
             delta_ms_max: 240,
             seed: 0x5EED,
+            late_deltas_ms: 0,
             session_max_duration: None,
             tool_script: Vec::new(),
             record: None,
@@ -139,6 +149,7 @@ impl fmt::Debug for FakeOptions {
             .field("delta_ms_min", &self.delta_ms_min)
             .field("delta_ms_max", &self.delta_ms_max)
             .field("seed", &self.seed)
+            .field("late_deltas_ms", &self.late_deltas_ms)
             .field("session_max_duration", &self.session_max_duration)
             .field("tool_script", &self.tool_script)
             .field("record", &self.record)

@@ -12,8 +12,15 @@
 //!   `param: "item.call_id"`;
 //! - VAD speech end while a response is still active (with `interrupt_response: false`) does
 //!   not start a second response;
-//! - `idle_timeout_ms` is accepted but not acted on; `previous_item_id` on item creation is
+//! - `idle_timeout_ms` is accepted (GA only; the preview refuses it as an unknown parameter)
+//!   but not acted on; `previous_item_id` on item creation is
 //!   accepted, and the item goes at the end;
+//! - a truncate past the end of the audio is refused with no effect (one third-party trace shows
+//!   the service truncating at the real end anyway); its error has `code`, `param` and
+//!   `event_id` all `null`, as observed;
+//! - truncating the assistant item still being streamed stops its audio at once: no more
+//!   deltas, the item ends `incomplete` with its audio length at the truncate point, and the
+//!   response finishes `completed` (or `cancelled` if a barge-in already cancelled it);
 //! - pcm16 appends of an odd number of bytes lose the last byte;
 //! - a change of input format discards audio buffered in the old format.
 
@@ -34,6 +41,22 @@ const MAX_APPEND_BYTES: usize = 15 * 1024 * 1024;
 
 /// Shortest buffer `input_audio_buffer.commit` accepts.
 const MIN_COMMIT_MS: u64 = 100;
+
+/// Most input audio the buffer holds (15 minutes, as the service's cap on one input item is
+/// undocumented). Beyond it the oldest audio is dropped, so a long call with no commit cannot
+/// grow memory without bound; timestamps stay on the full input timeline, and a commit then
+/// holds only the newest audio.
+#[cfg(not(test))]
+const MAX_BUFFER_MS: u64 = 15 * 60 * 1000;
+#[cfg(test)]
+const MAX_BUFFER_MS: u64 = 5_000;
+
+/// Most conversation items kept; the oldest beyond it are forgotten without an event (they
+/// can no longer be retrieved, deleted or truncated), so a long call's memory stays bounded.
+#[cfg(not(test))]
+const MAX_ITEMS: usize = 1000;
+#[cfg(test)]
+const MAX_ITEMS: usize = 50;
 
 /// Something to send to the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,7 +120,30 @@ struct ActiveResponse {
     next_at: Instant,
     transcript: Vec<char>,
     transcript_sent: usize,
+    /// The client truncated the item: its transcript is gone and no more audio is produced.
+    truncated: bool,
+    /// Why the response will end as cancelled, once its in-flight audio is sent.
+    cancel_reason: Option<&'static str>,
+    /// With `cancel_reason` set: the response ends once `sent` reaches this.
+    cancel_at: usize,
+    /// Set when the response is a scripted function call instead of audio.
+    tool: Option<ToolProgress>,
 }
+
+/// Where a function call response is.
+#[derive(Debug)]
+struct ToolProgress {
+    name: String,
+    call_id: String,
+    arguments: String,
+    /// The argument deltas, and how many are sent.
+    chunks: Vec<String>,
+    chunks_sent: usize,
+    previous: Option<String>,
+}
+
+/// How many argument deltas a function call is streamed in (fewer for very short arguments).
+const TOOL_DELTAS: usize = 3;
 
 /// One fake Realtime connection's state machine. See the module docs.
 #[derive(Debug)]
@@ -107,6 +153,7 @@ pub struct FakeSession {
     transcript: Option<String>,
     speed: f64,
     delta_ms: (u64, u64),
+    late_deltas_ms: u32,
     prng: Prng,
     tool_script: Vec<ToolStep>,
     tool_used: Vec<bool>,
@@ -160,6 +207,7 @@ impl FakeSession {
                 1.0
             },
             delta_ms: (min, u64::from(options.delta_ms_max).max(min)),
+            late_deltas_ms: options.late_deltas_ms,
             prng: Prng::new(options.seed),
             tool_used: vec![false; options.tool_script.len()],
             tool_script: options.tool_script.clone(),
@@ -350,7 +398,7 @@ impl FakeSession {
             "code": error.code,
             "message": error.message,
             "param": error.param,
-            "event_id": client_event_id,
+            "event_id": client_event_id.filter(|_| error.echo_event_id),
         });
         self.send("error", fields([("error", body)]));
     }
@@ -447,6 +495,10 @@ impl FakeSession {
         let start = self.input_units;
         self.input_units += pcm.len() as u64 * format.units_per_sample();
         self.buffer.extend_from_slice(&bytes);
+        let max_units = MAX_BUFFER_MS.saturating_mul(UNITS_PER_MS);
+        if self.input_units.saturating_sub(self.buffer_start_units) > max_units {
+            self.drop_buffer_before(self.input_units.saturating_sub(max_units));
+        }
         let Some(turn) = self.settings.turn else {
             return Ok(());
         };
@@ -466,8 +518,10 @@ impl FakeSession {
         }
         if !self.vad.speaking() {
             // Between turns only the prefix padding can still become part of an item.
-            let keep_ms = turn.vad.prefix_padding_ms + 20;
-            let keep_from = self.input_units.saturating_sub(keep_ms * UNITS_PER_MS);
+            let keep_ms = turn.vad.prefix_padding_ms.saturating_add(20);
+            let keep_from = self
+                .input_units
+                .saturating_sub(keep_ms.saturating_mul(UNITS_PER_MS));
             self.drop_buffer_before(keep_from);
         }
         Ok(())
@@ -484,8 +538,21 @@ impl FakeSession {
                 ("item_id", json!(item_id)),
             ]),
         );
-        if turn.interrupt_response && self.response.is_some() {
-            self.finish_response(Some("turn_detected"));
+        if !turn.interrupt_response {
+            return;
+        }
+        let late_ms = usize::try_from(self.late_deltas_ms).unwrap_or(usize::MAX);
+        match self.response.as_mut() {
+            // Already cancelled by an earlier barge-in; its in-flight audio is still going.
+            Some(active) if active.cancel_reason.is_some() => {}
+            Some(active) if late_ms > 0 && active.tool.is_none() => {
+                active.cancel_reason = Some("turn_detected");
+                active.cancel_at = active
+                    .sent
+                    .saturating_add(late_ms.saturating_mul(active.format.bytes_per_ms()));
+            }
+            Some(_) => self.finish_response(Some("turn_detected")),
+            None => {}
         }
     }
 
@@ -501,11 +568,12 @@ impl FakeSession {
                 ("item_id", json!(item_id)),
             ]),
         );
-        let from = self.speech_start_ms * UNITS_PER_MS;
-        let to = audio_end_ms * UNITS_PER_MS;
+        let from = self.speech_start_ms.saturating_mul(UNITS_PER_MS);
+        let to = audio_end_ms.saturating_mul(UNITS_PER_MS);
         let audio = self.buffer_slice(from, to).to_vec();
         self.drop_buffer_before(to);
         self.commit_user_item(item_id, audio);
+        self.flush_cancelled();
         if turn.create_response && self.response.is_none() {
             self.start_response(now, None);
         }
@@ -560,7 +628,7 @@ impl FakeSession {
         });
         self.item_added(&item, previous.clone());
         self.item_done(&item, previous);
-        self.items.push(Item {
+        self.push_item(Item {
             id: item_id,
             kind: ItemKind::UserAudio,
             json: item,
@@ -640,12 +708,21 @@ impl FakeSession {
         let previous = self.last_item_id();
         self.item_added(&item, previous.clone());
         self.item_done(&item, previous);
-        self.items.push(Item {
+        self.push_item(Item {
             id,
             kind,
             json: item,
         });
         Ok(())
+    }
+
+    /// Adds an item at the end, forgetting the oldest beyond [`MAX_ITEMS`].
+    fn push_item(&mut self, item: Item) {
+        self.items.push(item);
+        let excess = self.items.len().saturating_sub(MAX_ITEMS);
+        if excess > 0 {
+            self.items.drain(..excess);
+        }
     }
 
     fn find_item(&self, id: &str) -> Option<usize> {
@@ -675,7 +752,7 @@ impl FakeSession {
         } = &mut item.kind
         else {
             return Err(WireError::new(
-                "invalid_value",
+                "unsupported_content_type",
                 "Only model output audio messages can be truncated",
                 Some("item_id"),
             ));
@@ -689,13 +766,10 @@ impl FakeSession {
         }
         let produced_ms = (*produced_bytes / format.bytes_per_ms()) as u64;
         if audio_end_ms > produced_ms {
-            return Err(WireError::new(
-                "invalid_value",
-                format!(
-                    "Audio content of {produced_ms} ms is already shorter than {audio_end_ms} ms"
-                ),
-                Some("audio_end_ms"),
-            ));
+            // No code, param or event_id: that is how the service reports it.
+            return Err(WireError::uncoded(format!(
+                "Audio content of {produced_ms} ms is already shorter than {audio_end_ms} ms"
+            )));
         }
         *produced_bytes = usize::try_from(audio_end_ms)
             .unwrap_or(usize::MAX)
@@ -717,6 +791,15 @@ impl FakeSession {
                 ("audio_end_ms", json!(audio_end_ms)),
             ]),
         );
+        // Truncating the item still being streamed ends its audio there: no further deltas,
+        // and the response finishes now (cancelled if a barge-in already cancelled it).
+        if let Some(active) = self.response.as_mut()
+            && active.item_id == item_id
+        {
+            active.truncated = true;
+            let reason = active.cancel_reason;
+            self.finish_response(reason);
+        }
         Ok(())
     }
 
@@ -757,6 +840,7 @@ impl FakeSession {
     // --- responses ----------------------------------------------------------------------------
 
     fn response_create(&mut self, now: Instant, event: &Value) -> Result<(), WireError> {
+        self.flush_cancelled();
         if let Some(active) = &self.response {
             return Err(WireError::new(
                 "conversation_already_has_active_response",
@@ -772,6 +856,8 @@ impl FakeSession {
     }
 
     fn response_cancel(&mut self, event: &Value) -> Result<(), WireError> {
+        // A response a barge-in cancelled is no longer active on the server.
+        self.flush_cancelled();
         let wanted = event.get("response_id").and_then(Value::as_str);
         match &self.response {
             Some(active) if wanted.is_none_or(|id| id == active.id) => {
@@ -880,14 +966,23 @@ impl FakeSession {
                 *used = true;
             }
             if let Some(step) = self.tool_script.get(index).cloned() {
-                self.function_call(&response_id, &step, format);
+                self.function_call(now, response_id, &step, format);
             }
             return;
         }
         self.audio_response(now, response_id, format);
     }
 
-    fn function_call(&mut self, response_id: &str, step: &ToolStep, format: AudioFormat) {
+    /// Starts a scripted function call. Like audio, it is paced on the response timer: the
+    /// item is announced now, the arguments follow in [`TOOL_DELTAS`] deltas one timer step
+    /// apart, and the call completes one step after the last of them.
+    fn function_call(
+        &mut self,
+        now: Instant,
+        response_id: String,
+        step: &ToolStep,
+        format: AudioFormat,
+    ) {
         let item_id = self.fresh_id("item");
         let call_id = self.fresh_id("call");
         let arguments = match &step.arguments {
@@ -896,7 +991,7 @@ impl FakeSession {
             other => other.to_string(),
         };
         let previous = self.last_item_id();
-        let mut item = json!({
+        let item = json!({
             "id": item_id, "object": "realtime.item", "type": "function_call",
             "status": "in_progress", "name": step.name, "call_id": call_id, "arguments": "",
         });
@@ -909,50 +1004,137 @@ impl FakeSession {
             ]),
         );
         self.item_added(&item, previous.clone());
+        self.push_item(Item {
+            id: item_id.clone(),
+            kind: ItemKind::FunctionCall {
+                call_id: call_id.clone(),
+            },
+            json: item,
+        });
         let chars: Vec<char> = arguments.chars().collect();
-        let chunk = chars.len().div_ceil(3).max(1);
-        for piece in chars.chunks(chunk) {
-            self.send(
-                "response.function_call_arguments.delta",
-                fields([
-                    ("response_id", json!(response_id)),
-                    ("item_id", json!(item_id)),
-                    ("output_index", json!(0)),
-                    ("call_id", json!(call_id)),
-                    ("delta", json!(piece.iter().collect::<String>())),
-                ]),
-            );
+        let chunk = chars.len().div_ceil(TOOL_DELTAS).max(1);
+        let chunks = chars.chunks(chunk).map(|c| c.iter().collect()).collect();
+        let step_time = self.tool_step();
+        self.response = Some(ActiveResponse {
+            id: response_id,
+            item_id,
+            format,
+            audio: Vec::new(),
+            sent: 0,
+            started: now,
+            next_at: now + step_time,
+            transcript: Vec::new(),
+            transcript_sent: 0,
+            truncated: false,
+            cancel_reason: None,
+            cancel_at: usize::MAX,
+            tool: Some(ToolProgress {
+                name: step.name.clone(),
+                call_id,
+                arguments,
+                chunks,
+                chunks_sent: 0,
+                previous,
+            }),
+        });
+    }
+
+    /// Time between two steps of a function call response: 50 ms of "generation", sped up
+    /// like audio.
+    fn tool_step(&self) -> Duration {
+        Duration::from_secs_f64(0.05 / self.speed)
+    }
+
+    /// Sends the function call's argument deltas due by `now`, then completes the call.
+    fn pump_tool(&mut self, now: Instant) {
+        let step_time = self.tool_step();
+        loop {
+            let Some(active) = self.response.as_mut() else {
+                return;
+            };
+            if active.next_at > now {
+                return;
+            }
+            let Some(tool) = active.tool.as_mut() else {
+                return;
+            };
+            let Some(piece) = tool.chunks.get(tool.chunks_sent).cloned() else {
+                self.finish_response(None);
+                return;
+            };
+            tool.chunks_sent += 1;
+            active.next_at += step_time;
+            let body = fields([
+                ("response_id", json!(active.id)),
+                ("item_id", json!(active.item_id)),
+                ("output_index", json!(0)),
+                ("call_id", json!(tool.call_id)),
+                ("delta", json!(piece)),
+            ]);
+            self.send("response.function_call_arguments.delta", body);
         }
-        let mut done = fields([
-            ("response_id", json!(response_id)),
-            ("item_id", json!(item_id)),
-            ("output_index", json!(0)),
-            ("call_id", json!(call_id)),
-            ("arguments", json!(arguments)),
-        ]);
-        if self.dialect.is_ga() {
-            done.insert("name".into(), json!(step.name));
+    }
+
+    /// Ends a function call response: completed with all its arguments, or cancelled with
+    /// those sent so far and the item `incomplete`.
+    fn finish_tool(
+        &mut self,
+        active: ActiveResponse,
+        tool: ToolProgress,
+        cancel_reason: Option<&'static str>,
+    ) {
+        let arguments = if cancel_reason.is_none() {
+            tool.arguments
+        } else {
+            tool.chunks
+                .iter()
+                .take(tool.chunks_sent)
+                .map(String::as_str)
+                .collect()
+        };
+        if cancel_reason.is_none() {
+            let mut done = fields([
+                ("response_id", json!(active.id)),
+                ("item_id", json!(active.item_id)),
+                ("output_index", json!(0)),
+                ("call_id", json!(tool.call_id)),
+                ("arguments", json!(arguments)),
+            ]);
+            if self.dialect.is_ga() {
+                done.insert("name".into(), json!(tool.name));
+            }
+            self.send("response.function_call_arguments.done", done);
         }
-        self.send("response.function_call_arguments.done", done);
-        if let Some(map) = item.as_object_mut() {
-            map.insert("status".into(), json!("completed"));
-            map.insert("arguments".into(), json!(arguments));
+        let status = if cancel_reason.is_some() {
+            "incomplete"
+        } else {
+            "completed"
+        };
+        let item = json!({
+            "id": active.item_id, "object": "realtime.item", "type": "function_call",
+            "status": status, "name": tool.name, "call_id": tool.call_id,
+            "arguments": arguments,
+        });
+        if let Some(stored) = self
+            .find_item(&active.item_id)
+            .and_then(|i| self.items.get_mut(i))
+        {
+            stored.json = item.clone();
         }
         self.send(
             "response.output_item.done",
             fields([
-                ("response_id", json!(response_id)),
+                ("response_id", json!(active.id)),
                 ("output_index", json!(0)),
                 ("item", item.clone()),
             ]),
         );
-        self.item_done(&item, previous);
-        self.items.push(Item {
-            id: item_id,
-            kind: ItemKind::FunctionCall { call_id },
-            json: item.clone(),
-        });
-        let done = self.response_object(response_id, "completed", Value::Null, vec![item], format);
+        self.item_done(&item, tool.previous);
+        let (status, details) = match cancel_reason {
+            None => ("completed", Value::Null),
+            Some(reason) => ("cancelled", json!({"type": "cancelled", "reason": reason})),
+        };
+        let done = self.response_object(&active.id, status, details, vec![item], active.format);
         self.send("response.done", fields([("response", done)]));
     }
 
@@ -1001,7 +1183,7 @@ impl FakeSession {
             ]),
         );
         self.item_added(&item, previous);
-        self.items.push(Item {
+        self.push_item(Item {
             id: item_id.clone(),
             kind: ItemKind::AssistantAudio {
                 produced_bytes: 0,
@@ -1034,18 +1216,37 @@ impl FakeSession {
             next_at: now,
             transcript: self.transcript.as_deref().unwrap_or("").chars().collect(),
             transcript_sent: 0,
+            truncated: false,
+            cancel_reason: None,
+            cancel_at: usize::MAX,
+            tool: None,
         });
         self.pump(now);
     }
 
+    /// Ends at once a response a barge-in already cancelled whose in-flight audio
+    /// (`late_deltas_ms`) is still being sent: the server is done with it, so anything the
+    /// client does next sees it finished.
+    fn flush_cancelled(&mut self) {
+        if let Some(reason) = self.response.as_ref().and_then(|r| r.cancel_reason) {
+            self.finish_response(Some(reason));
+        }
+    }
+
     /// Sends every delta due by `now`, and finishes the response after the last one.
     fn pump(&mut self, now: Instant) {
+        if self.response.as_ref().is_some_and(|r| r.tool.is_some()) {
+            self.pump_tool(now);
+            return;
+        }
         loop {
             let Some(active) = self.response.as_mut() else {
                 return;
             };
-            if active.sent >= active.audio.len() {
-                self.finish_response(None);
+            let limit = active.audio.len().min(active.cancel_at);
+            if active.sent >= limit {
+                let reason = active.cancel_reason;
+                self.finish_response(reason);
                 return;
             }
             if active.next_at > now {
@@ -1056,7 +1257,7 @@ impl FakeSession {
             let (min_ms, max_ms) = self.delta_ms;
             let size = self.prng.range(min_ms * per_ms, max_ms * per_ms) as usize;
             let size = (size / per_sample * per_sample).max(per_sample);
-            let end = (active.sent + size).min(active.audio.len());
+            let end = active.sent.saturating_add(size).min(limit);
             let chunk = active.audio.get(active.sent..end).unwrap_or_default();
             let delta = BASE64.encode(chunk);
             let transcript_target = if active.audio.is_empty() {
@@ -1106,13 +1307,22 @@ impl FakeSession {
     }
 
     /// Ends the active response: completed when `cancel_reason` is `None`, else cancelled.
-    fn finish_response(&mut self, cancel_reason: Option<&str>) {
-        let Some(active) = self.response.take() else {
+    fn finish_response(&mut self, cancel_reason: Option<&'static str>) {
+        let Some(mut active) = self.response.take() else {
             return;
+        };
+        if let Some(tool) = active.tool.take() {
+            self.finish_tool(active, tool, cancel_reason);
+            return;
+        }
+        let sent_text = if active.truncated {
+            0
+        } else {
+            active.transcript_sent
         };
         let transcript: String = active
             .transcript
-            .get(..active.transcript_sent)
+            .get(..sent_text)
             .unwrap_or_default()
             .iter()
             .collect();
@@ -1142,7 +1352,7 @@ impl FakeSession {
             json!({"type": part_type, "transcript": transcript}),
         );
         self.send("response.content_part.done", body);
-        let status = if cancel_reason.is_some() {
+        let status = if cancel_reason.is_some() || active.truncated {
             "incomplete"
         } else {
             "completed"

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -25,6 +25,9 @@ use super::{FakeDialect, FakeError, FakeOptions, FakeSession, Outgoing};
 
 /// How long shutdown waits for connections to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a TCP client has to complete the WebSocket upgrade before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The one place the shell reads the clock: the monotonic instant the core runs on (tokio's,
 /// so a paused test clock applies) and the Unix time used for `expires_at`.
@@ -51,7 +54,18 @@ pub async fn serve(
     options: Arc<FakeOptions>,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
+    serve_with(listener, options, shutdown, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`serve`] with the handshake time limit as a parameter, for tests.
+async fn serve_with(
+    listener: TcpListener,
+    options: Arc<FakeOptions>,
+    shutdown: impl Future,
+    handshake_timeout: Duration,
+) -> std::io::Result<()> {
     let options = prepared(options)?;
+    let recorder = options.record.as_deref().map(Recorder::start);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut connections: u64 = 0;
@@ -64,7 +78,14 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     connections += 1;
                     tracing::debug!(%peer, connection = connections, "fake realtime: accepted");
-                    tasks.spawn(connection(stream, Arc::clone(&options), connections, stop_rx.clone()));
+                    tasks.spawn(connection(
+                        stream,
+                        Arc::clone(&options),
+                        connections,
+                        stop_rx.clone(),
+                        handshake_timeout,
+                        recorder.as_ref().map(|r| r.lines.clone()),
+                    ));
                 }
                 Err(error) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -80,6 +101,11 @@ pub async fn serve(
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    // Stragglers are aborted, so every sender to the recorder is gone and it can finish.
+    tasks.shutdown().await;
+    if let Some(recorder) = recorder {
+        recorder.finish().await;
+    }
     Ok(())
 }
 
@@ -284,6 +310,8 @@ async fn connection(
     options: Arc<FakeOptions>,
     number: u64,
     mut stop: watch::Receiver<bool>,
+    handshake_timeout: Duration,
+    record: Option<mpsc::Sender<String>>,
 ) {
     let mut decided = None;
     let callback = |request: &Request, response: Response| {
@@ -291,12 +319,24 @@ async fn connection(
         decided = Some(route);
         Ok(response)
     };
-    let socket = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
-        Ok(socket) => socket,
-        Err(error) => {
-            tracing::debug!(%error, "fake realtime: handshake refused or failed");
-            return;
-        }
+    // A client that never completes the upgrade must not hold a task, nor delay shutdown.
+    let handshake = tokio::time::timeout(
+        handshake_timeout,
+        tokio_tungstenite::accept_hdr_async(stream, callback),
+    );
+    let socket = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "fake realtime: handshake refused or failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(connection = number, "fake realtime: handshake timed out");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
     };
     let Some(route) = decided else {
         return;
@@ -324,7 +364,6 @@ async fn connection(
         .with_model(&route.model)
         .with_unix_time(unix)
         .with_connection_number(number);
-    let mut recorder = options.record.as_deref().and_then(Recorder::open);
     loop {
         while let Some(outgoing) = session.poll_transmit() {
             let (message, last) = match outgoing {
@@ -345,8 +384,10 @@ async fn connection(
             message = source.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     let (at, _) = now();
-                    if let Some(recorder) = recorder.as_mut() {
-                        recorder.record(at.saturating_duration_since(start), text.as_str());
+                    if let Some(record) = &record {
+                        let line = record_line(number, at.saturating_duration_since(start), text.as_str());
+                        // Waits only if the writer is far behind: back-pressure, not loss.
+                        let _ = record.send(line).await;
                     }
                     session.handle_text(at, text.as_str());
                 }
@@ -378,34 +419,75 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Appends received client events to a JSONL file.
+/// Lines queued for the record file before connections wait for the writer.
+const RECORD_QUEUE: usize = 1024;
+
+/// Appends received client events to a JSONL file from a blocking-pool thread of its own, so
+/// connections never block on the disk, and lines of concurrent connections never interleave.
 struct Recorder {
-    file: std::fs::File,
+    lines: mpsc::Sender<String>,
+    writer: JoinHandle<()>,
 }
 
 impl Recorder {
-    fn open(path: &Path) -> Option<Self> {
-        match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            Ok(file) => Some(Self { file }),
-            Err(error) => {
-                tracing::warn!(%error, path = %path.display(), "fake realtime: cannot open record file");
-                None
+    fn start(path: &Path) -> Self {
+        let (lines, mut queue) = mpsc::channel::<String>(RECORD_QUEUE);
+        let path = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path);
+            let mut out = match file {
+                Ok(file) => Some(std::io::BufWriter::new(file)),
+                Err(error) => {
+                    tracing::warn!(%error, path = %path.display(), "fake realtime: cannot open record file");
+                    None
+                }
+            };
+            // Without a file, keep draining so connections never wait on a dead writer.
+            while let Some(line) = queue.blocking_recv() {
+                let Some(writer) = out.as_mut() else {
+                    continue;
+                };
+                let mut result = writer.write_all(line.as_bytes());
+                // Write what else is queued, then flush once.
+                while result.is_ok()
+                    && let Ok(line) = queue.try_recv()
+                {
+                    result = writer.write_all(line.as_bytes());
+                }
+                if let Err(error) = result.and_then(|()| writer.flush()) {
+                    tracing::warn!(%error, path = %path.display(), "fake realtime: cannot write record file");
+                    out = None;
+                }
             }
-        }
+        });
+        Self { lines, writer }
     }
 
-    fn record(&mut self, since_start: Duration, text: &str) {
-        let event = serde_json::from_str::<serde_json::Value>(text)
-            .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
-        let line = serde_json::json!({"t_ms": since_start.as_millis() as u64, "event": event});
-        // One write per line, so concurrent connections appending to one file do not interleave
-        // within a line.
-        let _ = self.file.write_all(format!("{line}\n").as_bytes());
+    /// Waits until every queued line is written; call once no connection holds a sender.
+    async fn finish(self) {
+        drop(self.lines);
+        let _ = self.writer.await;
     }
+}
+
+/// One record line: `{"t_ms": .., "conn": .., "event": ..}`, newline-terminated. Appended
+/// audio is replaced by its size (`"<N bytes base64>"`, N the base64 text's length), so
+/// files stay small; text that is not JSON is recorded as a string.
+fn record_line(connection: u64, since_start: Duration, text: &str) -> String {
+    let mut event = serde_json::from_str::<serde_json::Value>(text)
+        .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
+    if event.get("type").and_then(serde_json::Value::as_str) == Some("input_audio_buffer.append")
+        && let Some(audio) = event.get_mut("audio")
+        && let Some(length) = audio.as_str().map(str::len)
+    {
+        *audio = serde_json::Value::String(format!("<{length} bytes base64>"));
+    }
+    let t_ms = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
+    let line = serde_json::json!({"t_ms": t_ms, "conn": connection, "event": event});
+    format!("{line}\n")
 }
 
 #[cfg(test)]
@@ -542,6 +624,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(
+            listener,
+            Arc::new(FakeOptions::default()),
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_millis(100),
+        ));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0_u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "the server closed the idle socket: {read:?}"
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_a_stalled_handshake() {
+        let server = start_loopback(FakeOptions::default()).await.unwrap();
+        // Half a request line, then nothing: the handshake is under way and stalls.
+        let mut stalled = TcpStream::connect(server.addr()).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET /v1/realtime HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(1), server.shutdown())
+            .await
+            .expect("shutdown is not held up by the grace period");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
     async fn records_received_events_and_serves_a_turn() {
         let dir = tempfile::tempdir().unwrap();
         let record = dir.path().join("events.jsonl");
@@ -574,16 +699,50 @@ mod tests {
             }
         }
         assert!(kinds.contains(&"response.done".to_owned()), "{kinds:?}");
+        // A second connection's events are told apart by "conn"; appended audio is recorded
+        // by size only.
+        let (mut second, _) =
+            tokio_tungstenite::connect_async(server.url(FakeDialect::OpenAiGa, "m"))
+                .await
+                .unwrap();
+        assert_eq!(first_text(&mut second).await["type"], "session.created");
+        let audio =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, vec![0_u8; 4800]);
+        second
+            .send(Message::text(
+                serde_json::json!({"type": "input_audio_buffer.append", "audio": audio})
+                    .to_string(),
+            ))
+            .await
+            .unwrap();
+        second
+            .send(Message::text(r#"{"type":"input_audio_buffer.clear"}"#))
+            .await
+            .unwrap();
+        assert_eq!(
+            first_text(&mut second).await["type"],
+            "input_audio_buffer.cleared"
+        );
         server.shutdown().await;
         let text = std::fs::read_to_string(&record).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 4, "{text}");
         assert_eq!(lines[0]["event"]["type"], "response.create");
         assert_eq!(lines[0]["event"]["event_id"], "c1");
         assert!(lines[0]["t_ms"].is_u64());
+        assert_eq!(lines[0]["conn"], 1);
         assert_eq!(lines[1]["event"], "not json");
+        assert_eq!(lines[1]["conn"], 1);
+        assert_eq!(
+            lines[2]["event"],
+            serde_json::json!({"type": "input_audio_buffer.append", "audio": "<6400 bytes base64>"})
+        );
+        assert_eq!(lines[2]["conn"], 2);
+        assert_eq!(lines[3]["event"]["type"], "input_audio_buffer.clear");
+        assert_eq!(lines[3]["conn"], 2);
+        assert!(text.len() < 400, "no audio in the file: {}", text.len());
     }
 }

@@ -253,10 +253,25 @@ fn preview_update_is_flat() {
 // --- validation -----------------------------------------------------------------------------
 
 fn expect_error(out: &[Value], code: &str, param: Option<&str>, event_id: Option<&str>) -> String {
+    expect_error_code(out, Some(code), param, event_id)
+}
+
+/// Like [`expect_error`], for errors whose `code` may be `null`.
+fn expect_error_code(
+    out: &[Value],
+    code: Option<&str>,
+    param: Option<&str>,
+    event_id: Option<&str>,
+) -> String {
     assert_eq!(kinds(out), ["error"], "{out:?}");
     let error = &out[0]["error"];
     assert_eq!(error["type"], "invalid_request_error");
-    assert_eq!(error["code"], code, "{error}");
+    assert_eq!(error["code"].as_str(), code, "{error}");
+    assert!(error.get("code").is_some(), "code is present (null or not)");
+    assert!(
+        error.get("event_id").is_some(),
+        "event_id is present (null or not)"
+    );
     assert_eq!(error["param"].as_str(), param, "{error}");
     assert_eq!(error["event_id"].as_str(), event_id, "{error}");
     error["message"].as_str().unwrap().to_owned()
@@ -678,6 +693,53 @@ fn no_turn_detection_means_manual_commit() {
     assert_eq!(kinds(&out), ["input_audio_buffer.cleared"]);
 }
 
+#[test]
+fn the_input_buffer_keeps_only_the_newest_audio_beyond_its_cap() {
+    // The cap is 5 s under test (15 minutes otherwise).
+    let mut harness = Harness::ga(FakeOptions {
+        speed: 1000.0,
+        ..FakeOptions::default()
+    });
+    harness.send(ga_pcmu());
+    harness.send(
+        json!({"type": "session.update", "session": {"type": "realtime",
+        "audio": {"input": {"turn_detection": null}}}}),
+    );
+    let input: Vec<u8> = (0..8 * 8000).map(|i: usize| (i % 251) as u8).collect();
+    harness.stream(&input, 8, 1600);
+    harness.send(json!({"type": "input_audio_buffer.commit"}));
+    let mut out = harness.send(json!({"type": "response.create"}));
+    out.extend(harness.run_for(Duration::from_secs(1)));
+    let echoed: Vec<u8> = deltas(&out).concat();
+    assert_eq!(echoed.len(), 5 * 8000);
+    assert_eq!(echoed, input[3 * 8000..]);
+}
+
+#[test]
+fn a_long_conversation_keeps_only_the_newest_items() {
+    // The cap is 50 items under test (1000 otherwise).
+    let mut harness = Harness::ga(FakeOptions::default());
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let out = harness.send(json!({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": format!("m{n}")}]}}));
+        ids.push(find(&out, "conversation.item.added")["item"]["id"].clone());
+    }
+    let out = harness
+        .send(json!({"type": "conversation.item.retrieve", "event_id": "r", "item_id": ids[9]}));
+    expect_error(
+        &out,
+        "item_retrieve_invalid_item_id",
+        Some("item_id"),
+        Some("r"),
+    );
+    for id in &ids[10..] {
+        let out = harness.send(json!({"type": "conversation.item.retrieve", "item_id": id}));
+        assert_eq!(out[0]["item"]["id"], *id);
+    }
+}
+
 // --- replies ----------------------------------------------------------------------------------
 
 #[test]
@@ -848,14 +910,74 @@ fn response_event_sequence_with_transcript() {
     assert_eq!(ids.len(), harness.log.len(), "event ids are unique");
 }
 
+#[test]
+fn idle_timeout_is_ga_only() {
+    let mut harness = Harness::preview(FakeOptions::default());
+    let out = harness.send(
+        json!({"type": "session.update", "event_id": "i", "session": {
+        "turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}}}),
+    );
+    expect_error(
+        &out,
+        "unknown_parameter",
+        Some("session.turn_detection.idle_timeout_ms"),
+        Some("i"),
+    );
+    let mut harness = Harness::ga(FakeOptions::default());
+    let out = harness.send(
+        json!({"type": "session.update", "session": {"type": "realtime",
+        "audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}}}}}),
+    );
+    assert_eq!(kinds(&out), ["session.updated"]);
+}
+
+#[test]
+fn huge_vad_durations_are_refused_without_panicking() {
+    let huge = i64::MAX;
+    for field in ["prefix_padding_ms", "silence_duration_ms"] {
+        let mut harness = Harness::ga(FakeOptions::default());
+        let out = harness.send(
+            json!({"type": "session.update", "event_id": "u", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", field: huge}}}}}),
+        );
+        let param = format!("session.audio.input.turn_detection.{field}");
+        expect_error(&out, "integer_above_max_value", Some(&param), Some("u"));
+        let out = harness.send(
+            json!({"type": "session.update", "event_id": "v", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", field: 10_001}}}}}),
+        );
+        expect_error(&out, "integer_above_max_value", Some(&param), Some("v"));
+        let out = harness.send(json!({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", field: 10_000}}}}}));
+        assert_eq!(kinds(&out), ["session.updated"]);
+        // The session still runs a turn's worth of audio on the accepted settings.
+        harness.stream(&pcm16_bytes(&turn_pcm(24_000)), 48, 960);
+
+        let mut harness = Harness::preview(FakeOptions::default());
+        let out = harness.send(json!({"type": "session.update", "session": {
+            "turn_detection": {"type": "server_vad", field: huge}}}));
+        let param = format!("session.turn_detection.{field}");
+        expect_error(&out, "integer_above_max_value", Some(&param), None);
+        harness.stream(&pcm16_bytes(&turn_pcm(24_000)), 48, 960);
+    }
+}
+
 // --- barge-in, cancel, truncate ------------------------------------------------------------------
 
 /// A session whose reply is a long tone streamed at real time, with a response in flight.
 fn talking(interrupt: bool) -> Harness {
+    talking_with(interrupt, FakeOptions::default())
+}
+
+/// [`talking`] with other options besides the reply and the speed.
+fn talking_with(interrupt: bool, options: FakeOptions) -> Harness {
     let mut harness = Harness::ga(FakeOptions {
         reply: tone(10_000),
         speed: 1.0,
-        ..FakeOptions::default()
+        ..options
     });
     harness.send(
         json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
@@ -890,6 +1012,84 @@ fn barge_in_cancels_with_turn_detected() {
     );
     let later = harness.run_for(Duration::from_secs(20));
     assert_eq!(count(&later, "response.output_audio.delta"), 0);
+}
+
+#[test]
+fn barge_in_late_deltas_arrive_after_speech_started() {
+    let mut harness = talking_with(
+        true,
+        FakeOptions {
+            late_deltas_ms: 60,
+            ..FakeOptions::default()
+        },
+    );
+    let out = harness.stream(&pcm16_bytes(&turn_pcm(24_000)[..24_000]), 48, 960);
+    let order = kinds(&out);
+    let started = order
+        .iter()
+        .position(|k| *k == "input_audio_buffer.speech_started")
+        .unwrap();
+    let done = order.iter().position(|k| *k == "response.done").unwrap();
+    assert!(started < done);
+    let late = deltas(&out[started..done]);
+    assert!(!late.is_empty(), "deltas after speech_started: {order:?}");
+    assert_eq!(
+        late.iter().map(Vec::len).sum::<usize>(),
+        60 * 48,
+        "exactly 60 ms"
+    );
+    let response_id = out[done]["response"]["id"].clone();
+    for event in &out[started..done] {
+        if event["type"] == "response.output_audio.delta" {
+            assert_eq!(event["response_id"], response_id);
+        }
+    }
+    let audio_done = order
+        .iter()
+        .position(|k| *k == "response.output_audio.done")
+        .unwrap();
+    let last_delta = order
+        .iter()
+        .rposition(|k| *k == "response.output_audio.delta")
+        .unwrap();
+    assert!(
+        started < last_delta && last_delta < audio_done && audio_done < done,
+        "{order:?}"
+    );
+    let response = &out[done]["response"];
+    assert_eq!(response["status"], "cancelled");
+    assert_eq!(
+        response["status_details"],
+        json!({"type": "cancelled", "reason": "turn_detected"})
+    );
+    let later = harness.run_for(Duration::from_secs(20));
+    assert_eq!(count(&later, "response.output_audio.delta"), 0);
+}
+
+#[test]
+fn a_response_create_during_late_deltas_finds_the_old_one_cancelled() {
+    let mut harness = talking_with(
+        true,
+        FakeOptions {
+            late_deltas_ms: 5_000,
+            ..FakeOptions::default()
+        },
+    );
+    let out = harness.stream(&pcm16_bytes(&turn_pcm(24_000)[..18_000]), 48, 960);
+    assert_eq!(count(&out, "input_audio_buffer.speech_started"), 1);
+    assert_eq!(
+        count(&out, "response.done"),
+        0,
+        "still sending in-flight audio"
+    );
+    let out = harness.send(json!({"type": "response.create"}));
+    let order = kinds(&out);
+    let done = order.iter().position(|k| *k == "response.done").unwrap();
+    assert_eq!(
+        out[done]["response"]["status_details"]["reason"],
+        "turn_detected"
+    );
+    assert_eq!(order[done + 1], "response.created");
 }
 
 #[test]
@@ -950,7 +1150,8 @@ fn truncate_checks_the_produced_length() {
         json!({"type": "conversation.item.truncate", "event_id": "t1",
         "item_id": item_id, "content_index": 0, "audio_end_ms": too_long}),
     );
-    let message = expect_error(&out, "invalid_value", Some("audio_end_ms"), Some("t1"));
+    // As the service sends it: code and event_id null, even though the client sent one.
+    let message = expect_error_code(&out, None, None, None);
     assert_eq!(
         message,
         format!("Audio content of {produced_ms} ms is already shorter than {too_long} ms")
@@ -972,6 +1173,24 @@ fn truncate_checks_the_produced_length() {
     );
     let out = harness.send(json!({"type": "conversation.item.retrieve", "item_id": item_id}));
     assert_eq!(out[0]["item"]["content"][0]["transcript"], "");
+    // Only assistant audio can be truncated: a user message cannot.
+    let out = harness.send(json!({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}));
+    let user_id = find(&out, "conversation.item.added")["item"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = harness.send(
+        json!({"type": "conversation.item.truncate", "event_id": "t3",
+        "item_id": user_id, "content_index": 0, "audio_end_ms": 0}),
+    );
+    let message = expect_error(
+        &out,
+        "unsupported_content_type",
+        Some("item_id"),
+        Some("t3"),
+    );
+    assert_eq!(message, "Only model output audio messages can be truncated");
     let out = harness.send(json!({"type": "conversation.item.delete", "item_id": item_id}));
     assert_eq!(kinds(&out), ["conversation.item.deleted"]);
     let out = harness
@@ -982,6 +1201,55 @@ fn truncate_checks_the_produced_length() {
         Some("item_id"),
         Some("d"),
     );
+}
+
+#[test]
+fn truncate_while_streaming_stops_the_item_there() {
+    let mut harness = talking(true);
+    let out = harness.run_for(Duration::from_millis(500));
+    let item_id = find(
+        &harness
+            .log
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect::<Vec<_>>(),
+        "response.output_item.added",
+    )["item"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(deltas(&out).iter().map(Vec::len).sum::<usize>() / 48 > 300);
+    let out = harness.send(json!({"type": "conversation.item.truncate",
+        "item_id": item_id, "content_index": 0, "audio_end_ms": 300}));
+    assert_eq!(out[0]["type"], "conversation.item.truncated");
+    assert_eq!(count(&out, "response.output_audio.delta"), 0);
+    let done = find(&out, "response.done");
+    assert_eq!(done["response"]["output"][0]["status"], "incomplete");
+    assert_eq!(
+        done["response"]["output"][0]["content"][0]["transcript"],
+        ""
+    );
+    assert_eq!(
+        done["response"]["usage"]["output_token_details"]["audio_tokens"],
+        300 / 50
+    );
+    let later = harness.run_for(Duration::from_secs(3));
+    assert_eq!(
+        count(&later, "response.output_audio.delta"),
+        0,
+        "no deltas after the truncate"
+    );
+    // The item's audio stays 300 ms long: the streaming did not grow it back.
+    let out = harness.send(json!({"type": "conversation.item.truncate",
+        "item_id": item_id, "content_index": 0, "audio_end_ms": 400}));
+    let message = expect_error_code(&out, None, None, None);
+    assert_eq!(
+        message,
+        "Audio content of 300 ms is already shorter than 400 ms"
+    );
+    // And the session is free for the next response.
+    let out = harness.send(json!({"type": "response.create"}));
+    assert_eq!(out[0]["type"], "response.created");
 }
 
 #[test]
@@ -1064,6 +1332,115 @@ fn tool_script_round_trip() {
         find(&out, "response.done")["response"]["status"],
         "completed"
     );
+}
+
+#[test]
+fn function_calls_are_paced_so_an_early_response_create_is_refused() {
+    let mut harness = Harness::ga(FakeOptions {
+        speed: 1.0,
+        tool_script: vec![ToolStep {
+            turn: 1,
+            name: "lookup_order".into(),
+            arguments: json!({"order": 42}),
+        }],
+        ..FakeOptions::default()
+    });
+    let mut out = Vec::new();
+    for piece in pcm16_bytes(&turn_pcm(24_000)).chunks(960) {
+        out.extend(harness.send(json!({
+            "type": "input_audio_buffer.append",
+            "audio": BASE64.encode(piece),
+        })));
+        // Step the timer until the first argument delta, then act on it at once.
+        out.extend(harness.run_for(Duration::from_millis(20)));
+        if count(&out, "response.function_call_arguments.delta") > 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        count(&out, "response.function_call_arguments.delta"),
+        1,
+        "{:?}",
+        kinds(&out)
+    );
+    assert_eq!(count(&out, "response.done"), 0, "{:?}", kinds(&out));
+    let at_first_delta = harness
+        .log
+        .iter()
+        .find(|(_, e)| e["type"] == "response.function_call_arguments.delta")
+        .unwrap()
+        .0;
+    let created_at = harness
+        .log
+        .iter()
+        .find(|(_, e)| e["type"] == "response.created")
+        .unwrap()
+        .0;
+    assert!(
+        at_first_delta > created_at,
+        "the deltas follow the response timer"
+    );
+    let early = harness.send(json!({"type": "response.create", "event_id": "early"}));
+    expect_error(
+        &early,
+        "conversation_already_has_active_response",
+        None,
+        Some("early"),
+    );
+    let rest = harness.run_for(Duration::from_secs(1));
+    let order = kinds(&rest);
+    let pos = |kind: &str| order.iter().position(|k| *k == kind).unwrap();
+    assert_eq!(count(&rest, "response.function_call_arguments.delta"), 2);
+    assert!(pos("response.function_call_arguments.done") < pos("response.output_item.done"));
+    assert!(pos("response.output_item.done") < pos("response.done"));
+    let done_at = harness
+        .log
+        .iter()
+        .find(|(_, e)| e["type"] == "response.done")
+        .unwrap()
+        .0;
+    assert!(done_at > at_first_delta);
+    let args: String = harness
+        .log
+        .iter()
+        .filter(|(_, e)| e["type"] == "response.function_call_arguments.delta")
+        .map(|(_, e)| e["delta"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(args, r#"{"order":42}"#);
+    assert_eq!(
+        find(&rest, "response.done")["response"]["output"][0]["arguments"],
+        args
+    );
+}
+
+#[test]
+fn a_cancelled_function_call_ends_incomplete() {
+    let mut harness = Harness::ga(FakeOptions {
+        speed: 1.0,
+        tool_script: vec![ToolStep {
+            turn: 1,
+            name: "f".into(),
+            arguments: json!({"a": 1}),
+        }],
+        ..FakeOptions::default()
+    });
+    harness.send(
+        json!({"type": "session.update", "session": {"type": "realtime",
+        "audio": {"input": {"turn_detection": null}}}}),
+    );
+    harness.send(json!({"type": "input_audio_buffer.append",
+        "audio": BASE64.encode(vec![0_u8; 9600])}));
+    harness.send(json!({"type": "input_audio_buffer.commit"}));
+    let out = harness.send(json!({"type": "response.create"}));
+    assert_eq!(count(&out, "response.output_item.added"), 1);
+    assert_eq!(count(&out, "response.function_call_arguments.delta"), 0);
+    let out = harness.send(json!({"type": "response.cancel"}));
+    assert_eq!(count(&out, "response.function_call_arguments.done"), 0);
+    let response = &find(&out, "response.done")["response"];
+    assert_eq!(response["status"], "cancelled");
+    assert_eq!(response["output"][0]["status"], "incomplete");
+    assert_eq!(response["output"][0]["arguments"], "");
+    assert!(harness.run_for(Duration::from_secs(1)).is_empty());
 }
 
 #[test]

@@ -112,7 +112,9 @@ impl Vad {
                 {
                     self.speaking = false;
                     events.push(VadEvent::Stopped {
-                        audio_end_ms: self.last_speech_end_ms + settings.silence_duration_ms,
+                        audio_end_ms: self
+                            .last_speech_end_ms
+                            .saturating_add(settings.silence_duration_ms),
                     });
                 }
                 _ => {}

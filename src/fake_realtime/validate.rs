@@ -21,17 +21,32 @@ use serde_json::{Map, Value};
 /// An `error` event's payload (`type` is always `invalid_request_error` for these).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct WireError {
-    pub(crate) code: &'static str,
+    /// `error.code`; `None` is sent as `null`.
+    pub(crate) code: Option<&'static str>,
     pub(crate) message: String,
     pub(crate) param: Option<String>,
+    /// Whether `error.event_id` echoes the client event's `event_id` (else it is `null`).
+    pub(crate) echo_event_id: bool,
 }
 
 impl WireError {
     pub(crate) fn new(code: &'static str, message: impl Into<String>, param: Option<&str>) -> Self {
         Self {
-            code,
+            code: Some(code),
             message: message.into(),
             param: param.map(str::to_owned),
+            echo_event_id: true,
+        }
+    }
+
+    /// An error the service sends with `code`, `param` and `event_id` all `null`, as it does for
+    /// a truncate past the end of the audio (realtime-api.md sections 1.7 and 4.3).
+    pub(crate) fn uncoded(message: impl Into<String>) -> Self {
+        Self {
+            code: None,
+            message: message.into(),
+            param: None,
+            echo_event_id: false,
         }
     }
 }
@@ -69,6 +84,10 @@ enum Check {
 }
 
 const MAX_INT: i64 = i64::MAX;
+/// Upper bound of `prefix_padding_ms` and `silence_duration_ms`. The SDK types give no range
+/// and the reference records none; 10 s is the fake's choice (far above any useful value), so
+/// larger values are `integer_above_max_value` instead of overflowing the timeline arithmetic.
+const MAX_VAD_MS: i64 = 10_000;
 const FORMATS_PREVIEW: &[&str] = &["pcm16", "g711_ulaw", "g711_alaw"];
 /// The built-in voices. The service refuses any other name with `invalid_value` (GA also takes
 /// a custom voice as `{"id": ...}`).
@@ -331,8 +350,8 @@ fn turn_detection_ga(value: &Value, path: &str) -> Checked {
                 ("create_response", Check::Bool),
                 ("idle_timeout_ms", Check::Nullable(&Check::Int(5000, 30000))),
                 ("interrupt_response", Check::Bool),
-                ("prefix_padding_ms", Check::Int(0, MAX_INT)),
-                ("silence_duration_ms", Check::Int(0, MAX_INT)),
+                ("prefix_padding_ms", Check::Int(0, MAX_VAD_MS)),
+                ("silence_duration_ms", Check::Int(0, MAX_VAD_MS)),
                 ("threshold", Check::Num(0.0, 1.0)),
             ],
             &["type"],
@@ -537,10 +556,10 @@ fn turn_detection_preview(value: &Value, path: &str) -> Checked {
             ("create_response", Check::Bool),
             ("eagerness", Check::Enum(EAGERNESS)),
             ("interrupt_response", Check::Bool),
-            ("prefix_padding_ms", Check::Int(0, MAX_INT)),
-            ("silence_duration_ms", Check::Int(0, MAX_INT)),
+            ("prefix_padding_ms", Check::Int(0, MAX_VAD_MS)),
+            ("silence_duration_ms", Check::Int(0, MAX_VAD_MS)),
             ("threshold", Check::Num(0.0, 1.0)),
-            ("idle_timeout_ms", Check::Nullable(&Check::Int(5000, 30000))),
+            // No `idle_timeout_ms`: it is GA-only (realtime-api.md sections 2.3 and 2.5).
         ],
         &[],
     )
