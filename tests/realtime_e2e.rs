@@ -290,6 +290,8 @@ async fn barge_in_cancels_the_reply_and_truncate_reports_what_was_heard() {
         )
         .unwrap(),
         speed: 1.0,
+        // As the real service does, audio already in flight arrives after speech_started.
+        late_deltas_ms: 60,
         ..FakeOptions::default()
     })
     .await;
@@ -323,15 +325,23 @@ async fn barge_in_cancels_the_reply_and_truncate_reports_what_was_heard() {
         };
         send_audio(&client, &tone(600, g711::ulaw_encode)).await;
         let mut speech_started = false;
+        let mut late = 0;
         let (status, reason) = loop {
             match client.next().await {
                 SessionEvent::SpeechStarted { .. } => speech_started = true,
-                SessionEvent::AudioDelta { audio, .. } => heard += audio.len(),
+                SessionEvent::AudioDelta { audio, .. } => {
+                    heard += audio.len();
+                    if speech_started {
+                        late += audio.len();
+                    }
+                }
                 SessionEvent::ResponseDone { status, reason, .. } => break (status, reason),
                 _ => {}
             }
         };
         assert!(speech_started, "{dialect:?}");
+        // 60 ms of G.711 in flight when the caller spoke: the call must drop these.
+        assert_eq!(late, 60 * 8, "{dialect:?}");
         assert_eq!(status, ResponseStatus::Cancelled, "{dialect:?}");
         assert_eq!(reason.as_deref(), Some("turn_detected"), "{dialect:?}");
 
