@@ -235,10 +235,35 @@ struct LedgerEntry {
     bytes: u64,
 }
 
-#[derive(Default)]
+/// A tool call being assembled.
 struct PendingCall {
+    response_id: ResponseId,
     name: Option<String>,
     arguments: String,
+    /// `response.function_call_arguments.done` (or a `completed` item) made the arguments
+    /// final.
+    arguments_done: bool,
+}
+
+impl PendingCall {
+    fn new(response_id: ResponseId) -> Self {
+        PendingCall {
+            response_id,
+            name: None,
+            arguments: String::new(),
+            arguments_done: false,
+        }
+    }
+}
+
+/// Which event says a tool call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallSource {
+    ArgumentsDone,
+    /// An output item with status `completed`.
+    ItemCompleted,
+    /// An output item with another status (`incomplete` after a barge-in) or none.
+    ItemNotCompleted,
 }
 
 /// One Realtime API session (one WebSocket connection), sans-IO.
@@ -483,10 +508,18 @@ impl Session {
                     && (self.pending_calls.len() < PENDING_CALLS
                         || self.pending_calls.contains_key(&call_id))
                 {
-                    self.pending_calls.entry(call_id).or_default().name = e.item.name;
+                    let pending = self
+                        .pending_calls
+                        .entry(call_id)
+                        .or_insert_with(|| PendingCall::new(e.response_id));
+                    if e.item.name.is_some() {
+                        pending.name = e.item.name;
+                    }
                 }
             }
-            ServerEvent::OutputItemDone(e) => self.handle_function_call_item(&e.item),
+            ServerEvent::OutputItemDone(e) => {
+                self.handle_function_call_item(&e.response_id, &e.item)
+            }
             ServerEvent::OutputAudioDelta(e) => self.handle_audio_delta(e),
             ServerEvent::OutputAudioDone(e) => self.events.push_back(SessionEvent::AudioDone {
                 response_id: e.response_id,
@@ -512,7 +545,7 @@ impl Session {
                 }
                 self.pending_calls
                     .entry(e.call_id)
-                    .or_default()
+                    .or_insert_with(|| PendingCall::new(e.response_id))
                     .arguments
                     .push_str(&e.delta);
             }
@@ -675,8 +708,19 @@ impl Session {
     }
 
     fn handle_response_done(&mut self, response: wire::ResponseInfo) {
-        for item in &response.output {
-            self.handle_function_call_item(item);
+        let status = ResponseStatus::from_wire(response.status.as_deref());
+        let cut_short = matches!(
+            status,
+            ResponseStatus::Cancelled | ResponseStatus::Failed | ResponseStatus::Incomplete
+        );
+        if cut_short {
+            // Its calls' arguments may be truncated: none of them is reported any more.
+            self.pending_calls
+                .retain(|_, pending| pending.response_id != response.id);
+        } else {
+            for item in &response.output {
+                self.handle_function_call_item(&response.id, item);
+            }
         }
         // The bridge only uses the default conversation, where one response runs at a time: any
         // done (even for a response whose `created` we missed) means none is active now.
@@ -692,7 +736,7 @@ impl Session {
             .or_else(|| details.error.and_then(|error| error.code));
         self.events.push_back(SessionEvent::ResponseDone {
             response_id: response.id,
-            status: ResponseStatus::from_wire(response.status.as_deref()),
+            status,
             reason,
         });
         self.send_next_create();
@@ -743,39 +787,77 @@ impl Session {
         self.reported_calls.contains(call_id)
     }
 
+    /// `response.function_call_arguments.done`: the arguments are final.
     fn handle_arguments_done(&mut self, done: wire::FunctionCallArgumentsDone) {
-        if self.already_reported(&done.call_id) {
-            return;
-        }
-        let pending = self.pending_calls.remove(&done.call_id).unwrap_or_default();
-        let arguments = done.arguments.unwrap_or(pending.arguments);
-        match done.name.or(pending.name) {
-            Some(name) => self.report_tool_call(done.call_id, name, arguments),
-            None => {
-                // The preview names the function only in the output item: wait for it.
-                self.pending_calls.insert(
-                    done.call_id,
-                    PendingCall {
-                        name: None,
-                        arguments,
-                    },
-                );
-            }
-        }
+        self.settle_call(
+            done.call_id,
+            done.response_id,
+            done.name,
+            done.arguments,
+            CallSource::ArgumentsDone,
+        );
     }
 
-    /// `response.output_item.done`, or an item of `response.done`: a complete function call.
-    fn handle_function_call_item(&mut self, item: &Item) {
+    /// `response.output_item.done`, or an item of `response.done`: a function call ends.
+    fn handle_function_call_item(&mut self, response_id: &ResponseId, item: &Item) {
         let Some(call_id) = item.call_id.as_ref().filter(|_| item.is_function_call()) else {
             return;
         };
-        if self.already_reported(call_id) {
+        let completed = item.status.as_deref() == Some("completed");
+        self.settle_call(
+            call_id.clone(),
+            response_id.clone(),
+            item.name.clone(),
+            item.arguments.clone(),
+            if completed {
+                CallSource::ItemCompleted
+            } else {
+                CallSource::ItemNotCompleted
+            },
+        );
+    }
+
+    /// The one path by which a tool call is reported: merges what `source` says about the call
+    /// with what was assembled, and reports it once its arguments are final (arguments.done,
+    /// or an item `completed`) and its name is known. A call whose item ends otherwise (a
+    /// barge-in cancelled the response: `incomplete`, with truncated arguments) is dropped.
+    fn settle_call(
+        &mut self,
+        call_id: CallId,
+        response_id: ResponseId,
+        name: Option<String>,
+        arguments: Option<String>,
+        source: CallSource,
+    ) {
+        if self.already_reported(&call_id) {
             return;
         }
-        let pending = self.pending_calls.remove(call_id).unwrap_or_default();
-        let arguments = item.arguments.clone().unwrap_or(pending.arguments);
-        match item.name.clone().or(pending.name) {
-            Some(name) => self.report_tool_call(call_id.clone(), name, arguments),
+        let mut pending = self
+            .pending_calls
+            .remove(&call_id)
+            .unwrap_or_else(|| PendingCall::new(response_id));
+        if name.is_some() {
+            pending.name = name;
+        }
+        match source {
+            CallSource::ArgumentsDone | CallSource::ItemCompleted => {
+                if let Some(arguments) = arguments {
+                    pending.arguments = arguments;
+                }
+                pending.arguments_done = true;
+            }
+            CallSource::ItemNotCompleted if pending.arguments_done => {}
+            CallSource::ItemNotCompleted => {
+                tracing::debug!(%call_id, "dropping a tool call whose item did not complete");
+                return;
+            }
+        }
+        match pending.name.take() {
+            Some(name) => self.report_tool_call(call_id, name, pending.arguments),
+            // The preview names the function only in the output item: wait for it.
+            None if source == CallSource::ArgumentsDone => {
+                self.pending_calls.insert(call_id, pending);
+            }
             None => {
                 self.remember_reported(call_id.clone());
                 self.malformed(format!("function call {call_id} has no name"));

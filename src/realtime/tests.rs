@@ -679,6 +679,69 @@ fn tool_output_with_no_active_response_creates_one_at_once() {
     );
 }
 
+#[test]
+fn tool_calls_of_a_cancelled_response_are_never_reported() {
+    for dialect in [Dialect::OpenAiGa, Dialect::AzurePreview] {
+        let (mut session, t0) = ready(&profile(""), dialect);
+        feed(&mut session, t0, response_created("resp_1"));
+        feed(
+            &mut session,
+            t0,
+            json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1",
+                   "output_index": 0,
+                   "item": {"id": "item_F", "type": "function_call", "status": "in_progress",
+                            "call_id": "call_7", "name": "transfer_call", "arguments": ""}}),
+        );
+        feed(
+            &mut session,
+            t0,
+            json!({"type": "response.function_call_arguments.delta", "event_id": "e",
+                   "response_id": "resp_1", "item_id": "item_F", "output_index": 0,
+                   "call_id": "call_7", "delta": "{\"to\":\"+4930"}),
+        );
+        // Barge-in: the item ends incomplete, with the arguments cut off.
+        let partial = json!({"id": "item_F", "type": "function_call", "status": "incomplete",
+            "call_id": "call_7", "name": "transfer_call", "arguments": "{\"to\":\"+4930"});
+        feed(
+            &mut session,
+            t0,
+            json!({"type": "response.output_item.done", "event_id": "e", "response_id": "resp_1",
+                   "output_index": 0, "item": partial}),
+        );
+        let mut done = response_done("resp_1", "cancelled", Some("turn_detected"));
+        done["response"]["output"] = json!([partial]);
+        feed(&mut session, t0, done);
+        // A second call, never given an output_item.done: only response.done names it.
+        feed(&mut session, t0, response_created("resp_2"));
+        let mut done = response_done("resp_2", "cancelled", Some("turn_detected"));
+        done["response"]["output"] = json!([{"id": "item_G", "type": "function_call",
+            "status": "incomplete", "call_id": "call_8", "name": "hang_up", "arguments": "{"}]);
+        feed(&mut session, t0, done);
+        let got = events(&mut session);
+        assert!(
+            !got.iter()
+                .any(|e| matches!(e, SessionEvent::ToolCall { .. })),
+            "{dialect:?}: {got:?}"
+        );
+        assert_eq!(session.active_response(), None);
+    }
+}
+
+#[test]
+fn a_completed_function_call_item_alone_is_reported() {
+    let (mut session, t0) = ready(&profile(""), Dialect::AzurePreview);
+    feed(&mut session, t0, response_created("resp_1"));
+    let mut done = response_done("resp_1", "completed", None);
+    done["response"]["output"] = json!([{"id": "item_F", "type": "function_call",
+        "status": "completed", "call_id": "call_1", "name": "hang_up", "arguments": "{}"}]);
+    feed(&mut session, t0, done);
+    assert!(events(&mut session).contains(&SessionEvent::ToolCall {
+        call_id: "call_1".into(),
+        name: "hang_up".into(),
+        arguments: "{}".into()
+    }));
+}
+
 // ---- output audio ledger ------------------------------------------------------------------
 
 #[test]
