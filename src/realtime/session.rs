@@ -45,6 +45,12 @@ const PENDING_CALLS: usize = 32;
 /// `server_error`s within [`SERVER_ERROR_WINDOW`] that make the session unusable.
 const SERVER_ERRORS_FATAL: usize = 3;
 const SERVER_ERROR_WINDOW: Duration = Duration::from_secs(60);
+/// How long a `response.create` may go unanswered (no `response.created`, no `error`) before
+/// the session stops waiting for it, so one lost create cannot block every later one.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The `code` of the [`SessionEvent::Error`] the session itself reports when a
+/// `response.create` went unanswered for [`CREATE_TIMEOUT`].
+pub const CREATE_TIMEOUT_CODE: &str = "response_create_timeout";
 
 /// What the session reports to the `Call`.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,7 +158,9 @@ pub enum SetupFailure {
     },
 }
 
-/// An `error` event, classified.
+/// An `error` event, classified. The session also reports a `response.create` that went
+/// unanswered for [`CREATE_TIMEOUT`] as one (`kind: None`, `code:` [`CREATE_TIMEOUT_CODE`],
+/// not fatal).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerError {
     pub fatal: bool,
@@ -283,7 +291,13 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
 
     active_response: Option<ResponseId>,
-    create_in_flight: bool,
+    /// The `response.create` sent and not yet answered by `response.created` or an `error`.
+    create_in_flight: Option<EventId>,
+    /// When [`CREATE_TIMEOUT`] expires for it. Commands carry no time, so the deadline is armed
+    /// by the first `handle_*` call after the create was sent.
+    create_deadline: Option<Instant>,
+    /// The latest `now` the shell passed in.
+    last_now: Instant,
     /// Set when the service refused a create because of a response we have not seen start;
     /// nothing is sent until the next `response.done`.
     wait_for_response_done: bool,
@@ -317,7 +331,9 @@ impl Session {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             active_response: None,
-            create_in_flight: false,
+            create_in_flight: None,
+            create_deadline: None,
+            last_now: now,
             wait_for_response_done: false,
             pending_creates: VecDeque::new(),
             sent_creates: VecDeque::new(),
@@ -398,23 +414,37 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// When [`Session::handle_timeout`] must be called next: the setup deadline, until ready.
+    /// When [`Session::handle_timeout`] must be called next: the setup deadline until ready,
+    /// then the [`CREATE_TIMEOUT`] of an unanswered `response.create`. Right after a create was
+    /// sent this is a past instant, meaning "now": that call arms the create's deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::AwaitingCreated | State::AwaitingUpdated { .. } => {
                 Some(self.setup_started + self.setup_timeout)
             }
-            State::Ready | State::Ended => None,
+            State::Ready => self
+                .create_in_flight
+                .as_ref()
+                .map(|_| self.create_deadline.unwrap_or(self.last_now)),
+            State::Ended => None,
         }
     }
 
     // ---- input ------------------------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.observe_time(now);
         let waiting_for = match self.state {
             State::AwaitingCreated => "session.created",
             State::AwaitingUpdated { .. } => "session.updated",
-            State::Ready | State::Ended => return,
+            State::Ready => {
+                if self.create_deadline.is_some_and(|deadline| now >= deadline) {
+                    self.create_timed_out();
+                    self.observe_time(now);
+                }
+                return;
+            }
+            State::Ended => return,
         };
         if now >= self.setup_started + self.setup_timeout {
             tracing::warn!(waiting_for, "realtime session setup timed out");
@@ -451,10 +481,12 @@ impl Session {
         if self.state == State::Ended {
             return;
         }
+        self.observe_time(now);
         match ServerEvent::parse(text) {
             Ok(event) => self.handle_event(now, event),
             Err(error) => self.malformed(error.to_string()),
         }
+        self.observe_time(now);
     }
 
     fn malformed(&mut self, reason: String) {
@@ -630,8 +662,11 @@ impl Session {
             return;
         }
         let code = error.code.as_deref().unwrap_or_default();
+        let mut create_dropped = false;
         if code == "conversation_already_has_active_response" {
             self.requeue_refused_create(client_event_id.as_ref());
+        } else if let Some(id) = client_event_id.as_ref() {
+            create_dropped = self.drop_refused_create(id);
         }
         let fatal = self.is_fatal(now, error.kind.as_deref(), code);
         if fatal {
@@ -649,6 +684,9 @@ impl Session {
             client_event_id,
             caused_by,
         }));
+        if create_dropped {
+            self.send_next_create();
+        }
     }
 
     /// Fatal: the key is refused, the session is over, the service refuses our protocol, the
@@ -685,22 +723,73 @@ impl Session {
         let index = match client_event_id {
             Some(id) => self.sent_creates.iter().position(|(sent, _)| sent == id),
             // Without an id, the refusal can only be about our latest create.
-            None if self.create_in_flight => self.sent_creates.len().checked_sub(1),
+            None if self.create_in_flight.is_some() => self.sent_creates.len().checked_sub(1),
             None => None,
         };
-        if let Some((_, create)) = index.and_then(|i| self.sent_creates.remove(i)) {
+        if let Some((id, create)) = index.and_then(|i| self.sent_creates.remove(i)) {
             tracing::debug!("response.create refused while a response is active; re-queued");
-            self.create_in_flight = false;
+            self.create_answered(&id);
             self.wait_for_response_done = true;
             self.stats.responses_queued += 1;
             self.pending_creates.push_front(create);
         }
     }
 
+    /// A create the service refused for another reason than an active response: it is dropped
+    /// (resending would fail the same way) and no longer blocks the queue.
+    fn drop_refused_create(&mut self, id: &EventId) -> bool {
+        let Some(index) = self.sent_creates.iter().position(|(sent, _)| sent == id) else {
+            return false;
+        };
+        self.sent_creates.remove(index);
+        self.create_answered(id);
+        tracing::debug!(%id, "response.create refused; dropped");
+        true
+    }
+
+    /// `id`'s create has had its answer: if it was the one in flight, nothing is in flight now.
+    fn create_answered(&mut self, id: &EventId) {
+        if self.create_in_flight.as_ref() == Some(id) {
+            self.create_in_flight = None;
+            self.create_deadline = None;
+        }
+    }
+
+    /// Arms [`CREATE_TIMEOUT`] for a create sent since the last `handle_*` call.
+    fn observe_time(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        if self.create_in_flight.is_some() && self.create_deadline.is_none() {
+            self.create_deadline = Some(now + CREATE_TIMEOUT);
+        }
+    }
+
+    fn create_timed_out(&mut self) {
+        let Some(id) = self.create_in_flight.take() else {
+            return;
+        };
+        self.create_deadline = None;
+        self.sent_creates.retain(|(sent, _)| *sent != id);
+        tracing::warn!(%id, "response.create unanswered; no longer waiting for it");
+        self.events.push_back(SessionEvent::Error(ServerError {
+            fatal: false,
+            kind: None,
+            code: Some(CREATE_TIMEOUT_CODE.to_owned()),
+            message: format!(
+                "no response.created within {} s of response.create",
+                CREATE_TIMEOUT.as_secs()
+            ),
+            param: None,
+            client_event_id: Some(id),
+            caused_by: Some("response.create"),
+        }));
+        self.send_next_create();
+    }
+
     fn handle_response_created(&mut self, response: wire::ResponseInfo) {
         // Whether it answers our create or server VAD started it, a response is now active and
         // our create is no longer unanswered (if it was refused, its error re-queues it).
-        self.create_in_flight = false;
+        self.create_in_flight = None;
+        self.create_deadline = None;
         self.active_response = Some(response.id.clone());
         self.events.push_back(SessionEvent::ResponseCreated {
             response_id: response.id,
@@ -1011,7 +1100,7 @@ impl Session {
     fn can_send_create(&self) -> bool {
         self.state == State::Ready
             && self.active_response.is_none()
-            && !self.create_in_flight
+            && self.create_in_flight.is_none()
             && !self.wait_for_response_done
     }
 
@@ -1030,7 +1119,8 @@ impl Session {
                 .clone()
                 .map(|instructions| ResponseParams { instructions }),
         });
-        self.create_in_flight = true;
+        self.create_in_flight = Some(id.clone());
+        self.create_deadline = None;
         if self.sent_creates.len() >= RECENT_EVENTS {
             self.sent_creates.pop_front();
         }

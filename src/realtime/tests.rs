@@ -548,6 +548,91 @@ fn a_refused_create_is_requeued_until_the_next_response_done() {
     );
 }
 
+#[test]
+fn a_create_refused_for_another_reason_is_dropped_and_unblocks_the_queue() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    session.create_response(Some("Bad.")).unwrap();
+    session.create_response(Some("Good.")).unwrap();
+    let sent = raw_transmits(&mut session);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let create_id = sent[0]["event_id"].as_str().unwrap().to_owned();
+    feed(
+        &mut session,
+        t0,
+        error_frame(
+            "invalid_request_error",
+            Some("invalid_value"),
+            "Invalid value for 'response.instructions'.",
+            Some(&create_id),
+        ),
+    );
+    assert!(matches!(&events(&mut session)[..], [SessionEvent::Error(e)]
+        if !e.fatal && e.caused_by == Some("response.create")));
+    // The refused create is not resent; the queued one goes out at once.
+    assert_eq!(
+        transmits(&mut session),
+        vec![json!({"type": "response.create", "response": {"instructions": "Good."}})]
+    );
+    feed(&mut session, t0, response_created("resp_1"));
+    feed(&mut session, t0, response_done("resp_1", "completed", None));
+    assert!(transmits(&mut session).is_empty());
+    // And later creates are not blocked either.
+    session.create_response(None).unwrap();
+    assert_eq!(
+        transmits(&mut session),
+        vec![json!({"type": "response.create"})]
+    );
+}
+
+#[test]
+fn an_unanswered_create_times_out_and_unblocks_the_queue() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    assert_eq!(session.poll_timeout(), None);
+    session.create_response(None).unwrap();
+    session.create_response(Some("Again.")).unwrap();
+    let sent = raw_transmits(&mut session);
+    assert_eq!(sent.len(), 1);
+    let create_id = sent[0]["event_id"].as_str().unwrap().to_owned();
+    // Commands carry no time: the first timeout call arms the deadline.
+    let t1 = t0 + Duration::from_secs(1);
+    assert!(session.poll_timeout().unwrap() <= t1);
+    session.handle_timeout(t1);
+    assert_eq!(session.poll_timeout(), Some(t1 + CREATE_TIMEOUT));
+    session.handle_timeout(t1 + CREATE_TIMEOUT - Duration::from_millis(1));
+    assert!(events(&mut session).is_empty());
+    assert!(transmits(&mut session).is_empty());
+    session.handle_timeout(t1 + CREATE_TIMEOUT);
+    assert_eq!(
+        events(&mut session),
+        vec![SessionEvent::Error(ServerError {
+            fatal: false,
+            kind: None,
+            code: Some(CREATE_TIMEOUT_CODE.into()),
+            message: "no response.created within 15 s of response.create".into(),
+            param: None,
+            client_event_id: Some(EventId::new(create_id)),
+            caused_by: Some("response.create"),
+        })]
+    );
+    assert!(session.is_ready());
+    // The queued create goes out, with a deadline of its own.
+    assert_eq!(
+        transmits(&mut session),
+        vec![json!({"type": "response.create", "response": {"instructions": "Again."}})]
+    );
+    assert_eq!(
+        session.poll_timeout(),
+        Some(t1 + CREATE_TIMEOUT + CREATE_TIMEOUT)
+    );
+    // A frame also arms a fresh deadline; response.created disarms it.
+    feed(
+        &mut session,
+        t1 + CREATE_TIMEOUT * 2,
+        response_created("resp_1"),
+    );
+    assert_eq!(session.poll_timeout(), None);
+}
+
 // ---- tool calls ---------------------------------------------------------------------------
 
 #[test]
