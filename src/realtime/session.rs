@@ -4,7 +4,9 @@
 //!
 //! - **Setup.** Nothing but the `session.update` is sent before `session.updated` confirms the
 //!   profile; audio offered before that is dropped (and counted) because the service would
-//!   read it in its default format. Any `error` during setup is a rejected configuration.
+//!   read it in its default format. An `error` naming our `session.update` (or naming nothing
+//!   while its answer is awaited) is a rejected configuration; a fatal one (bad key, quota,
+//!   ...) refuses the session; any other is reported and the setup goes on.
 //! - **One response at a time.** A `response.create` while a response is active (or while our
 //!   previous create is still unanswered) fails with `conversation_already_has_active_response`,
 //!   so creates wait in a queue for the next `response.done`. If the server still refuses one
@@ -149,12 +151,20 @@ pub enum SessionEvent {
 pub enum SetupFailure {
     /// `waiting_for` (`session.created` or `session.updated`) did not arrive in time.
     SetupTimeout { waiting_for: &'static str },
-    /// The service answered the setup with an error; `param` names the field it refused
+    /// The service answered our `session.update` with an error (one naming its `event_id`,
+    /// or naming none while `session.updated` is awaited); `param` names the field it refused
     /// (for example `session.audio.input.format`).
     ConfigRejected {
         code: Option<String>,
         message: String,
         param: Option<String>,
+    },
+    /// The service refused the session itself before it was ready, whatever we sent: `code`
+    /// is `invalid_api_key`, `beta_api_shape_disabled`, `insufficient_quota`,
+    /// `session_expired`, or `None` for an `authentication_error` without one.
+    Refused {
+        code: Option<String>,
+        message: String,
     },
 }
 
@@ -648,20 +658,51 @@ impl Session {
                 .find(|(sent, _)| sent == id)
                 .map(|(_, kind)| *kind)
         });
-        if !matches!(self.state, State::Ready) {
-            // Before Ready every error is about the setup (most likely our session.update).
-            tracing::warn!(code = ?error.code, param = ?error.param, message = %error.message,
-                "realtime service rejected the session configuration");
-            self.state = State::Ended;
-            self.events
-                .push_back(SessionEvent::SetupFailed(SetupFailure::ConfigRejected {
-                    code: error.code,
-                    message: error.message,
-                    param: error.param,
-                }));
+        let code = error.code.as_deref().unwrap_or_default();
+        if self.state != State::Ready {
+            if is_fatal_code(error.kind.as_deref(), code) {
+                tracing::warn!(code, message = %error.message,
+                    "realtime service refused the session during setup");
+                self.state = State::Ended;
+                self.events
+                    .push_back(SessionEvent::SetupFailed(SetupFailure::Refused {
+                        code: error.code,
+                        message: error.message,
+                    }));
+                return;
+            }
+            // Our session.update is refused when the error names it, or names nothing while
+            // its answer is awaited (the service does not always echo the id).
+            let about_update = match (&self.state, client_event_id.as_ref()) {
+                (State::AwaitingUpdated { update_id }, Some(id)) => id == update_id,
+                (State::AwaitingUpdated { .. }, None) => true,
+                _ => false,
+            };
+            if about_update {
+                tracing::warn!(code, param = ?error.param, message = %error.message,
+                    "realtime service rejected the session configuration");
+                self.state = State::Ended;
+                self.events
+                    .push_back(SessionEvent::SetupFailed(SetupFailure::ConfigRejected {
+                        code: error.code,
+                        message: error.message,
+                        param: error.param,
+                    }));
+                return;
+            }
+            // Anything else (about nothing of ours) does not stop the setup.
+            tracing::debug!(code, message = %error.message, "realtime error during setup");
+            self.events.push_back(SessionEvent::Error(ServerError {
+                fatal: false,
+                kind: error.kind,
+                code: error.code,
+                message: error.message,
+                param: error.param,
+                client_event_id,
+                caused_by,
+            }));
             return;
         }
-        let code = error.code.as_deref().unwrap_or_default();
         let mut create_dropped = false;
         if code == "conversation_already_has_active_response" {
             self.requeue_refused_create(client_event_id.as_ref());
@@ -695,14 +736,7 @@ impl Session {
     /// Everything else (empty commits, late truncates, cancels of nothing, unknown items, rate
     /// limiting, one server error) leaves the session usable.
     fn is_fatal(&mut self, now: Instant, kind: Option<&str>, code: &str) -> bool {
-        if matches!(
-            code,
-            "invalid_api_key"
-                | "session_expired"
-                | "beta_api_shape_disabled"
-                | "insufficient_quota"
-        ) || kind == Some("authentication_error")
-        {
+        if is_fatal_code(kind, code) {
             return true;
         }
         if kind == Some("server_error") || code == "server_error" {
@@ -1150,4 +1184,13 @@ impl Session {
         self.recent_sent.push_back((id.clone(), event.kind()));
         id
     }
+}
+
+/// Errors that end a session whenever they come: the key is refused, the session is over, the
+/// service refuses our protocol, or the account cannot pay.
+fn is_fatal_code(kind: Option<&str>, code: &str) -> bool {
+    matches!(
+        code,
+        "invalid_api_key" | "session_expired" | "beta_api_shape_disabled" | "insufficient_quota"
+    ) || kind == Some("authentication_error")
 }

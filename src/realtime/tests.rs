@@ -373,6 +373,93 @@ fn a_rejected_update_fails_setup_naming_the_parameter() {
 }
 
 #[test]
+fn only_an_error_about_the_update_rejects_the_configuration() {
+    let t0 = Instant::now();
+    let mut session = Session::new(&profile(""), Dialect::OpenAiGa, t0);
+    // Before session.created: not about our update.
+    feed(
+        &mut session,
+        t0,
+        error_frame("invalid_request_error", Some("x"), "early", None),
+    );
+    feed(&mut session, t0, session_created());
+    transmits(&mut session);
+    // An error naming another event is not about the update either.
+    feed(
+        &mut session,
+        t0,
+        error_frame("server_error", None, "hiccup", Some("evt_99")),
+    );
+    let got = events(&mut session);
+    assert!(
+        matches!(&got[..], [SessionEvent::Error(a), SessionEvent::Error(b)]
+            if !a.fatal && !b.fatal && b.client_event_id == Some(EventId::from("evt_99"))),
+        "{got:?}"
+    );
+    assert!(!session.is_ended());
+    feed(&mut session, t0, session_updated());
+    assert!(matches!(
+        &events(&mut session)[..],
+        [SessionEvent::Ready { .. }]
+    ));
+
+    // With no event id while session.updated is awaited, it is about the update.
+    let mut session = Session::new(&profile(""), Dialect::OpenAiGa, t0);
+    feed(&mut session, t0, session_created());
+    feed(
+        &mut session,
+        t0,
+        error_frame("invalid_request_error", Some("invalid_value"), "bad", None),
+    );
+    assert_eq!(
+        events(&mut session),
+        vec![SessionEvent::SetupFailed(SetupFailure::ConfigRejected {
+            code: Some("invalid_value".into()),
+            message: "bad".into(),
+            param: None
+        })]
+    );
+    assert!(session.is_ended());
+}
+
+#[test]
+fn fatal_errors_before_ready_refuse_the_session() {
+    for (kind, code) in [
+        ("invalid_request_error", Some("invalid_api_key")),
+        ("invalid_request_error", Some("beta_api_shape_disabled")),
+        ("insufficient_quota", Some("insufficient_quota")),
+        ("invalid_request_error", Some("session_expired")),
+        ("authentication_error", None),
+    ] {
+        for after_created in [false, true] {
+            let t0 = Instant::now();
+            let mut session = Session::new(&profile(""), Dialect::OpenAiGa, t0);
+            let mut about = None;
+            if after_created {
+                feed(&mut session, t0, session_created());
+                about = raw_transmits(&mut session)[0]["event_id"]
+                    .as_str()
+                    .map(str::to_owned);
+            }
+            feed(
+                &mut session,
+                t0,
+                error_frame(kind, code, "no", about.as_deref()),
+            );
+            assert_eq!(
+                events(&mut session),
+                vec![SessionEvent::SetupFailed(SetupFailure::Refused {
+                    code: code.map(str::to_owned),
+                    message: "no".into()
+                })],
+                "{code:?}"
+            );
+            assert!(session.is_ended());
+        }
+    }
+}
+
+#[test]
 fn before_ready_audio_is_dropped_and_counted_and_commands_refused() {
     let t0 = Instant::now();
     let mut session = Session::new(&profile(""), Dialect::OpenAiGa, t0);
