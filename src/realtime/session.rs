@@ -65,7 +65,8 @@ pub enum SessionEvent {
     },
     /// The session never became ready; the shell closes the socket.
     SetupFailed(SetupFailure),
-    /// The service ended the session at its maximum duration (close 1001).
+    /// The service ended the session at its maximum duration (close 1001, or an `error` with
+    /// code `session_expired` once ready).
     Expired,
     /// The socket closed for another reason.
     Closed {
@@ -701,6 +702,13 @@ impl Session {
                 client_event_id,
                 caused_by,
             }));
+            return;
+        }
+        if code == "session_expired" {
+            // The service's session limit, said with an error rather than close 1001.
+            tracing::info!(message = %error.message, "realtime session reached its maximum duration");
+            self.state = State::Ended;
+            self.events.push_back(SessionEvent::Expired);
             return;
         }
         let mut create_dropped = false;

@@ -1120,7 +1120,6 @@ fn harmless_errors_are_reported_non_fatal_with_their_cause() {
 fn key_and_expiry_errors_are_fatal() {
     for (kind, code) in [
         ("invalid_request_error", Some("invalid_api_key")),
-        ("invalid_request_error", Some("session_expired")),
         ("invalid_request_error", Some("beta_api_shape_disabled")),
         ("authentication_error", None),
     ] {
@@ -1135,6 +1134,24 @@ fn key_and_expiry_errors_are_fatal() {
         assert!(session.poll_transmit().is_none());
         assert_eq!(session.stats().input_audio_bytes_dropped, 3);
     }
+}
+
+#[test]
+fn a_session_expired_error_is_expiry() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    feed(
+        &mut session,
+        t0 + Duration::from_secs(900),
+        error_frame(
+            "invalid_request_error",
+            Some("session_expired"),
+            "Your session hit the maximum duration of 15 minutes.",
+            None,
+        ),
+    );
+    assert_eq!(events(&mut session), vec![SessionEvent::Expired]);
+    assert!(session.is_ended());
+    assert_eq!(session.stats().errors, 1);
 }
 
 #[test]
