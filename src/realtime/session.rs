@@ -40,10 +40,12 @@ const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
 const RECENT_EVENTS: usize = 128;
 /// Items whose received audio is remembered: far more than one call can still truncate.
 const LEDGER_ITEMS: usize = 256;
-/// Tool calls remembered as already reported, so a call is surfaced once only.
+/// Tool calls remembered as already reported (or dropped), so a call is surfaced once only.
 const REPORTED_CALLS: usize = 64;
 /// Calls being assembled at once; more means a misbehaving server.
 const PENDING_CALLS: usize = 32;
+/// The longest tool-call arguments accepted; a longer call is dropped.
+const MAX_CALL_ARGUMENTS: usize = 64 * 1024;
 /// `server_error`s within [`SERVER_ERROR_WINDOW`] that make the session unusable.
 const SERVER_ERRORS_FATAL: usize = 3;
 const SERVER_ERROR_WINDOW: Duration = Duration::from_secs(60);
@@ -407,6 +409,12 @@ impl Session {
             .map(|entry| &entry.response_id)
     }
 
+    /// Tool calls in assembly (for tests of the bound).
+    #[cfg(test)]
+    pub(super) fn pending_call_count(&self) -> usize {
+        self.pending_calls.len()
+    }
+
     fn bytes_per_ms(&self) -> u64 {
         match self.output_format {
             AudioFormat::Pcm16 => 48,
@@ -547,17 +555,10 @@ impl Session {
             ServerEvent::OutputItemAdded(e) => {
                 if e.item.is_function_call()
                     && let Some(call_id) = e.item.call_id.clone()
-                    && !self.already_reported(&call_id)
-                    && (self.pending_calls.len() < PENDING_CALLS
-                        || self.pending_calls.contains_key(&call_id))
+                    && let Some(pending) = self.pending_call(call_id, e.response_id)
+                    && e.item.name.is_some()
                 {
-                    let pending = self
-                        .pending_calls
-                        .entry(call_id)
-                        .or_insert_with(|| PendingCall::new(e.response_id));
-                    if e.item.name.is_some() {
-                        pending.name = e.item.name;
-                    }
+                    pending.name = e.item.name;
                 }
             }
             ServerEvent::OutputItemDone(e) => {
@@ -576,22 +577,7 @@ impl Session {
                     text: e.transcript,
                 })
             }
-            ServerEvent::FunctionCallArgumentsDelta(e) => {
-                if self.already_reported(&e.call_id) {
-                    return;
-                }
-                if self.pending_calls.len() >= PENDING_CALLS
-                    && !self.pending_calls.contains_key(&e.call_id)
-                {
-                    tracing::warn!(call_id = %e.call_id, "too many tool calls in assembly; ignoring");
-                    return;
-                }
-                self.pending_calls
-                    .entry(e.call_id)
-                    .or_insert_with(|| PendingCall::new(e.response_id))
-                    .arguments
-                    .push_str(&e.delta);
-            }
+            ServerEvent::FunctionCallArgumentsDelta(e) => self.handle_arguments_delta(e),
             ServerEvent::FunctionCallArgumentsDone(e) => self.handle_arguments_done(e),
             ServerEvent::RateLimitsUpdated(e) => {
                 self.rate_limits = e.rate_limits;
@@ -844,15 +830,15 @@ impl Session {
             status,
             ResponseStatus::Cancelled | ResponseStatus::Failed | ResponseStatus::Incomplete
         );
-        if cut_short {
-            // Its calls' arguments may be truncated: none of them is reported any more.
-            self.pending_calls
-                .retain(|_, pending| pending.response_id != response.id);
-        } else {
+        // A cut-short response's calls may have truncated arguments: none is reported now.
+        if !cut_short {
             for item in &response.output {
                 self.handle_function_call_item(&response.id, item);
             }
         }
+        // Whatever of this response is still in assembly will never be finished.
+        self.pending_calls
+            .retain(|_, pending| pending.response_id != response.id);
         // The bridge only uses the default conversation, where one response runs at a time: any
         // done (even for a response whose `created` we missed) means none is active now.
         if let Some(active) = self.active_response.take()
@@ -916,6 +902,47 @@ impl Session {
 
     fn already_reported(&self, call_id: &CallId) -> bool {
         self.reported_calls.contains(call_id)
+    }
+
+    /// The call being assembled under `call_id`, added if new. `None` when the call was
+    /// already reported (or dropped), or when [`PENDING_CALLS`] are in assembly already: the
+    /// new call is then dropped (once, with a [`SessionEvent::Malformed`]).
+    fn pending_call(
+        &mut self,
+        call_id: CallId,
+        response_id: ResponseId,
+    ) -> Option<&mut PendingCall> {
+        if self.already_reported(&call_id) {
+            return None;
+        }
+        if self.pending_calls.len() >= PENDING_CALLS && !self.pending_calls.contains_key(&call_id) {
+            self.drop_call(call_id, "too many tool calls in assembly");
+            return None;
+        }
+        Some(
+            self.pending_calls
+                .entry(call_id)
+                .or_insert_with(|| PendingCall::new(response_id)),
+        )
+    }
+
+    /// Forgets a call for good: later events about it are ignored.
+    fn drop_call(&mut self, call_id: CallId, why: &str) {
+        self.pending_calls.remove(&call_id);
+        self.remember_reported(call_id.clone());
+        self.malformed(format!("function call {call_id} dropped: {why}"));
+    }
+
+    fn handle_arguments_delta(&mut self, delta: wire::FunctionCallArgumentsDelta) {
+        let call_id = delta.call_id.clone();
+        let Some(pending) = self.pending_call(delta.call_id, delta.response_id) else {
+            return;
+        };
+        if pending.arguments.len().saturating_add(delta.delta.len()) > MAX_CALL_ARGUMENTS {
+            self.drop_call(call_id, "arguments longer than 64 KiB");
+            return;
+        }
+        pending.arguments.push_str(&delta.delta);
     }
 
     /// `response.function_call_arguments.done`: the arguments are final.
@@ -983,11 +1010,18 @@ impl Session {
                 return;
             }
         }
+        if pending.arguments.len() > MAX_CALL_ARGUMENTS {
+            self.drop_call(call_id, "arguments longer than 64 KiB");
+            return;
+        }
         match pending.name.take() {
             Some(name) => self.report_tool_call(call_id, name, pending.arguments),
             // The preview names the function only in the output item: wait for it.
             None if source == CallSource::ArgumentsDone => {
-                self.pending_calls.insert(call_id, pending);
+                let response_id = pending.response_id.clone();
+                if let Some(slot) = self.pending_call(call_id, response_id) {
+                    *slot = pending;
+                }
             }
             None => {
                 self.remember_reported(call_id.clone());

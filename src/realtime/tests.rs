@@ -914,6 +914,80 @@ fn a_completed_function_call_item_alone_is_reported() {
     }));
 }
 
+fn args_delta(response: &str, call: &str, delta: &str) -> Value {
+    json!({"type": "response.function_call_arguments.delta", "event_id": "e",
+           "response_id": response, "item_id": "item_F", "output_index": 0,
+           "call_id": call, "delta": delta})
+}
+
+fn args_done(response: &str, call: &str, arguments: &str) -> Value {
+    json!({"type": "response.function_call_arguments.done", "event_id": "e",
+           "response_id": response, "item_id": "item_F", "output_index": 0,
+           "call_id": call, "arguments": arguments})
+}
+
+#[test]
+fn tool_call_arguments_longer_than_64_kib_drop_the_call() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    let chunk = "x".repeat(16 * 1024);
+    for _ in 0..5 {
+        feed(&mut session, t0, args_delta("resp_1", "call_1", &chunk));
+    }
+    assert_eq!(session.pending_call_count(), 0);
+    // The done (and the item) for the dropped call are ignored.
+    feed(&mut session, t0, args_done("resp_1", "call_1", "{}"));
+    // A done carrying too much at once.
+    let mut done = args_done("resp_1", "call_2", &"y".repeat(64 * 1024 + 1));
+    done["name"] = json!("lookup");
+    feed(&mut session, t0, done);
+    let got = events(&mut session);
+    assert!(
+        matches!(&got[..], [SessionEvent::Malformed { reason: a }, SessionEvent::Malformed { reason: b }]
+            if a.contains("call_1") && b.contains("call_2")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn tool_calls_in_assembly_are_bounded_and_cleared_by_response_done() {
+    let (mut session, t0) = ready(&profile(""), Dialect::AzurePreview);
+    for n in 0..32 {
+        feed(
+            &mut session,
+            t0,
+            args_delta("resp_1", &format!("call_{n}"), "{"),
+        );
+    }
+    assert_eq!(session.pending_call_count(), 32);
+    assert!(events(&mut session).is_empty());
+    // Every way of adding one more is refused: added, delta, and a nameless done.
+    feed(
+        &mut session,
+        t0,
+        json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1",
+               "output_index": 0, "item": {"id": "item_X", "type": "function_call",
+               "status": "in_progress", "call_id": "call_a", "name": "f", "arguments": ""}}),
+    );
+    feed(&mut session, t0, args_delta("resp_1", "call_b", "{"));
+    feed(&mut session, t0, args_done("resp_1", "call_c", "{}"));
+    assert_eq!(session.pending_call_count(), 32);
+    let got = events(&mut session);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|e| matches!(e, SessionEvent::Malformed { .. })),
+        "{got:?}"
+    );
+    // A completed response.done forgets what it left unfinished.
+    feed(&mut session, t0, response_done("resp_1", "completed", None));
+    assert_eq!(session.pending_call_count(), 0);
+    // A nameless done waiting for its item is forgotten with its response too.
+    feed(&mut session, t0, args_done("resp_2", "call_d", "{}"));
+    assert_eq!(session.pending_call_count(), 1);
+    feed(&mut session, t0, response_done("resp_2", "completed", None));
+    assert_eq!(session.pending_call_count(), 0);
+}
+
 // ---- output audio ledger ------------------------------------------------------------------
 
 #[test]
