@@ -238,6 +238,70 @@ fn preview_names_map_to_the_same_internal_events() {
 }
 
 #[test]
+fn nulls_and_float_numbers_from_the_service_are_read_leniently() {
+    let frames = [
+        json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error",
+               "code": null, "message": null, "param": null, "event_id": null}}),
+        json!({"type": "conversation.item.input_audio_transcription.completed", "event_id": "e",
+               "item_id": "item_U", "content_index": null, "transcript": null}),
+        json!({"type": "conversation.item.input_audio_transcription.failed", "event_id": "e",
+               "item_id": "item_U", "content_index": 0, "error": null}),
+        json!({"type": "response.output_text.delta", "event_id": "e", "response_id": "r",
+               "item_id": "i", "output_index": null, "content_index": null, "delta": null}),
+        json!({"type": "response.output_audio_transcript.done", "event_id": "e",
+               "response_id": "r", "item_id": "i", "output_index": 0, "content_index": 0,
+               "transcript": null}),
+        json!({"type": "response.content_part.added", "event_id": "e", "response_id": "r",
+               "item_id": "i", "output_index": 0, "content_index": 0, "part": null}),
+        json!({"type": "response.done", "event_id": "e", "response": {"id": "r",
+               "status": "completed", "status_details": null, "output": null}}),
+        json!({"type": "response.output_item.added", "event_id": "e", "response_id": "r",
+               "output_index": 0, "item": {"id": "i", "type": null, "status": null}}),
+        json!({"type": "session.updated", "event_id": "e", "session": null}),
+        json!({"type": "rate_limits.updated", "event_id": "e", "rate_limits": [
+               {"name": null, "limit": 1000.0, "remaining": 999.5, "reset_seconds": 1}]}),
+        json!({"type": "rate_limits.updated", "event_id": "e", "rate_limits": null}),
+    ];
+    for frame in &frames {
+        assert!(
+            ServerEvent::parse(&frame.to_string()).is_ok(),
+            "{frame}: {:?}",
+            ServerEvent::parse(&frame.to_string())
+        );
+    }
+    match ServerEvent::parse(&frames[9].to_string()).unwrap() {
+        ServerEvent::RateLimitsUpdated(r) => assert_eq!(
+            r.rate_limits,
+            vec![RateLimit {
+                name: String::new(),
+                limit: Some(1000),
+                remaining: Some(999),
+                reset_seconds: Some(1.0)
+            }]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut created = session_created();
+    created["session"]["expires_at"] = json!(1_767_229_200.0);
+    match ServerEvent::parse(&created.to_string()).unwrap() {
+        ServerEvent::SessionCreated(c) => assert_eq!(c.session.expires_at, Some(1_767_229_200)),
+        other => panic!("{other:?}"),
+    }
+
+    // An error with a null message is still classified.
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    feed(
+        &mut session,
+        t0,
+        json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error",
+               "code": "invalid_api_key", "message": null, "param": null, "event_id": null}}),
+    );
+    assert!(matches!(&events(&mut session)[..], [SessionEvent::Error(e)]
+            if e.fatal && e.message.is_empty() && e.code.as_deref() == Some("invalid_api_key")));
+    assert_eq!(session.stats().malformed, 0);
+}
+
+#[test]
 fn unknown_types_and_extra_fields_are_tolerated_and_counted() {
     let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
     feed(
