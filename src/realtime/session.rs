@@ -1107,7 +1107,9 @@ impl Session {
     }
 
     /// Cuts an assistant item's audio at `audio_end_ms` (what the caller heard). The value is
-    /// clamped to the audio received for the item, because the service rejects more.
+    /// clamped to the audio received for the item, because the service rejects more. An item
+    /// with no audio in the ledger is [`Error::UnknownItem`] and nothing is sent (the service
+    /// would refuse it; an item never played is removed with [`Session::delete_item`]).
     pub fn truncate(
         &mut self,
         item_id: &ItemId,
@@ -1115,10 +1117,13 @@ impl Session {
         audio_end_ms: u64,
     ) -> Result<(), Error> {
         self.ensure_ready()?;
-        let audio_end_ms = match self.received_ms(item_id, content_index) {
-            Some(received) => audio_end_ms.min(received),
-            None => audio_end_ms,
+        let Some(received) = self.received_ms(item_id, content_index) else {
+            return Err(Error::UnknownItem {
+                item_id: item_id.clone(),
+                content_index,
+            });
         };
+        let audio_end_ms = audio_end_ms.min(received);
         self.send(ClientEvent::ItemTruncate {
             item_id: item_id.clone(),
             content_index,

@@ -557,7 +557,13 @@ fn before_ready_audio_is_dropped_and_counted_and_commands_refused() {
 
 #[test]
 fn commands_after_ready_send_the_documented_events() {
-    let (mut session, _) = ready(&profile("audio_format = \"g711_ulaw\""), Dialect::OpenAiGa);
+    let (mut session, t0) = ready(&profile("audio_format = \"g711_ulaw\""), Dialect::OpenAiGa);
+    // 2 s of model audio for item_A8, so it can be truncated.
+    feed(
+        &mut session,
+        t0,
+        audio_delta("response.output_audio.delta", "resp_1", "item_A8", 16_000),
+    );
     session.append_audio(&[0xFF, 0x7F, 0x00]);
     session.commit_audio().unwrap();
     session.clear_audio().unwrap();
@@ -1053,6 +1059,31 @@ fn tool_calls_in_assembly_are_bounded_and_cleared_by_response_done() {
 }
 
 // ---- output audio ledger ------------------------------------------------------------------
+
+#[test]
+fn truncating_an_item_without_received_audio_is_refused_and_sends_nothing() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    assert_eq!(
+        session.truncate(&"item_U".into(), 0, 500),
+        Err(Error::UnknownItem {
+            item_id: "item_U".into(),
+            content_index: 0
+        })
+    );
+    feed(
+        &mut session,
+        t0,
+        audio_delta("response.output_audio.delta", "resp_1", "item_A", 4800),
+    );
+    // Another content part of a known item is unknown too.
+    assert!(matches!(
+        session.truncate(&"item_A".into(), 1, 50),
+        Err(Error::UnknownItem { .. })
+    ));
+    assert!(transmits(&mut session).is_empty());
+    session.truncate(&"item_A".into(), 0, 50).unwrap();
+    assert_eq!(transmits(&mut session).len(), 1);
+}
 
 #[test]
 fn ledger_counts_pcm16_at_48_bytes_per_ms() {
