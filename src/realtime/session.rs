@@ -1208,7 +1208,8 @@ impl Session {
         self.sent_creates.push_back((id, create));
     }
 
-    /// Queues `event` for sending under a fresh `event_id` and remembers its type.
+    /// Queues `event` for sending under a fresh `event_id` and remembers its type (except for
+    /// audio appends).
     fn send(&mut self, event: ClientEvent) -> EventId {
         self.next_event_number += 1;
         let id = EventId::new(format!("evt_{}", self.next_event_number));
@@ -1225,10 +1226,14 @@ impl Session {
                 tracing::error!(%error, kind = event.kind(), "cannot encode client event")
             }
         }
-        if self.recent_sent.len() >= RECENT_EVENTS {
-            self.recent_sent.pop_front();
+        // Appends go out 50 times a second and would flush everything else out; the service
+        // does not answer a good one, and a bad one is named by no other event anyway.
+        if !matches!(event, ClientEvent::InputAudioAppend { .. }) {
+            if self.recent_sent.len() >= RECENT_EVENTS {
+                self.recent_sent.pop_front();
+            }
+            self.recent_sent.push_back((id.clone(), event.kind()));
         }
-        self.recent_sent.push_back((id.clone(), event.kind()));
         id
     }
 }

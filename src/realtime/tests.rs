@@ -1286,6 +1286,39 @@ fn harmless_errors_are_reported_non_fatal_with_their_cause() {
 }
 
 #[test]
+fn an_error_names_its_cause_even_after_many_audio_appends() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    feed(
+        &mut session,
+        t0,
+        audio_delta("response.output_audio.delta", "resp_1", "item_A", 4800),
+    );
+    session.truncate(&"item_A".into(), 0, 60).unwrap();
+    let truncate_id = raw_transmits(&mut session)[0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..200 {
+        session.append_audio(&[0u8; 960]);
+    }
+    assert_eq!(transmits(&mut session).len(), 200);
+    feed(
+        &mut session,
+        t0,
+        error_frame(
+            "invalid_request_error",
+            None,
+            "Audio content of 50ms is already shorter than 60ms",
+            Some(&truncate_id),
+        ),
+    );
+    assert!(
+        matches!(&events(&mut session)[..], [.., SessionEvent::Error(e)]
+            if e.caused_by == Some("conversation.item.truncate")),
+    );
+}
+
+#[test]
 fn key_and_expiry_errors_are_fatal() {
     for (kind, code) in [
         ("invalid_request_error", Some("invalid_api_key")),
