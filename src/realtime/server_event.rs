@@ -3,9 +3,10 @@
 //! Parsing is two-step: read the frame as JSON, look at `type`, then decode the payload of the
 //! variants the bridge understands. That lets one variant answer to both its GA and its
 //! preview name (`response.output_audio.delta` / `response.audio.delta`, see realtime-api.md
-//! section 7.1), and lets an unknown `type` keep its name for the logs instead of failing.
-//! Payload structs list only the fields the bridge reads: extra fields are ignored everywhere,
-//! because the service keeps adding them. Reading is lenient where the service is loose:
+//! section 7.1), and lets an unknown `type` keep its name for the logs instead of failing (the
+//! session counts those events). Payload structs list only the fields the bridge reads: extra
+//! fields are tolerated (ignored, not counted) everywhere, because the service keeps adding
+//! them. Reading is lenient where the service is loose:
 //! `null` in a field with a default reads as the default, and counts and times that arrive as
 //! floats (`expires_at`, rate-limit `limit` / `remaining`) are read as whole numbers.
 

@@ -302,7 +302,7 @@ fn nulls_and_float_numbers_from_the_service_are_read_leniently() {
 }
 
 #[test]
-fn unknown_types_and_extra_fields_are_tolerated_and_counted() {
+fn unknown_types_are_counted_and_extra_fields_tolerated() {
     let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
     feed(
         &mut session,
@@ -912,7 +912,8 @@ fn tool_output_with_no_active_response_creates_one_at_once() {
                    "item": {"type": "function_call_output", "call_id": "call_9", "output": "ok"}}),
         ]
     );
-    // The second output waits for the first create's response; one create covers it.
+    // The second output went out after the first create, so that response may not have seen
+    // it: it gets a create of its own, sent once the first response is done.
     feed(&mut session, t0, response_created("resp_2"));
     feed(&mut session, t0, response_done("resp_2", "completed", None));
     assert_eq!(
