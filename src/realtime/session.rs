@@ -1098,11 +1098,15 @@ impl Session {
         Ok(())
     }
 
-    /// Cancels the active response. The service answers `response_cancel_not_active` if there
-    /// is none; that error is harmless.
-    pub fn cancel_response(&mut self) -> Result<(), Error> {
+    /// Cancels `response_id`, or with `None` whatever response is in progress. Naming the
+    /// response keeps a late cancel from killing a newer one. The service answers
+    /// `response_cancel_not_active` if there is nothing (or not that) to cancel; that error is
+    /// harmless.
+    pub fn cancel_response(&mut self, response_id: Option<&ResponseId>) -> Result<(), Error> {
         self.ensure_ready()?;
-        self.send(ClientEvent::ResponseCancel);
+        self.send(ClientEvent::ResponseCancel {
+            response_id: response_id.cloned(),
+        });
         Ok(())
     }
 

@@ -531,7 +531,7 @@ fn before_ready_audio_is_dropped_and_counted_and_commands_refused() {
     assert_eq!(session.create_response(None), Err(Error::NotReady));
     assert_eq!(session.commit_audio(), Err(Error::NotReady));
     assert_eq!(session.clear_audio(), Err(Error::NotReady));
-    assert_eq!(session.cancel_response(), Err(Error::NotReady));
+    assert_eq!(session.cancel_response(None), Err(Error::NotReady));
     assert_eq!(session.add_user_text("hi"), Err(Error::NotReady));
     assert_eq!(
         session.submit_tool_output(&"call_1".into(), "{}".into()),
@@ -569,7 +569,8 @@ fn commands_after_ready_send_the_documented_events() {
     session.clear_audio().unwrap();
     session.add_user_text("The caller pressed 5.").unwrap();
     session.delete_item(&"item_A9".into()).unwrap();
-    session.cancel_response().unwrap();
+    session.cancel_response(None).unwrap();
+    session.cancel_response(Some(&"resp_1".into())).unwrap();
     session.truncate(&"item_A8".into(), 0, 1234).unwrap();
     assert_eq!(
         transmits(&mut session),
@@ -581,6 +582,7 @@ fn commands_after_ready_send_the_documented_events() {
                    "content": [{"type": "input_text", "text": "The caller pressed 5."}]}}),
             json!({"type": "conversation.item.delete", "item_id": "item_A9"}),
             json!({"type": "response.cancel"}),
+            json!({"type": "response.cancel", "response_id": "resp_1"}),
             json!({"type": "conversation.item.truncate", "item_id": "item_A8",
                    "content_index": 0, "audio_end_ms": 1234}),
         ]
@@ -1230,7 +1232,7 @@ fn error_frame(kind: &str, code: Option<&str>, message: &str, event_id: Option<&
 #[test]
 fn harmless_errors_are_reported_non_fatal_with_their_cause() {
     let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
-    session.cancel_response().unwrap();
+    session.cancel_response(None).unwrap();
     let cancel_id = raw_transmits(&mut session)[0]["event_id"]
         .as_str()
         .unwrap()
