@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use super::ids::{CallId, EventId, ItemId};
+use super::ids::{CallId, EventId, ItemId, ResponseId};
 
 /// A client event, without its `event_id`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -39,8 +39,13 @@ pub enum ClientEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         response: Option<ResponseParams>,
     },
+    /// Without `response_id` the service cancels whatever response is in progress; with it,
+    /// only that one (a late cancel cannot hit a newer response).
     #[serde(rename = "response.cancel")]
-    ResponseCancel,
+    ResponseCancel {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        response_id: Option<ResponseId>,
+    },
 }
 
 impl ClientEvent {
@@ -55,7 +60,7 @@ impl ClientEvent {
             Self::ItemTruncate { .. } => "conversation.item.truncate",
             Self::ItemDelete { .. } => "conversation.item.delete",
             Self::ResponseCreate { .. } => "response.create",
-            Self::ResponseCancel => "response.cancel",
+            Self::ResponseCancel { .. } => "response.cancel",
         }
     }
 }
@@ -147,6 +152,16 @@ mod tests {
         assert_eq!(
             wire(&ClientEvent::ResponseCreate { response: None }),
             json!({"type": "response.create", "event_id": "evt_1"})
+        );
+        assert_eq!(
+            wire(&ClientEvent::ResponseCancel { response_id: None }),
+            json!({"type": "response.cancel", "event_id": "evt_1"})
+        );
+        assert_eq!(
+            wire(&ClientEvent::ResponseCancel {
+                response_id: Some("resp_1".into())
+            }),
+            json!({"type": "response.cancel", "event_id": "evt_1", "response_id": "resp_1"})
         );
     }
 }

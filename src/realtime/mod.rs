@@ -47,8 +47,8 @@ pub use ids::{CallId, EventId, ItemId, ResponseId};
 pub use render::session_update;
 pub use server_event::{RateLimit, ServerEvent};
 pub use session::{
-    DEFAULT_SETUP_TIMEOUT, ResponseStatus, ServerError, Session, SessionEvent, SessionStats,
-    SetupFailure,
+    CREATE_TIMEOUT, CREATE_TIMEOUT_CODE, DEFAULT_SETUP_TIMEOUT, ResponseStatus, ServerError,
+    Session, SessionEvent, SessionStats, SetupFailure,
 };
 
 use crate::config::UpstreamConfig;
@@ -89,6 +89,10 @@ pub enum Error {
     NotReady,
     #[error("the realtime session has ended")]
     Ended,
+    /// A truncate of an item (or content part) no audio was received for: the service would
+    /// refuse it. An item the caller never heard is removed with `delete_item` instead.
+    #[error("no audio was received for item {item_id} content part {content_index}")]
+    UnknownItem { item_id: ItemId, content_index: u32 },
     #[error("the {kind} upstream needs an API key")]
     MissingApiKey { kind: &'static str },
     #[error("the fake upstream has no fixed address: build its URL with fake_url")]

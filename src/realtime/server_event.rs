@@ -3,12 +3,15 @@
 //! Parsing is two-step: read the frame as JSON, look at `type`, then decode the payload of the
 //! variants the bridge understands. That lets one variant answer to both its GA and its
 //! preview name (`response.output_audio.delta` / `response.audio.delta`, see realtime-api.md
-//! section 7.1), and lets an unknown `type` keep its name for the logs instead of failing.
-//! Payload structs list only the fields the bridge reads: extra fields are ignored everywhere,
-//! because the service keeps adding them.
+//! section 7.1), and lets an unknown `type` keep its name for the logs instead of failing (the
+//! session counts those events). Payload structs list only the fields the bridge reads: extra
+//! fields are tolerated (ignored, not counted) everywhere, because the service keeps adding
+//! them. Reading is lenient where the service is loose:
+//! `null` in a field with a default reads as the default, and counts and times that arrive as
+//! floats (`expires_at`, rate-limit `limit` / `remaining`) are read as whole numbers.
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 use super::Error;
 use super::ids::{CallId, ItemId, ResponseId};
@@ -138,6 +141,33 @@ impl ServerEvent {
     }
 }
 
+/// `null` reads as the field's default, like an absent field: the service sends `null` for
+/// fields it has nothing for (`message`, `delta`, `transcript`, ...).
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A count or a Unix time that may arrive as a float (`1000.0`): read as a whole number,
+/// rounded down. `null`, a negative number or a non-number reads as `None`.
+fn lenient_u64<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                // A saturating conversion: past u64::MAX it reads as u64::MAX.
+                .map(|f| f as u64)
+        }),
+        _ => None,
+    })
+}
+
 fn payload<T: DeserializeOwned>(value: serde_json::Value, type_name: &str) -> Result<T, Error> {
     serde_json::from_value(value).map_err(|e| Error::Malformed(format!("{type_name}: {e}")))
 }
@@ -145,7 +175,7 @@ fn payload<T: DeserializeOwned>(value: serde_json::Value, type_name: &str) -> Re
 /// `session.created` / `session.updated`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct SessionPayload {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub session: SessionInfo,
 }
 
@@ -157,7 +187,7 @@ pub struct SessionInfo {
     #[serde(default)]
     pub model: Option<String>,
     /// When the service will end the session, in Unix seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub expires_at: Option<u64>,
 }
 
@@ -175,7 +205,7 @@ pub struct ErrorDetail {
     pub kind: Option<String>,
     #[serde(default)]
     pub code: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub message: String,
     /// The offending parameter, for example `session.audio.input.format`.
     #[serde(default)]
@@ -220,7 +250,7 @@ pub struct Item {
     #[serde(default)]
     pub id: Option<ItemId>,
     /// `message`, `function_call`, `function_call_output`, ...
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "null_as_default")]
     pub kind: String,
     #[serde(default)]
     pub role: Option<String>,
@@ -253,7 +283,7 @@ pub struct TranscriptionDelta {
     pub item_id: ItemId,
     #[serde(default)]
     pub content_index: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub delta: String,
 }
 
@@ -262,7 +292,7 @@ pub struct TranscriptionCompleted {
     pub item_id: ItemId,
     #[serde(default)]
     pub content_index: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub transcript: String,
 }
 
@@ -271,14 +301,14 @@ pub struct TranscriptionFailed {
     pub item_id: ItemId,
     #[serde(default)]
     pub content_index: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub error: ErrorDetail,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct ItemTruncated {
     pub item_id: ItemId,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub content_index: u32,
     pub audio_end_ms: u64,
 }
@@ -302,7 +332,7 @@ pub struct ResponseInfo {
     pub status: Option<String>,
     #[serde(default)]
     pub status_details: Option<StatusDetails>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub output: Vec<Item>,
 }
 
@@ -331,9 +361,9 @@ pub struct OutputItem {
 pub struct ContentPartPayload {
     pub response_id: ResponseId,
     pub item_id: ItemId,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub content_index: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub part: ContentPart,
 }
 
@@ -355,7 +385,7 @@ pub struct ContentRef {
     pub item_id: ItemId,
     #[serde(default)]
     pub output_index: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub content_index: u32,
 }
 
@@ -371,7 +401,7 @@ pub struct OutputAudioDelta {
 pub struct TextDelta {
     #[serde(flatten)]
     pub at: ContentRef,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub delta: String,
 }
 
@@ -379,7 +409,7 @@ pub struct TextDelta {
 pub struct TranscriptDone {
     #[serde(flatten)]
     pub at: ContentRef,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub transcript: String,
 }
 
@@ -387,7 +417,7 @@ pub struct TranscriptDone {
 pub struct TextDone {
     #[serde(flatten)]
     pub at: ContentRef,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub text: String,
 }
 
@@ -397,7 +427,7 @@ pub struct FunctionCallArgumentsDelta {
     #[serde(default)]
     pub item_id: Option<ItemId>,
     pub call_id: CallId,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub delta: String,
 }
 
@@ -416,7 +446,7 @@ pub struct FunctionCallArgumentsDone {
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct RateLimitsPayload {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub rate_limits: Vec<RateLimit>,
 }
 
@@ -424,11 +454,11 @@ pub struct RateLimitsPayload {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct RateLimit {
     /// `requests` or `tokens`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub limit: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub remaining: Option<u64>,
     #[serde(default)]
     pub reset_seconds: Option<f64>,

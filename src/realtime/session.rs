@@ -4,7 +4,9 @@
 //!
 //! - **Setup.** Nothing but the `session.update` is sent before `session.updated` confirms the
 //!   profile; audio offered before that is dropped (and counted) because the service would
-//!   read it in its default format. Any `error` during setup is a rejected configuration.
+//!   read it in its default format. An `error` naming our `session.update` (or naming nothing
+//!   while its answer is awaited) is a rejected configuration; a fatal one (bad key, quota,
+//!   ...) refuses the session; any other is reported and the setup goes on.
 //! - **One response at a time.** A `response.create` while a response is active (or while our
 //!   previous create is still unanswered) fails with `conversation_already_has_active_response`,
 //!   so creates wait in a queue for the next `response.done`. If the server still refuses one
@@ -38,13 +40,21 @@ const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
 const RECENT_EVENTS: usize = 128;
 /// Items whose received audio is remembered: far more than one call can still truncate.
 const LEDGER_ITEMS: usize = 256;
-/// Tool calls remembered as already reported, so a call is surfaced once only.
+/// Tool calls remembered as already reported (or dropped), so a call is surfaced once only.
 const REPORTED_CALLS: usize = 64;
 /// Calls being assembled at once; more means a misbehaving server.
 const PENDING_CALLS: usize = 32;
+/// The longest tool-call arguments accepted; a longer call is dropped.
+const MAX_CALL_ARGUMENTS: usize = 64 * 1024;
 /// `server_error`s within [`SERVER_ERROR_WINDOW`] that make the session unusable.
 const SERVER_ERRORS_FATAL: usize = 3;
 const SERVER_ERROR_WINDOW: Duration = Duration::from_secs(60);
+/// How long a `response.create` may go unanswered (no `response.created`, no `error`) before
+/// the session stops waiting for it, so one lost create cannot block every later one.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The `code` of the [`SessionEvent::Error`] the session itself reports when a
+/// `response.create` went unanswered for [`CREATE_TIMEOUT`].
+pub const CREATE_TIMEOUT_CODE: &str = "response_create_timeout";
 
 /// What the session reports to the `Call`.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,7 +67,8 @@ pub enum SessionEvent {
     },
     /// The session never became ready; the shell closes the socket.
     SetupFailed(SetupFailure),
-    /// The service ended the session at its maximum duration (close 1001).
+    /// The service ended the session at its maximum duration (close 1001, or an `error` with
+    /// code `session_expired` once ready).
     Expired,
     /// The socket closed for another reason.
     Closed {
@@ -143,16 +154,26 @@ pub enum SessionEvent {
 pub enum SetupFailure {
     /// `waiting_for` (`session.created` or `session.updated`) did not arrive in time.
     SetupTimeout { waiting_for: &'static str },
-    /// The service answered the setup with an error; `param` names the field it refused
+    /// The service answered our `session.update` with an error (one naming its `event_id`,
+    /// or naming none while `session.updated` is awaited); `param` names the field it refused
     /// (for example `session.audio.input.format`).
     ConfigRejected {
         code: Option<String>,
         message: String,
         param: Option<String>,
     },
+    /// The service refused the session itself before it was ready, whatever we sent: `code`
+    /// is `invalid_api_key`, `beta_api_shape_disabled`, `insufficient_quota`,
+    /// `session_expired`, or `None` for an `authentication_error` without one.
+    Refused {
+        code: Option<String>,
+        message: String,
+    },
 }
 
-/// An `error` event, classified.
+/// An `error` event, classified. The session also reports a `response.create` that went
+/// unanswered for [`CREATE_TIMEOUT`] as one (`kind: None`, `code:` [`CREATE_TIMEOUT_CODE`],
+/// not fatal).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerError {
     pub fatal: bool,
@@ -235,10 +256,35 @@ struct LedgerEntry {
     bytes: u64,
 }
 
-#[derive(Default)]
+/// A tool call being assembled.
 struct PendingCall {
+    response_id: ResponseId,
     name: Option<String>,
     arguments: String,
+    /// `response.function_call_arguments.done` (or a `completed` item) made the arguments
+    /// final.
+    arguments_done: bool,
+}
+
+impl PendingCall {
+    fn new(response_id: ResponseId) -> Self {
+        PendingCall {
+            response_id,
+            name: None,
+            arguments: String::new(),
+            arguments_done: false,
+        }
+    }
+}
+
+/// Which event says a tool call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallSource {
+    ArgumentsDone,
+    /// An output item with status `completed`.
+    ItemCompleted,
+    /// An output item with another status (`incomplete` after a barge-in) or none.
+    ItemNotCompleted,
 }
 
 /// One Realtime API session (one WebSocket connection), sans-IO.
@@ -258,7 +304,13 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
 
     active_response: Option<ResponseId>,
-    create_in_flight: bool,
+    /// The `response.create` sent and not yet answered by `response.created` or an `error`.
+    create_in_flight: Option<EventId>,
+    /// When [`CREATE_TIMEOUT`] expires for it. Commands carry no time, so the deadline is armed
+    /// by the first `handle_*` call after the create was sent.
+    create_deadline: Option<Instant>,
+    /// The latest `now` the shell passed in.
+    last_now: Instant,
     /// Set when the service refused a create because of a response we have not seen start;
     /// nothing is sent until the next `response.done`.
     wait_for_response_done: bool,
@@ -292,7 +344,9 @@ impl Session {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             active_response: None,
-            create_in_flight: false,
+            create_in_flight: None,
+            create_deadline: None,
+            last_now: now,
             wait_for_response_done: false,
             pending_creates: VecDeque::new(),
             sent_creates: VecDeque::new(),
@@ -355,6 +409,12 @@ impl Session {
             .map(|entry| &entry.response_id)
     }
 
+    /// Tool calls in assembly (for tests of the bound).
+    #[cfg(test)]
+    pub(super) fn pending_call_count(&self) -> usize {
+        self.pending_calls.len()
+    }
+
     fn bytes_per_ms(&self) -> u64 {
         match self.output_format {
             AudioFormat::Pcm16 => 48,
@@ -373,23 +433,37 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// When [`Session::handle_timeout`] must be called next: the setup deadline, until ready.
+    /// When [`Session::handle_timeout`] must be called next: the setup deadline until ready,
+    /// then the [`CREATE_TIMEOUT`] of an unanswered `response.create`. Right after a create was
+    /// sent this is a past instant, meaning "now": that call arms the create's deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::AwaitingCreated | State::AwaitingUpdated { .. } => {
                 Some(self.setup_started + self.setup_timeout)
             }
-            State::Ready | State::Ended => None,
+            State::Ready => self
+                .create_in_flight
+                .as_ref()
+                .map(|_| self.create_deadline.unwrap_or(self.last_now)),
+            State::Ended => None,
         }
     }
 
     // ---- input ------------------------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.observe_time(now);
         let waiting_for = match self.state {
             State::AwaitingCreated => "session.created",
             State::AwaitingUpdated { .. } => "session.updated",
-            State::Ready | State::Ended => return,
+            State::Ready => {
+                if self.create_deadline.is_some_and(|deadline| now >= deadline) {
+                    self.create_timed_out();
+                    self.observe_time(now);
+                }
+                return;
+            }
+            State::Ended => return,
         };
         if now >= self.setup_started + self.setup_timeout {
             tracing::warn!(waiting_for, "realtime session setup timed out");
@@ -426,10 +500,12 @@ impl Session {
         if self.state == State::Ended {
             return;
         }
+        self.observe_time(now);
         match ServerEvent::parse(text) {
             Ok(event) => self.handle_event(now, event),
             Err(error) => self.malformed(error.to_string()),
         }
+        self.observe_time(now);
     }
 
     fn malformed(&mut self, reason: String) {
@@ -479,14 +555,15 @@ impl Session {
             ServerEvent::OutputItemAdded(e) => {
                 if e.item.is_function_call()
                     && let Some(call_id) = e.item.call_id.clone()
-                    && !self.already_reported(&call_id)
-                    && (self.pending_calls.len() < PENDING_CALLS
-                        || self.pending_calls.contains_key(&call_id))
+                    && let Some(pending) = self.pending_call(call_id, e.response_id)
+                    && e.item.name.is_some()
                 {
-                    self.pending_calls.entry(call_id).or_default().name = e.item.name;
+                    pending.name = e.item.name;
                 }
             }
-            ServerEvent::OutputItemDone(e) => self.handle_function_call_item(&e.item),
+            ServerEvent::OutputItemDone(e) => {
+                self.handle_function_call_item(&e.response_id, &e.item)
+            }
             ServerEvent::OutputAudioDelta(e) => self.handle_audio_delta(e),
             ServerEvent::OutputAudioDone(e) => self.events.push_back(SessionEvent::AudioDone {
                 response_id: e.response_id,
@@ -500,22 +577,7 @@ impl Session {
                     text: e.transcript,
                 })
             }
-            ServerEvent::FunctionCallArgumentsDelta(e) => {
-                if self.already_reported(&e.call_id) {
-                    return;
-                }
-                if self.pending_calls.len() >= PENDING_CALLS
-                    && !self.pending_calls.contains_key(&e.call_id)
-                {
-                    tracing::warn!(call_id = %e.call_id, "too many tool calls in assembly; ignoring");
-                    return;
-                }
-                self.pending_calls
-                    .entry(e.call_id)
-                    .or_default()
-                    .arguments
-                    .push_str(&e.delta);
-            }
+            ServerEvent::FunctionCallArgumentsDelta(e) => self.handle_arguments_delta(e),
             ServerEvent::FunctionCallArgumentsDone(e) => self.handle_arguments_done(e),
             ServerEvent::RateLimitsUpdated(e) => {
                 self.rate_limits = e.rate_limits;
@@ -583,22 +645,63 @@ impl Session {
                 .find(|(sent, _)| sent == id)
                 .map(|(_, kind)| *kind)
         });
-        if !matches!(self.state, State::Ready) {
-            // Before Ready every error is about the setup (most likely our session.update).
-            tracing::warn!(code = ?error.code, param = ?error.param, message = %error.message,
-                "realtime service rejected the session configuration");
-            self.state = State::Ended;
-            self.events
-                .push_back(SessionEvent::SetupFailed(SetupFailure::ConfigRejected {
-                    code: error.code,
-                    message: error.message,
-                    param: error.param,
-                }));
+        let code = error.code.as_deref().unwrap_or_default();
+        if self.state != State::Ready {
+            if is_fatal_code(error.kind.as_deref(), code) {
+                tracing::warn!(code, message = %error.message,
+                    "realtime service refused the session during setup");
+                self.state = State::Ended;
+                self.events
+                    .push_back(SessionEvent::SetupFailed(SetupFailure::Refused {
+                        code: error.code,
+                        message: error.message,
+                    }));
+                return;
+            }
+            // Our session.update is refused when the error names it, or names nothing while
+            // its answer is awaited (the service does not always echo the id).
+            let about_update = match (&self.state, client_event_id.as_ref()) {
+                (State::AwaitingUpdated { update_id }, Some(id)) => id == update_id,
+                (State::AwaitingUpdated { .. }, None) => true,
+                _ => false,
+            };
+            if about_update {
+                tracing::warn!(code, param = ?error.param, message = %error.message,
+                    "realtime service rejected the session configuration");
+                self.state = State::Ended;
+                self.events
+                    .push_back(SessionEvent::SetupFailed(SetupFailure::ConfigRejected {
+                        code: error.code,
+                        message: error.message,
+                        param: error.param,
+                    }));
+                return;
+            }
+            // Anything else (about nothing of ours) does not stop the setup.
+            tracing::debug!(code, message = %error.message, "realtime error during setup");
+            self.events.push_back(SessionEvent::Error(ServerError {
+                fatal: false,
+                kind: error.kind,
+                code: error.code,
+                message: error.message,
+                param: error.param,
+                client_event_id,
+                caused_by,
+            }));
             return;
         }
-        let code = error.code.as_deref().unwrap_or_default();
+        if code == "session_expired" {
+            // The service's session limit, said with an error rather than close 1001.
+            tracing::info!(message = %error.message, "realtime session reached its maximum duration");
+            self.state = State::Ended;
+            self.events.push_back(SessionEvent::Expired);
+            return;
+        }
+        let mut create_dropped = false;
         if code == "conversation_already_has_active_response" {
             self.requeue_refused_create(client_event_id.as_ref());
+        } else if let Some(id) = client_event_id.as_ref() {
+            create_dropped = self.drop_refused_create(id);
         }
         let fatal = self.is_fatal(now, error.kind.as_deref(), code);
         if fatal {
@@ -616,6 +719,9 @@ impl Session {
             client_event_id,
             caused_by,
         }));
+        if create_dropped {
+            self.send_next_create();
+        }
     }
 
     /// Fatal: the key is refused, the session is over, the service refuses our protocol, the
@@ -624,14 +730,7 @@ impl Session {
     /// Everything else (empty commits, late truncates, cancels of nothing, unknown items, rate
     /// limiting, one server error) leaves the session usable.
     fn is_fatal(&mut self, now: Instant, kind: Option<&str>, code: &str) -> bool {
-        if matches!(
-            code,
-            "invalid_api_key"
-                | "session_expired"
-                | "beta_api_shape_disabled"
-                | "insufficient_quota"
-        ) || kind == Some("authentication_error")
-        {
+        if is_fatal_code(kind, code) {
             return true;
         }
         if kind == Some("server_error") || code == "server_error" {
@@ -652,22 +751,73 @@ impl Session {
         let index = match client_event_id {
             Some(id) => self.sent_creates.iter().position(|(sent, _)| sent == id),
             // Without an id, the refusal can only be about our latest create.
-            None if self.create_in_flight => self.sent_creates.len().checked_sub(1),
+            None if self.create_in_flight.is_some() => self.sent_creates.len().checked_sub(1),
             None => None,
         };
-        if let Some((_, create)) = index.and_then(|i| self.sent_creates.remove(i)) {
+        if let Some((id, create)) = index.and_then(|i| self.sent_creates.remove(i)) {
             tracing::debug!("response.create refused while a response is active; re-queued");
-            self.create_in_flight = false;
+            self.create_answered(&id);
             self.wait_for_response_done = true;
             self.stats.responses_queued += 1;
             self.pending_creates.push_front(create);
         }
     }
 
+    /// A create the service refused for another reason than an active response: it is dropped
+    /// (resending would fail the same way) and no longer blocks the queue.
+    fn drop_refused_create(&mut self, id: &EventId) -> bool {
+        let Some(index) = self.sent_creates.iter().position(|(sent, _)| sent == id) else {
+            return false;
+        };
+        self.sent_creates.remove(index);
+        self.create_answered(id);
+        tracing::debug!(%id, "response.create refused; dropped");
+        true
+    }
+
+    /// `id`'s create has had its answer: if it was the one in flight, nothing is in flight now.
+    fn create_answered(&mut self, id: &EventId) {
+        if self.create_in_flight.as_ref() == Some(id) {
+            self.create_in_flight = None;
+            self.create_deadline = None;
+        }
+    }
+
+    /// Arms [`CREATE_TIMEOUT`] for a create sent since the last `handle_*` call.
+    fn observe_time(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        if self.create_in_flight.is_some() && self.create_deadline.is_none() {
+            self.create_deadline = Some(now + CREATE_TIMEOUT);
+        }
+    }
+
+    fn create_timed_out(&mut self) {
+        let Some(id) = self.create_in_flight.take() else {
+            return;
+        };
+        self.create_deadline = None;
+        self.sent_creates.retain(|(sent, _)| *sent != id);
+        tracing::warn!(%id, "response.create unanswered; no longer waiting for it");
+        self.events.push_back(SessionEvent::Error(ServerError {
+            fatal: false,
+            kind: None,
+            code: Some(CREATE_TIMEOUT_CODE.to_owned()),
+            message: format!(
+                "no response.created within {} s of response.create",
+                CREATE_TIMEOUT.as_secs()
+            ),
+            param: None,
+            client_event_id: Some(id),
+            caused_by: Some("response.create"),
+        }));
+        self.send_next_create();
+    }
+
     fn handle_response_created(&mut self, response: wire::ResponseInfo) {
         // Whether it answers our create or server VAD started it, a response is now active and
         // our create is no longer unanswered (if it was refused, its error re-queues it).
-        self.create_in_flight = false;
+        self.create_in_flight = None;
+        self.create_deadline = None;
         self.active_response = Some(response.id.clone());
         self.events.push_back(SessionEvent::ResponseCreated {
             response_id: response.id,
@@ -675,9 +825,20 @@ impl Session {
     }
 
     fn handle_response_done(&mut self, response: wire::ResponseInfo) {
-        for item in &response.output {
-            self.handle_function_call_item(item);
+        let status = ResponseStatus::from_wire(response.status.as_deref());
+        let cut_short = matches!(
+            status,
+            ResponseStatus::Cancelled | ResponseStatus::Failed | ResponseStatus::Incomplete
+        );
+        // A cut-short response's calls may have truncated arguments: none is reported now.
+        if !cut_short {
+            for item in &response.output {
+                self.handle_function_call_item(&response.id, item);
+            }
         }
+        // Whatever of this response is still in assembly will never be finished.
+        self.pending_calls
+            .retain(|_, pending| pending.response_id != response.id);
         // The bridge only uses the default conversation, where one response runs at a time: any
         // done (even for a response whose `created` we missed) means none is active now.
         if let Some(active) = self.active_response.take()
@@ -692,7 +853,7 @@ impl Session {
             .or_else(|| details.error.and_then(|error| error.code));
         self.events.push_back(SessionEvent::ResponseDone {
             response_id: response.id,
-            status: ResponseStatus::from_wire(response.status.as_deref()),
+            status,
             reason,
         });
         self.send_next_create();
@@ -743,39 +904,125 @@ impl Session {
         self.reported_calls.contains(call_id)
     }
 
-    fn handle_arguments_done(&mut self, done: wire::FunctionCallArgumentsDone) {
-        if self.already_reported(&done.call_id) {
-            return;
+    /// The call being assembled under `call_id`, added if new. `None` when the call was
+    /// already reported (or dropped), or when [`PENDING_CALLS`] are in assembly already: the
+    /// new call is then dropped (once, with a [`SessionEvent::Malformed`]).
+    fn pending_call(
+        &mut self,
+        call_id: CallId,
+        response_id: ResponseId,
+    ) -> Option<&mut PendingCall> {
+        if self.already_reported(&call_id) {
+            return None;
         }
-        let pending = self.pending_calls.remove(&done.call_id).unwrap_or_default();
-        let arguments = done.arguments.unwrap_or(pending.arguments);
-        match done.name.or(pending.name) {
-            Some(name) => self.report_tool_call(done.call_id, name, arguments),
-            None => {
-                // The preview names the function only in the output item: wait for it.
-                self.pending_calls.insert(
-                    done.call_id,
-                    PendingCall {
-                        name: None,
-                        arguments,
-                    },
-                );
-            }
+        if self.pending_calls.len() >= PENDING_CALLS && !self.pending_calls.contains_key(&call_id) {
+            self.drop_call(call_id, "too many tool calls in assembly");
+            return None;
         }
+        Some(
+            self.pending_calls
+                .entry(call_id)
+                .or_insert_with(|| PendingCall::new(response_id)),
+        )
     }
 
-    /// `response.output_item.done`, or an item of `response.done`: a complete function call.
-    fn handle_function_call_item(&mut self, item: &Item) {
+    /// Forgets a call for good: later events about it are ignored.
+    fn drop_call(&mut self, call_id: CallId, why: &str) {
+        self.pending_calls.remove(&call_id);
+        self.remember_reported(call_id.clone());
+        self.malformed(format!("function call {call_id} dropped: {why}"));
+    }
+
+    fn handle_arguments_delta(&mut self, delta: wire::FunctionCallArgumentsDelta) {
+        let call_id = delta.call_id.clone();
+        let Some(pending) = self.pending_call(delta.call_id, delta.response_id) else {
+            return;
+        };
+        if pending.arguments.len().saturating_add(delta.delta.len()) > MAX_CALL_ARGUMENTS {
+            self.drop_call(call_id, "arguments longer than 64 KiB");
+            return;
+        }
+        pending.arguments.push_str(&delta.delta);
+    }
+
+    /// `response.function_call_arguments.done`: the arguments are final.
+    fn handle_arguments_done(&mut self, done: wire::FunctionCallArgumentsDone) {
+        self.settle_call(
+            done.call_id,
+            done.response_id,
+            done.name,
+            done.arguments,
+            CallSource::ArgumentsDone,
+        );
+    }
+
+    /// `response.output_item.done`, or an item of `response.done`: a function call ends.
+    fn handle_function_call_item(&mut self, response_id: &ResponseId, item: &Item) {
         let Some(call_id) = item.call_id.as_ref().filter(|_| item.is_function_call()) else {
             return;
         };
-        if self.already_reported(call_id) {
+        let completed = item.status.as_deref() == Some("completed");
+        self.settle_call(
+            call_id.clone(),
+            response_id.clone(),
+            item.name.clone(),
+            item.arguments.clone(),
+            if completed {
+                CallSource::ItemCompleted
+            } else {
+                CallSource::ItemNotCompleted
+            },
+        );
+    }
+
+    /// The one path by which a tool call is reported: merges what `source` says about the call
+    /// with what was assembled, and reports it once its arguments are final (arguments.done,
+    /// or an item `completed`) and its name is known. A call whose item ends otherwise (a
+    /// barge-in cancelled the response: `incomplete`, with truncated arguments) is dropped.
+    fn settle_call(
+        &mut self,
+        call_id: CallId,
+        response_id: ResponseId,
+        name: Option<String>,
+        arguments: Option<String>,
+        source: CallSource,
+    ) {
+        if self.already_reported(&call_id) {
             return;
         }
-        let pending = self.pending_calls.remove(call_id).unwrap_or_default();
-        let arguments = item.arguments.clone().unwrap_or(pending.arguments);
-        match item.name.clone().or(pending.name) {
-            Some(name) => self.report_tool_call(call_id.clone(), name, arguments),
+        let mut pending = self
+            .pending_calls
+            .remove(&call_id)
+            .unwrap_or_else(|| PendingCall::new(response_id));
+        if name.is_some() {
+            pending.name = name;
+        }
+        match source {
+            CallSource::ArgumentsDone | CallSource::ItemCompleted => {
+                if let Some(arguments) = arguments {
+                    pending.arguments = arguments;
+                }
+                pending.arguments_done = true;
+            }
+            CallSource::ItemNotCompleted if pending.arguments_done => {}
+            CallSource::ItemNotCompleted => {
+                tracing::debug!(%call_id, "dropping a tool call whose item did not complete");
+                return;
+            }
+        }
+        if pending.arguments.len() > MAX_CALL_ARGUMENTS {
+            self.drop_call(call_id, "arguments longer than 64 KiB");
+            return;
+        }
+        match pending.name.take() {
+            Some(name) => self.report_tool_call(call_id, name, pending.arguments),
+            // The preview names the function only in the output item: wait for it.
+            None if source == CallSource::ArgumentsDone => {
+                let response_id = pending.response_id.clone();
+                if let Some(slot) = self.pending_call(call_id, response_id) {
+                    *slot = pending;
+                }
+            }
             None => {
                 self.remember_reported(call_id.clone());
                 self.malformed(format!("function call {call_id} has no name"));
@@ -851,16 +1098,22 @@ impl Session {
         Ok(())
     }
 
-    /// Cancels the active response. The service answers `response_cancel_not_active` if there
-    /// is none; that error is harmless.
-    pub fn cancel_response(&mut self) -> Result<(), Error> {
+    /// Cancels `response_id`, or with `None` whatever response is in progress. Naming the
+    /// response keeps a late cancel from killing a newer one. The service answers
+    /// `response_cancel_not_active` if there is nothing (or not that) to cancel; that error is
+    /// harmless.
+    pub fn cancel_response(&mut self, response_id: Option<&ResponseId>) -> Result<(), Error> {
         self.ensure_ready()?;
-        self.send(ClientEvent::ResponseCancel);
+        self.send(ClientEvent::ResponseCancel {
+            response_id: response_id.cloned(),
+        });
         Ok(())
     }
 
     /// Cuts an assistant item's audio at `audio_end_ms` (what the caller heard). The value is
-    /// clamped to the audio received for the item, because the service rejects more.
+    /// clamped to the audio received for the item, because the service rejects more. An item
+    /// with no audio in the ledger is [`Error::UnknownItem`] and nothing is sent (the service
+    /// would refuse it; an item never played is removed with [`Session::delete_item`]).
     pub fn truncate(
         &mut self,
         item_id: &ItemId,
@@ -868,10 +1121,13 @@ impl Session {
         audio_end_ms: u64,
     ) -> Result<(), Error> {
         self.ensure_ready()?;
-        let audio_end_ms = match self.received_ms(item_id, content_index) {
-            Some(received) => audio_end_ms.min(received),
-            None => audio_end_ms,
+        let Some(received) = self.received_ms(item_id, content_index) else {
+            return Err(Error::UnknownItem {
+                item_id: item_id.clone(),
+                content_index,
+            });
         };
+        let audio_end_ms = audio_end_ms.min(received);
         self.send(ClientEvent::ItemTruncate {
             item_id: item_id.clone(),
             content_index,
@@ -929,7 +1185,7 @@ impl Session {
     fn can_send_create(&self) -> bool {
         self.state == State::Ready
             && self.active_response.is_none()
-            && !self.create_in_flight
+            && self.create_in_flight.is_none()
             && !self.wait_for_response_done
     }
 
@@ -948,14 +1204,16 @@ impl Session {
                 .clone()
                 .map(|instructions| ResponseParams { instructions }),
         });
-        self.create_in_flight = true;
+        self.create_in_flight = Some(id.clone());
+        self.create_deadline = None;
         if self.sent_creates.len() >= RECENT_EVENTS {
             self.sent_creates.pop_front();
         }
         self.sent_creates.push_back((id, create));
     }
 
-    /// Queues `event` for sending under a fresh `event_id` and remembers its type.
+    /// Queues `event` for sending under a fresh `event_id` and remembers its type (except for
+    /// audio appends).
     fn send(&mut self, event: ClientEvent) -> EventId {
         self.next_event_number += 1;
         let id = EventId::new(format!("evt_{}", self.next_event_number));
@@ -972,10 +1230,23 @@ impl Session {
                 tracing::error!(%error, kind = event.kind(), "cannot encode client event")
             }
         }
-        if self.recent_sent.len() >= RECENT_EVENTS {
-            self.recent_sent.pop_front();
+        // Appends go out 50 times a second and would flush everything else out; the service
+        // does not answer a good one, and a bad one is named by no other event anyway.
+        if !matches!(event, ClientEvent::InputAudioAppend { .. }) {
+            if self.recent_sent.len() >= RECENT_EVENTS {
+                self.recent_sent.pop_front();
+            }
+            self.recent_sent.push_back((id.clone(), event.kind()));
         }
-        self.recent_sent.push_back((id.clone(), event.kind()));
         id
     }
+}
+
+/// Errors that end a session whenever they come: the key is refused, the session is over, the
+/// service refuses our protocol, or the account cannot pay.
+fn is_fatal_code(kind: Option<&str>, code: &str) -> bool {
+    matches!(
+        code,
+        "invalid_api_key" | "session_expired" | "beta_api_shape_disabled" | "insufficient_quota"
+    ) || kind == Some("authentication_error")
 }

@@ -238,7 +238,71 @@ fn preview_names_map_to_the_same_internal_events() {
 }
 
 #[test]
-fn unknown_types_and_extra_fields_are_tolerated_and_counted() {
+fn nulls_and_float_numbers_from_the_service_are_read_leniently() {
+    let frames = [
+        json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error",
+               "code": null, "message": null, "param": null, "event_id": null}}),
+        json!({"type": "conversation.item.input_audio_transcription.completed", "event_id": "e",
+               "item_id": "item_U", "content_index": null, "transcript": null}),
+        json!({"type": "conversation.item.input_audio_transcription.failed", "event_id": "e",
+               "item_id": "item_U", "content_index": 0, "error": null}),
+        json!({"type": "response.output_text.delta", "event_id": "e", "response_id": "r",
+               "item_id": "i", "output_index": null, "content_index": null, "delta": null}),
+        json!({"type": "response.output_audio_transcript.done", "event_id": "e",
+               "response_id": "r", "item_id": "i", "output_index": 0, "content_index": 0,
+               "transcript": null}),
+        json!({"type": "response.content_part.added", "event_id": "e", "response_id": "r",
+               "item_id": "i", "output_index": 0, "content_index": 0, "part": null}),
+        json!({"type": "response.done", "event_id": "e", "response": {"id": "r",
+               "status": "completed", "status_details": null, "output": null}}),
+        json!({"type": "response.output_item.added", "event_id": "e", "response_id": "r",
+               "output_index": 0, "item": {"id": "i", "type": null, "status": null}}),
+        json!({"type": "session.updated", "event_id": "e", "session": null}),
+        json!({"type": "rate_limits.updated", "event_id": "e", "rate_limits": [
+               {"name": null, "limit": 1000.0, "remaining": 999.5, "reset_seconds": 1}]}),
+        json!({"type": "rate_limits.updated", "event_id": "e", "rate_limits": null}),
+    ];
+    for frame in &frames {
+        assert!(
+            ServerEvent::parse(&frame.to_string()).is_ok(),
+            "{frame}: {:?}",
+            ServerEvent::parse(&frame.to_string())
+        );
+    }
+    match ServerEvent::parse(&frames[9].to_string()).unwrap() {
+        ServerEvent::RateLimitsUpdated(r) => assert_eq!(
+            r.rate_limits,
+            vec![RateLimit {
+                name: String::new(),
+                limit: Some(1000),
+                remaining: Some(999),
+                reset_seconds: Some(1.0)
+            }]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut created = session_created();
+    created["session"]["expires_at"] = json!(1_767_229_200.0);
+    match ServerEvent::parse(&created.to_string()).unwrap() {
+        ServerEvent::SessionCreated(c) => assert_eq!(c.session.expires_at, Some(1_767_229_200)),
+        other => panic!("{other:?}"),
+    }
+
+    // An error with a null message is still classified.
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    feed(
+        &mut session,
+        t0,
+        json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error",
+               "code": "invalid_api_key", "message": null, "param": null, "event_id": null}}),
+    );
+    assert!(matches!(&events(&mut session)[..], [SessionEvent::Error(e)]
+            if e.fatal && e.message.is_empty() && e.code.as_deref() == Some("invalid_api_key")));
+    assert_eq!(session.stats().malformed, 0);
+}
+
+#[test]
+fn unknown_types_are_counted_and_extra_fields_tolerated() {
     let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
     feed(
         &mut session,
@@ -373,6 +437,93 @@ fn a_rejected_update_fails_setup_naming_the_parameter() {
 }
 
 #[test]
+fn only_an_error_about_the_update_rejects_the_configuration() {
+    let t0 = Instant::now();
+    let mut session = Session::new(&profile(""), Dialect::OpenAiGa, t0);
+    // Before session.created: not about our update.
+    feed(
+        &mut session,
+        t0,
+        error_frame("invalid_request_error", Some("x"), "early", None),
+    );
+    feed(&mut session, t0, session_created());
+    transmits(&mut session);
+    // An error naming another event is not about the update either.
+    feed(
+        &mut session,
+        t0,
+        error_frame("server_error", None, "hiccup", Some("evt_99")),
+    );
+    let got = events(&mut session);
+    assert!(
+        matches!(&got[..], [SessionEvent::Error(a), SessionEvent::Error(b)]
+            if !a.fatal && !b.fatal && b.client_event_id == Some(EventId::from("evt_99"))),
+        "{got:?}"
+    );
+    assert!(!session.is_ended());
+    feed(&mut session, t0, session_updated());
+    assert!(matches!(
+        &events(&mut session)[..],
+        [SessionEvent::Ready { .. }]
+    ));
+
+    // With no event id while session.updated is awaited, it is about the update.
+    let mut session = Session::new(&profile(""), Dialect::OpenAiGa, t0);
+    feed(&mut session, t0, session_created());
+    feed(
+        &mut session,
+        t0,
+        error_frame("invalid_request_error", Some("invalid_value"), "bad", None),
+    );
+    assert_eq!(
+        events(&mut session),
+        vec![SessionEvent::SetupFailed(SetupFailure::ConfigRejected {
+            code: Some("invalid_value".into()),
+            message: "bad".into(),
+            param: None
+        })]
+    );
+    assert!(session.is_ended());
+}
+
+#[test]
+fn fatal_errors_before_ready_refuse_the_session() {
+    for (kind, code) in [
+        ("invalid_request_error", Some("invalid_api_key")),
+        ("invalid_request_error", Some("beta_api_shape_disabled")),
+        ("insufficient_quota", Some("insufficient_quota")),
+        ("invalid_request_error", Some("session_expired")),
+        ("authentication_error", None),
+    ] {
+        for after_created in [false, true] {
+            let t0 = Instant::now();
+            let mut session = Session::new(&profile(""), Dialect::OpenAiGa, t0);
+            let mut about = None;
+            if after_created {
+                feed(&mut session, t0, session_created());
+                about = raw_transmits(&mut session)[0]["event_id"]
+                    .as_str()
+                    .map(str::to_owned);
+            }
+            feed(
+                &mut session,
+                t0,
+                error_frame(kind, code, "no", about.as_deref()),
+            );
+            assert_eq!(
+                events(&mut session),
+                vec![SessionEvent::SetupFailed(SetupFailure::Refused {
+                    code: code.map(str::to_owned),
+                    message: "no".into()
+                })],
+                "{code:?}"
+            );
+            assert!(session.is_ended());
+        }
+    }
+}
+
+#[test]
 fn before_ready_audio_is_dropped_and_counted_and_commands_refused() {
     let t0 = Instant::now();
     let mut session = Session::new(&profile(""), Dialect::OpenAiGa, t0);
@@ -380,7 +531,7 @@ fn before_ready_audio_is_dropped_and_counted_and_commands_refused() {
     assert_eq!(session.create_response(None), Err(Error::NotReady));
     assert_eq!(session.commit_audio(), Err(Error::NotReady));
     assert_eq!(session.clear_audio(), Err(Error::NotReady));
-    assert_eq!(session.cancel_response(), Err(Error::NotReady));
+    assert_eq!(session.cancel_response(None), Err(Error::NotReady));
     assert_eq!(session.add_user_text("hi"), Err(Error::NotReady));
     assert_eq!(
         session.submit_tool_output(&"call_1".into(), "{}".into()),
@@ -406,13 +557,20 @@ fn before_ready_audio_is_dropped_and_counted_and_commands_refused() {
 
 #[test]
 fn commands_after_ready_send_the_documented_events() {
-    let (mut session, _) = ready(&profile("audio_format = \"g711_ulaw\""), Dialect::OpenAiGa);
+    let (mut session, t0) = ready(&profile("audio_format = \"g711_ulaw\""), Dialect::OpenAiGa);
+    // 2 s of model audio for item_A8, so it can be truncated.
+    feed(
+        &mut session,
+        t0,
+        audio_delta("response.output_audio.delta", "resp_1", "item_A8", 16_000),
+    );
     session.append_audio(&[0xFF, 0x7F, 0x00]);
     session.commit_audio().unwrap();
     session.clear_audio().unwrap();
     session.add_user_text("The caller pressed 5.").unwrap();
     session.delete_item(&"item_A9".into()).unwrap();
-    session.cancel_response().unwrap();
+    session.cancel_response(None).unwrap();
+    session.cancel_response(Some(&"resp_1".into())).unwrap();
     session.truncate(&"item_A8".into(), 0, 1234).unwrap();
     assert_eq!(
         transmits(&mut session),
@@ -424,6 +582,7 @@ fn commands_after_ready_send_the_documented_events() {
                    "content": [{"type": "input_text", "text": "The caller pressed 5."}]}}),
             json!({"type": "conversation.item.delete", "item_id": "item_A9"}),
             json!({"type": "response.cancel"}),
+            json!({"type": "response.cancel", "response_id": "resp_1"}),
             json!({"type": "conversation.item.truncate", "item_id": "item_A8",
                    "content_index": 0, "audio_end_ms": 1234}),
         ]
@@ -548,6 +707,91 @@ fn a_refused_create_is_requeued_until_the_next_response_done() {
     );
 }
 
+#[test]
+fn a_create_refused_for_another_reason_is_dropped_and_unblocks_the_queue() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    session.create_response(Some("Bad.")).unwrap();
+    session.create_response(Some("Good.")).unwrap();
+    let sent = raw_transmits(&mut session);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let create_id = sent[0]["event_id"].as_str().unwrap().to_owned();
+    feed(
+        &mut session,
+        t0,
+        error_frame(
+            "invalid_request_error",
+            Some("invalid_value"),
+            "Invalid value for 'response.instructions'.",
+            Some(&create_id),
+        ),
+    );
+    assert!(matches!(&events(&mut session)[..], [SessionEvent::Error(e)]
+        if !e.fatal && e.caused_by == Some("response.create")));
+    // The refused create is not resent; the queued one goes out at once.
+    assert_eq!(
+        transmits(&mut session),
+        vec![json!({"type": "response.create", "response": {"instructions": "Good."}})]
+    );
+    feed(&mut session, t0, response_created("resp_1"));
+    feed(&mut session, t0, response_done("resp_1", "completed", None));
+    assert!(transmits(&mut session).is_empty());
+    // And later creates are not blocked either.
+    session.create_response(None).unwrap();
+    assert_eq!(
+        transmits(&mut session),
+        vec![json!({"type": "response.create"})]
+    );
+}
+
+#[test]
+fn an_unanswered_create_times_out_and_unblocks_the_queue() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    assert_eq!(session.poll_timeout(), None);
+    session.create_response(None).unwrap();
+    session.create_response(Some("Again.")).unwrap();
+    let sent = raw_transmits(&mut session);
+    assert_eq!(sent.len(), 1);
+    let create_id = sent[0]["event_id"].as_str().unwrap().to_owned();
+    // Commands carry no time: the first timeout call arms the deadline.
+    let t1 = t0 + Duration::from_secs(1);
+    assert!(session.poll_timeout().unwrap() <= t1);
+    session.handle_timeout(t1);
+    assert_eq!(session.poll_timeout(), Some(t1 + CREATE_TIMEOUT));
+    session.handle_timeout(t1 + CREATE_TIMEOUT - Duration::from_millis(1));
+    assert!(events(&mut session).is_empty());
+    assert!(transmits(&mut session).is_empty());
+    session.handle_timeout(t1 + CREATE_TIMEOUT);
+    assert_eq!(
+        events(&mut session),
+        vec![SessionEvent::Error(ServerError {
+            fatal: false,
+            kind: None,
+            code: Some(CREATE_TIMEOUT_CODE.into()),
+            message: "no response.created within 15 s of response.create".into(),
+            param: None,
+            client_event_id: Some(EventId::new(create_id)),
+            caused_by: Some("response.create"),
+        })]
+    );
+    assert!(session.is_ready());
+    // The queued create goes out, with a deadline of its own.
+    assert_eq!(
+        transmits(&mut session),
+        vec![json!({"type": "response.create", "response": {"instructions": "Again."}})]
+    );
+    assert_eq!(
+        session.poll_timeout(),
+        Some(t1 + CREATE_TIMEOUT + CREATE_TIMEOUT)
+    );
+    // A frame also arms a fresh deadline; response.created disarms it.
+    feed(
+        &mut session,
+        t1 + CREATE_TIMEOUT * 2,
+        response_created("resp_1"),
+    );
+    assert_eq!(session.poll_timeout(), None);
+}
+
 // ---- tool calls ---------------------------------------------------------------------------
 
 #[test]
@@ -670,7 +914,8 @@ fn tool_output_with_no_active_response_creates_one_at_once() {
                    "item": {"type": "function_call_output", "call_id": "call_9", "output": "ok"}}),
         ]
     );
-    // The second output waits for the first create's response; one create covers it.
+    // The second output went out after the first create, so that response may not have seen
+    // it: it gets a create of its own, sent once the first response is done.
     feed(&mut session, t0, response_created("resp_2"));
     feed(&mut session, t0, response_done("resp_2", "completed", None));
     assert_eq!(
@@ -679,7 +924,169 @@ fn tool_output_with_no_active_response_creates_one_at_once() {
     );
 }
 
+#[test]
+fn tool_calls_of_a_cancelled_response_are_never_reported() {
+    for dialect in [Dialect::OpenAiGa, Dialect::AzurePreview] {
+        let (mut session, t0) = ready(&profile(""), dialect);
+        feed(&mut session, t0, response_created("resp_1"));
+        feed(
+            &mut session,
+            t0,
+            json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1",
+                   "output_index": 0,
+                   "item": {"id": "item_F", "type": "function_call", "status": "in_progress",
+                            "call_id": "call_7", "name": "transfer_call", "arguments": ""}}),
+        );
+        feed(
+            &mut session,
+            t0,
+            json!({"type": "response.function_call_arguments.delta", "event_id": "e",
+                   "response_id": "resp_1", "item_id": "item_F", "output_index": 0,
+                   "call_id": "call_7", "delta": "{\"to\":\"+4930"}),
+        );
+        // Barge-in: the item ends incomplete, with the arguments cut off.
+        let partial = json!({"id": "item_F", "type": "function_call", "status": "incomplete",
+            "call_id": "call_7", "name": "transfer_call", "arguments": "{\"to\":\"+4930"});
+        feed(
+            &mut session,
+            t0,
+            json!({"type": "response.output_item.done", "event_id": "e", "response_id": "resp_1",
+                   "output_index": 0, "item": partial}),
+        );
+        let mut done = response_done("resp_1", "cancelled", Some("turn_detected"));
+        done["response"]["output"] = json!([partial]);
+        feed(&mut session, t0, done);
+        // A second call, never given an output_item.done: only response.done names it.
+        feed(&mut session, t0, response_created("resp_2"));
+        let mut done = response_done("resp_2", "cancelled", Some("turn_detected"));
+        done["response"]["output"] = json!([{"id": "item_G", "type": "function_call",
+            "status": "incomplete", "call_id": "call_8", "name": "hang_up", "arguments": "{"}]);
+        feed(&mut session, t0, done);
+        let got = events(&mut session);
+        assert!(
+            !got.iter()
+                .any(|e| matches!(e, SessionEvent::ToolCall { .. })),
+            "{dialect:?}: {got:?}"
+        );
+        assert_eq!(session.active_response(), None);
+    }
+}
+
+#[test]
+fn a_completed_function_call_item_alone_is_reported() {
+    let (mut session, t0) = ready(&profile(""), Dialect::AzurePreview);
+    feed(&mut session, t0, response_created("resp_1"));
+    let mut done = response_done("resp_1", "completed", None);
+    done["response"]["output"] = json!([{"id": "item_F", "type": "function_call",
+        "status": "completed", "call_id": "call_1", "name": "hang_up", "arguments": "{}"}]);
+    feed(&mut session, t0, done);
+    assert!(events(&mut session).contains(&SessionEvent::ToolCall {
+        call_id: "call_1".into(),
+        name: "hang_up".into(),
+        arguments: "{}".into()
+    }));
+}
+
+fn args_delta(response: &str, call: &str, delta: &str) -> Value {
+    json!({"type": "response.function_call_arguments.delta", "event_id": "e",
+           "response_id": response, "item_id": "item_F", "output_index": 0,
+           "call_id": call, "delta": delta})
+}
+
+fn args_done(response: &str, call: &str, arguments: &str) -> Value {
+    json!({"type": "response.function_call_arguments.done", "event_id": "e",
+           "response_id": response, "item_id": "item_F", "output_index": 0,
+           "call_id": call, "arguments": arguments})
+}
+
+#[test]
+fn tool_call_arguments_longer_than_64_kib_drop_the_call() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    let chunk = "x".repeat(16 * 1024);
+    for _ in 0..5 {
+        feed(&mut session, t0, args_delta("resp_1", "call_1", &chunk));
+    }
+    assert_eq!(session.pending_call_count(), 0);
+    // The done (and the item) for the dropped call are ignored.
+    feed(&mut session, t0, args_done("resp_1", "call_1", "{}"));
+    // A done carrying too much at once.
+    let mut done = args_done("resp_1", "call_2", &"y".repeat(64 * 1024 + 1));
+    done["name"] = json!("lookup");
+    feed(&mut session, t0, done);
+    let got = events(&mut session);
+    assert!(
+        matches!(&got[..], [SessionEvent::Malformed { reason: a }, SessionEvent::Malformed { reason: b }]
+            if a.contains("call_1") && b.contains("call_2")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn tool_calls_in_assembly_are_bounded_and_cleared_by_response_done() {
+    let (mut session, t0) = ready(&profile(""), Dialect::AzurePreview);
+    for n in 0..32 {
+        feed(
+            &mut session,
+            t0,
+            args_delta("resp_1", &format!("call_{n}"), "{"),
+        );
+    }
+    assert_eq!(session.pending_call_count(), 32);
+    assert!(events(&mut session).is_empty());
+    // Every way of adding one more is refused: added, delta, and a nameless done.
+    feed(
+        &mut session,
+        t0,
+        json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1",
+               "output_index": 0, "item": {"id": "item_X", "type": "function_call",
+               "status": "in_progress", "call_id": "call_a", "name": "f", "arguments": ""}}),
+    );
+    feed(&mut session, t0, args_delta("resp_1", "call_b", "{"));
+    feed(&mut session, t0, args_done("resp_1", "call_c", "{}"));
+    assert_eq!(session.pending_call_count(), 32);
+    let got = events(&mut session);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|e| matches!(e, SessionEvent::Malformed { .. })),
+        "{got:?}"
+    );
+    // A completed response.done forgets what it left unfinished.
+    feed(&mut session, t0, response_done("resp_1", "completed", None));
+    assert_eq!(session.pending_call_count(), 0);
+    // A nameless done waiting for its item is forgotten with its response too.
+    feed(&mut session, t0, args_done("resp_2", "call_d", "{}"));
+    assert_eq!(session.pending_call_count(), 1);
+    feed(&mut session, t0, response_done("resp_2", "completed", None));
+    assert_eq!(session.pending_call_count(), 0);
+}
+
 // ---- output audio ledger ------------------------------------------------------------------
+
+#[test]
+fn truncating_an_item_without_received_audio_is_refused_and_sends_nothing() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    assert_eq!(
+        session.truncate(&"item_U".into(), 0, 500),
+        Err(Error::UnknownItem {
+            item_id: "item_U".into(),
+            content_index: 0
+        })
+    );
+    feed(
+        &mut session,
+        t0,
+        audio_delta("response.output_audio.delta", "resp_1", "item_A", 4800),
+    );
+    // Another content part of a known item is unknown too.
+    assert!(matches!(
+        session.truncate(&"item_A".into(), 1, 50),
+        Err(Error::UnknownItem { .. })
+    ));
+    assert!(transmits(&mut session).is_empty());
+    session.truncate(&"item_A".into(), 0, 50).unwrap();
+    assert_eq!(transmits(&mut session).len(), 1);
+}
 
 #[test]
 fn ledger_counts_pcm16_at_48_bytes_per_ms() {
@@ -825,7 +1232,7 @@ fn error_frame(kind: &str, code: Option<&str>, message: &str, event_id: Option<&
 #[test]
 fn harmless_errors_are_reported_non_fatal_with_their_cause() {
     let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
-    session.cancel_response().unwrap();
+    session.cancel_response(None).unwrap();
     let cancel_id = raw_transmits(&mut session)[0]["event_id"]
         .as_str()
         .unwrap()
@@ -882,10 +1289,42 @@ fn harmless_errors_are_reported_non_fatal_with_their_cause() {
 }
 
 #[test]
+fn an_error_names_its_cause_even_after_many_audio_appends() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    feed(
+        &mut session,
+        t0,
+        audio_delta("response.output_audio.delta", "resp_1", "item_A", 4800),
+    );
+    session.truncate(&"item_A".into(), 0, 60).unwrap();
+    let truncate_id = raw_transmits(&mut session)[0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..200 {
+        session.append_audio(&[0u8; 960]);
+    }
+    assert_eq!(transmits(&mut session).len(), 200);
+    feed(
+        &mut session,
+        t0,
+        error_frame(
+            "invalid_request_error",
+            None,
+            "Audio content of 50ms is already shorter than 60ms",
+            Some(&truncate_id),
+        ),
+    );
+    assert!(
+        matches!(&events(&mut session)[..], [.., SessionEvent::Error(e)]
+            if e.caused_by == Some("conversation.item.truncate")),
+    );
+}
+
+#[test]
 fn key_and_expiry_errors_are_fatal() {
     for (kind, code) in [
         ("invalid_request_error", Some("invalid_api_key")),
-        ("invalid_request_error", Some("session_expired")),
         ("invalid_request_error", Some("beta_api_shape_disabled")),
         ("authentication_error", None),
     ] {
@@ -900,6 +1339,24 @@ fn key_and_expiry_errors_are_fatal() {
         assert!(session.poll_transmit().is_none());
         assert_eq!(session.stats().input_audio_bytes_dropped, 3);
     }
+}
+
+#[test]
+fn a_session_expired_error_is_expiry() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    feed(
+        &mut session,
+        t0 + Duration::from_secs(900),
+        error_frame(
+            "invalid_request_error",
+            Some("session_expired"),
+            "Your session hit the maximum duration of 15 minutes.",
+            None,
+        ),
+    );
+    assert_eq!(events(&mut session), vec![SessionEvent::Expired]);
+    assert!(session.is_ended());
+    assert_eq!(session.stats().errors, 1);
 }
 
 #[test]
