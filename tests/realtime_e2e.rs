@@ -14,7 +14,8 @@ use sip_realtime_bridge::fake_realtime::{self, FakeHandle, FakeOptions};
 use sip_realtime_bridge::io::realtime::{Command, Ended, Finished, run};
 use sip_realtime_bridge::io::ws::{ConnectError, connect};
 use sip_realtime_bridge::realtime::{
-    Dialect, ResponseStatus, ServerError, Session, SessionEvent, SetupFailure, connect_request,
+    Dialect, ItemId, ResponseStatus, ServerError, Session, SessionEvent, SetupFailure,
+    connect_request,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -300,11 +301,8 @@ async fn barge_in_cancels_the_reply_and_truncate_reports_what_was_heard() {
         let (mut client, _) = open(dialect, &profile, &server, KEY).await.unwrap();
         ready(&mut client).await;
         send_audio(&client, &caller_turn(g711::ulaw_encode)).await;
-        let user_item = client
-            .until(|e| match e {
-                SessionEvent::SpeechStarted { item_id, .. } => Some(item_id.clone()),
-                _ => None,
-            })
+        client
+            .until(|e| matches!(e, SessionEvent::SpeechStarted { .. }).then_some(()))
             .await;
 
         // Collect some reply audio, then talk over it.
@@ -362,17 +360,15 @@ async fn barge_in_cancels_the_reply_and_truncate_reports_what_was_heard() {
             .await;
         assert_eq!(truncated, heard_ms, "{dialect:?}");
 
-        // The caller's own item is not model audio: the service refuses, the session goes on.
+        // A delete the service cannot honour is refused, named, and not fatal: the call goes on.
         client
-            .send(Command::Truncate {
-                item_id: user_item,
-                content_index: 0,
-                audio_end_ms: 100,
+            .send(Command::DeleteItem {
+                item_id: ItemId::new("item_never_existed"),
             })
             .await;
         let refused = client.expected_error().await;
         assert!(!refused.fatal, "{refused:?}");
-        assert_eq!(refused.caused_by, Some("conversation.item.truncate"));
+        assert_eq!(refused.caused_by, Some("conversation.item.delete"));
         client.finish(Ended::Closed).await;
     }
 }

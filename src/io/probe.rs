@@ -94,6 +94,12 @@ pub async fn probe(
                     param,
                 });
             }
+            Some(SessionEvent::SetupFailed(SetupFailure::Refused { code, message })) => {
+                return Err(ProbeError::Fatal(match code {
+                    Some(code) => format!("{message} ({code})"),
+                    None => message,
+                }));
+            }
             Some(SessionEvent::SetupFailed(SetupFailure::SetupTimeout { waiting_for })) => {
                 return Err(ProbeError::SetupTimeout(waiting_for.to_string()));
             }

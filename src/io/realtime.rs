@@ -17,7 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::ws::WsStream;
-use crate::realtime::{CallId, ItemId, ServerError, Session, SessionEvent, SessionStats};
+use crate::realtime::{
+    CallId, ItemId, ResponseId, ServerError, Session, SessionEvent, SessionStats,
+};
 
 /// What the call asks of its realtime session.
 #[derive(Debug)]
@@ -28,7 +30,8 @@ pub enum Command {
     CreateResponse {
         instructions: Option<String>,
     },
-    CancelResponse,
+    /// Cancel the named response (or whatever is active, with `None`).
+    CancelResponse(Option<ResponseId>),
     Truncate {
         item_id: ItemId,
         content_index: u32,
@@ -177,7 +180,7 @@ fn apply(session: &mut Session, command: Command) {
         Command::CreateResponse { instructions } => {
             session.create_response(instructions.as_deref())
         }
-        Command::CancelResponse => session.cancel_response(),
+        Command::CancelResponse(response_id) => session.cancel_response(response_id.as_ref()),
         Command::Truncate {
             item_id,
             content_index,
