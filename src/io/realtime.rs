@@ -1,9 +1,9 @@
 //! The realtime session shell: one task per call that owns the WebSocket and the sans-IO
-//! [`Session`](crate::realtime::Session), and talks to the rest of the call through channels.
+//! [`Session`], and talks to the rest of the call through channels.
 //!
 //! The loop is the str0m rule made concrete: after every input (a frame, a command, a timer)
 //! drain `poll_transmit` to the socket and `poll_event` to the call, then sleep until the next
-//! of: a frame, a command, the core's timer, the keepalive tick. The clock is read in [`now`]
+//! of: a frame, a command, the core's timer, the keepalive tick. The clock is read in `now()`
 //! only. Keepalive: a ping every `keepalive`; when no frame at all has arrived for two intervals
 //! the connection is treated as lost.
 
