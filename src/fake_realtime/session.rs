@@ -725,6 +725,21 @@ impl FakeSession {
         }
     }
 
+    /// Stores the finished form of a response's output item and announces it.
+    fn output_item_done(&mut self, response_id: &str, item_id: &str, item: &Value) {
+        if let Some(stored) = self.find_item(item_id).and_then(|i| self.items.get_mut(i)) {
+            stored.json = item.clone();
+        }
+        self.send(
+            "response.output_item.done",
+            fields([
+                ("response_id", json!(response_id)),
+                ("output_index", json!(0)),
+                ("item", item.clone()),
+            ]),
+        );
+    }
+
     fn find_item(&self, id: &str) -> Option<usize> {
         self.items.iter().position(|item| item.id == id)
     }
@@ -1115,20 +1130,7 @@ impl FakeSession {
             "status": status, "name": tool.name, "call_id": tool.call_id,
             "arguments": arguments,
         });
-        if let Some(stored) = self
-            .find_item(&active.item_id)
-            .and_then(|i| self.items.get_mut(i))
-        {
-            stored.json = item.clone();
-        }
-        self.send(
-            "response.output_item.done",
-            fields([
-                ("response_id", json!(active.id)),
-                ("output_index", json!(0)),
-                ("item", item.clone()),
-            ]),
-        );
+        self.output_item_done(&active.id, &active.item_id, &item);
         self.item_done(&item, tool.previous);
         let (status, details) = match cancel_reason {
             None => ("completed", Value::Null),
@@ -1358,20 +1360,7 @@ impl FakeSession {
             "completed"
         };
         let item = self.assistant_item(&active.item_id, status, &transcript);
-        if let Some(stored) = self
-            .find_item(&active.item_id)
-            .and_then(|i| self.items.get_mut(i))
-        {
-            stored.json = item.clone();
-        }
-        self.send(
-            "response.output_item.done",
-            fields([
-                ("response_id", json!(active.id)),
-                ("output_index", json!(0)),
-                ("item", item.clone()),
-            ]),
-        );
+        self.output_item_done(&active.id, &active.item_id, &item);
         let previous = self
             .find_item(&active.item_id)
             .and_then(|i| i.checked_sub(1))
