@@ -23,6 +23,7 @@
 //! | [`io`] | shell | tokio I/O: the WebSocket connect shell, the realtime session driver, `probe` |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
 //! | [`realtime`] | core | Realtime API client: dialects and connect URLs, typed events, `session.update` rendering, the session core (setup, response sequencing, output-audio ledger, tool calls) |
+//! | [`sip`] | core | SIP; so far [`sip::sdp`]: SDP parsing and RFC 3264 offer/answer |
 //!
 //! Rooms still to be built, each with its issue: `sip/` (messages, transactions, dialogs, SDP,
 //! registration), `rtp/` (receive path, playout pacer, DTMF, RTCP) and `call` (one call's cores
@@ -41,3 +42,4 @@ pub mod fake_realtime;
 pub mod io;
 pub mod logging;
 pub mod realtime;
+pub mod sip;
