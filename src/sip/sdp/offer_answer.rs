@@ -78,7 +78,7 @@ impl NegotiationError {
             Self::NoCommonCodec { offered } => (
                 305,
                 format!(
-                    "Incompatible media format: offered {}; supported PCMU, PCMA, opus",
+                    "Incompatible media format: offered {}",
                     if offered.is_empty() {
                         "nothing".to_owned()
                     } else {
@@ -462,9 +462,15 @@ pub fn negotiate_answer(
         .ok_or_else(|| NegotiationError::NoCommonCodec {
             offered: describe_encodings(answered),
         })?;
-    let telephone_event_pt = telephone_event(answered, codec.clock_rate()).filter(|pt| {
-        offered.lists(*pt) && telephone_event(offered, codec.clock_rate()) == Some(*pt)
-    });
+    let telephone_event_pt = answered
+        .payload_types()
+        .filter(|pt| offered.lists(*pt))
+        .find(|pt| {
+            answered
+                .rtpmap(*pt)
+                .or_else(|| offered.rtpmap(*pt))
+                .is_some_and(|map| is_telephone_event(&map, codec.clock_rate()))
+        });
     let rtcp_mux = offered.rtcp_mux && answered.rtcp_mux;
     let direction = their_answer.direction_for(answered).reversed();
     stream_terms(
@@ -582,10 +588,14 @@ fn is_plain_rtp(proto: &str) -> bool {
 /// The first listed `telephone-event` payload type at `clock_rate`.
 fn telephone_event(media: &MediaDescription, clock_rate: u32) -> Option<u8> {
     media.payload_types().find(|pt| {
-        media.rtpmap(*pt).is_some_and(|map| {
-            map.encoding.eq_ignore_ascii_case("telephone-event") && map.clock_rate == clock_rate
-        })
+        media
+            .rtpmap(*pt)
+            .is_some_and(|map| is_telephone_event(&map, clock_rate))
     })
+}
+
+fn is_telephone_event(map: &RtpMap, clock_rate: u32) -> bool {
+    map.encoding.eq_ignore_ascii_case("telephone-event") && map.clock_rate == clock_rate
 }
 
 /// The offered encodings as `name/rate`, for the `Warning` text.
