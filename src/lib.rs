@@ -41,3 +41,4 @@ pub mod fake_realtime;
 pub mod io;
 pub mod logging;
 pub mod realtime;
+pub mod sip;

@@ -1,0 +1,3 @@
+//! SIP: see the module list.
+
+pub mod transaction;
