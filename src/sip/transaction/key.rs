@@ -26,7 +26,7 @@ pub struct RequestFields<'a> {
     pub request_uri: &'a str,
     /// The `branch` parameter of the top Via, if any.
     pub top_via_branch: Option<&'a str>,
-    /// The sent-by (host[:port]) of the top Via.
+    /// The sent-by (`host[:port]`) of the top Via.
     pub top_via_sent_by: &'a str,
     /// The whole top Via value (RFC 2543 fallback only).
     pub top_via: &'a str,
