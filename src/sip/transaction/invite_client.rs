@@ -116,11 +116,19 @@ impl<M> InviteClient<M> {
         }
     }
 
-    /// The transport failed to send for this transaction (RFC 3261 17.1.4).
+    /// The transport failed to send for this transaction (RFC 3261 17.1.4): the TU is told and
+    /// the transaction ends. In Accepted the machine sends nothing (the ACK for a 2xx is the
+    /// TU's), so an error cannot be its own; it is ignored, and the machine keeps matching 2xx
+    /// retransmissions until Timer M.
     pub fn handle_transport_error(&mut self, _now: Instant) {
-        if self.state != InviteClientState::Terminated {
-            self.core.emit(TxEvent::TransportError);
-            self.terminate();
+        match self.state {
+            InviteClientState::Terminated | InviteClientState::Accepted => {}
+            InviteClientState::Calling
+            | InviteClientState::Proceeding
+            | InviteClientState::Completed => {
+                self.core.emit(TxEvent::TransportError);
+                self.terminate();
+            }
         }
     }
 

@@ -158,11 +158,19 @@ impl<M> InviteServer<M> {
         Ok(())
     }
 
-    /// The transport failed to send for this transaction (RFC 3261 17.2.4).
+    /// The transport failed to send for this transaction (RFC 3261 17.2.4). The TU is told;
+    /// the transaction ends, except in Accepted: RFC 6026 keeps it there until Timer L, so
+    /// that INVITE retransmissions are still absorbed rather than taken for a new call.
     pub fn handle_transport_error(&mut self, _now: Instant) {
-        if self.state != InviteServerState::Terminated {
-            self.core.emit(TxEvent::TransportError);
-            self.terminate();
+        match self.state {
+            InviteServerState::Terminated => {}
+            InviteServerState::Accepted => self.core.emit(TxEvent::TransportError),
+            InviteServerState::Proceeding
+            | InviteServerState::Completed
+            | InviteServerState::Confirmed => {
+                self.core.emit(TxEvent::TransportError);
+                self.terminate();
+            }
         }
     }
 

@@ -49,11 +49,13 @@
 //!   Accepted, retransmitted INVITEs are absorbed (not answered: the *TU* retransmits the 2xx
 //!   until the ACK arrives, RFC 3261 13.3.1.4, by calling `send_final` again, which this
 //!   machine passes to the transport), and an ACK is passed to the TU as
-//!   [`TxEvent::AckReceived`]. Timer L terminates the transaction.
+//!   [`TxEvent::AckReceived`]. A transport error there is reported to the TU without ending
+//!   the transaction. Timer L terminates it.
 //! - [`InviteClient`]: a 2xx moves Calling/Proceeding -> Accepted and arms Timer M (64*T1).
 //!   Every 2xx received in Accepted (retransmissions, or 2xx from other forks) is passed to
 //!   the TU, which sends the ACK itself (the ACK for a 2xx is its own transaction-less request,
-//!   built by the dialog). Timer M terminates the transaction.
+//!   built by the dialog). Timer M terminates the transaction; a transport error does not
+//!   (the machine sends nothing in Accepted).
 //! - Also from RFC 6026: a non-2xx final response sent by the TU in Accepted is refused
 //!   ([`TransactionError::ResponseNotAllowed`]), and responses arriving in Completed/Accepted
 //!   that the RFC does not route to the TU are absorbed here.

@@ -276,6 +276,44 @@ fn invite_server_transport_error_terminates() {
 }
 
 #[test]
+fn invite_server_transport_error_in_accepted_is_reported_but_keeps_absorbing() {
+    let mut h = invite_server(UDP);
+    h.act(0, |m, now| m.send_final(now, 200, wire("200")).unwrap());
+    h.act(100, |m, now| m.handle_transport_error(now));
+    assert_eq!(h.machine.state(), InviteServerState::Accepted);
+    h.act(600, |m, now| m.handle_request(now));
+    h.advance_to(40_000);
+    assert_eq!(
+        h.sent.len(),
+        2,
+        "100 and 200, nothing for the retransmitted INVITE"
+    );
+    assert_eq!(
+        h.events,
+        vec![
+            (100, TxEvent::TransportError),
+            (32_000, TxEvent::Terminated)
+        ]
+    );
+}
+
+#[test]
+fn invite_client_in_accepted_ignores_transport_errors() {
+    let mut h = invite_client(UDP);
+    h.act(700, |m, now| m.handle_response(now, 200, "200", ack_for));
+    h.act(800, |m, now| m.handle_transport_error(now));
+    assert_eq!(h.machine.state(), InviteClientState::Accepted);
+    // Before a response a transport error ends the transaction.
+    let mut h = invite_client(UDP);
+    h.act(100, |m, now| m.handle_transport_error(now));
+    assert_eq!(
+        h.events,
+        vec![(100, TxEvent::TransportError), (100, TxEvent::Terminated)]
+    );
+    assert_eq!(h.machine.poll_timeout(), None);
+}
+
+#[test]
 fn non_invite_server_answers_retransmissions_and_ends_on_timer_j() {
     let base = Instant::now();
     let mut h = Harness::new(base, NonInviteServer::<Msg>::new(base, config(), UDP));
