@@ -72,7 +72,7 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use invite_client::{InviteClient, InviteClientState};
 pub use invite_server::{InviteServer, InviteServerState};
@@ -84,6 +84,9 @@ pub use key::{
 pub use non_invite_client::{NonInviteClient, NonInviteClientState};
 pub use non_invite_server::{NonInviteServer, NonInviteServerState};
 pub use timer::{Timer, TimerConfig, TimerTable};
+
+/// The shortest interval a timer is armed for (see `Core::arm`).
+const MIN_TIMER: Duration = Duration::from_millis(1);
 
 /// An encoded SIP message, shared so that retransmissions do not copy it.
 pub type Wire = Arc<[u8]>;
@@ -195,8 +198,16 @@ impl<M> Core<M> {
         self.events.push_back(TxEvent::Terminated);
     }
 
-    fn arm(&mut self, timer: Timer, now: Instant, after: std::time::Duration) {
-        self.timers.set(timer, now + after);
+    /// Arms `timer` to fire `after` from `now`. Every timer this layer arms is meant to be
+    /// positive (the zero-length ones of reliable transports are never armed), so a zero
+    /// duration from a misconfigured T1 is raised to [`MIN_TIMER`]: otherwise a retransmission
+    /// timer would re-arm at `now` forever and `handle_timeout` would never return. A deadline
+    /// beyond what `Instant` can represent means "never".
+    fn arm(&mut self, timer: Timer, now: Instant, after: Duration) {
+        match now.checked_add(after.max(MIN_TIMER)) {
+            Some(deadline) => self.timers.set(timer, deadline),
+            None => self.timers.stop(timer),
+        }
     }
 }
 

@@ -902,29 +902,46 @@ mod property {
         }
     }
 
+    /// Any timer configuration, including zero and absurdly large values.
+    fn any_config() -> impl Strategy<Value = TimerConfig> {
+        prop_oneof![
+            3 => Just(TimerConfig::default()),
+            1 => (0u64..3_000, 0u64..10_000, 0u64..10_000).prop_map(|(t1, t2, t4)| TimerConfig {
+                t1: Duration::from_millis(t1),
+                t2: Duration::from_millis(t2),
+                t4: Duration::from_millis(t4),
+            }),
+            1 => Just(TimerConfig {
+                t1: Duration::MAX,
+                t2: Duration::MAX,
+                t4: Duration::MAX,
+            }),
+        ]
+    }
+
     proptest! {
         #[test]
-        fn invite_server_never_panics(reliable: bool, ops in proptest::collection::vec(op(), 0..40)) {
+        fn invite_server_never_panics(reliable: bool, config in any_config(), ops in proptest::collection::vec(op(), 0..40)) {
             let base = Instant::now();
-            check(base, InviteServer::<Msg>::new(base, config(), reliable), &ops);
+            check(base, InviteServer::<Msg>::new(base, config, reliable), &ops);
         }
 
         #[test]
-        fn non_invite_server_never_panics(reliable: bool, ops in proptest::collection::vec(op(), 0..40)) {
+        fn non_invite_server_never_panics(reliable: bool, config in any_config(), ops in proptest::collection::vec(op(), 0..40)) {
             let base = Instant::now();
-            check(base, NonInviteServer::<Msg>::new(base, config(), reliable), &ops);
+            check(base, NonInviteServer::<Msg>::new(base, config, reliable), &ops);
         }
 
         #[test]
-        fn non_invite_client_never_panics(reliable: bool, ops in proptest::collection::vec(op(), 0..40)) {
+        fn non_invite_client_never_panics(reliable: bool, config in any_config(), ops in proptest::collection::vec(op(), 0..40)) {
             let base = Instant::now();
-            check(base, NonInviteClient::<Msg>::new(base, config(), reliable, wire("BYE")), &ops);
+            check(base, NonInviteClient::<Msg>::new(base, config, reliable, wire("BYE")), &ops);
         }
 
         #[test]
-        fn invite_client_never_panics(reliable: bool, ops in proptest::collection::vec(op(), 0..40)) {
+        fn invite_client_never_panics(reliable: bool, config in any_config(), ops in proptest::collection::vec(op(), 0..40)) {
             let base = Instant::now();
-            check(base, InviteClient::<Msg>::new(base, config(), reliable, wire("INVITE")), &ops);
+            check(base, InviteClient::<Msg>::new(base, config, reliable, wire("INVITE")), &ops);
         }
     }
 }
