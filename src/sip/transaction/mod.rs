@@ -56,9 +56,10 @@
 //!   the TU, which sends the ACK itself (the ACK for a 2xx is its own transaction-less request,
 //!   built by the dialog). Timer M terminates the transaction; a transport error does not
 //!   (the machine sends nothing in Accepted).
-//! - Also from RFC 6026: a non-2xx final response sent by the TU in Accepted is refused
-//!   ([`TransactionError::ResponseNotAllowed`]), and responses arriving in Completed/Accepted
-//!   that the RFC does not route to the TU are absorbed here.
+//! - A non-2xx final response from the TU in Accepted is refused
+//!   ([`TransactionError::ResponseNotAllowed`]): RFC 6026's Accepted state has no such
+//!   transition. Responses arriving in Completed/Accepted that neither RFC routes to the TU
+//!   (a 3xx-6xx in Accepted, a 2xx in Completed) are absorbed here.
 
 mod invite_client;
 mod invite_server;
