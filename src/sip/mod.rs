@@ -1,3 +1,4 @@
 //! SIP: see the module list.
 
 pub mod sdp;
+pub mod transaction;
