@@ -23,9 +23,10 @@
 //! | [`io`] | shell | tokio I/O: the WebSocket connect shell, the realtime session driver, `probe` |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
 //! | [`realtime`] | core | Realtime API client: dialects and connect URLs, typed events, `session.update` rendering, the session core (setup, response sequencing, output-audio ledger, tool calls) |
+//! | [`sip`] | core | SIP: [`sip::message`] (UDP/TCP framing, parsing with rsip's gaps covered, typed accessors, responses and 400s for unparseable requests) |
 //!
-//! Rooms still to be built, each with its issue: `sip/` (messages, transactions, dialogs, SDP,
-//! registration), `rtp/` (receive path, playout pacer, DTMF, RTCP) and `call` (one call's cores
+//! Rooms still to be built, each with its issue: the rest of `sip/` (transactions, dialogs,
+//! SDP, registration), `rtp/` (receive path, playout pacer, DTMF, RTCP) and `call` (one call's cores
 //! wired together, barge-in); `io/` grows a shell for each. The binary (`src/main.rs`) stays
 //! thin: command line, logging, runtime, signals.
 //!
@@ -41,3 +42,4 @@ pub mod fake_realtime;
 pub mod io;
 pub mod logging;
 pub mod realtime;
+pub mod sip;
