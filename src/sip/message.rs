@@ -715,3 +715,5 @@ fn saturating_seconds(s: &str) -> Option<u32> {
     Some(s.parse().unwrap_or(u32::MAX))
 }
 
+#[cfg(test)]
+mod tests;
