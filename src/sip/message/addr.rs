@@ -91,6 +91,11 @@ impl Uri {
     /// Parses a URI; `None` if the scheme is malformed, or, for `sip:`/`sips:`, if the
     /// host part is.
     pub fn parse(raw: &str) -> Option<Self> {
+        // No URI contains whitespace or control characters (RFC 3986 / RFC 3261 25.1); one
+        // that did would also change meaning when a reply sanitizes it.
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return None;
+        }
         let (scheme, rest) = raw.split_once(':')?;
         let mut chars = scheme.chars();
         if !chars.next()?.is_ascii_alphabetic()
@@ -230,6 +235,9 @@ impl Via {
     /// (`;;`) make it invalid (RFC 4475 3.1.2.1).
     pub fn parse(s: &str) -> Option<Self> {
         let s = s.trim_matches([' ', '\t']);
+        if s.chars().any(|c| c.is_control() && c != '\t') {
+            return None;
+        }
         let (protocol_and_host, params) = s.split_once(';').unwrap_or((s, ""));
         let mut parts = protocol_and_host.splitn(3, '/');
         let name = parts.next()?.trim_matches([' ', '\t']);

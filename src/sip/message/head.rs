@@ -185,6 +185,10 @@ pub fn params(s: &str, lenient: bool) -> Option<Vec<Param>> {
     let mut out = Vec::new();
     for piece in split_outside(s, ';')? {
         let piece = piece.trim_matches([' ', '\t']);
+        // Control characters have no place in a parameter, and replies copy parameters.
+        if piece.chars().any(|c| c.is_control() && c != '\t') {
+            return None;
+        }
         if piece.is_empty() {
             if lenient {
                 continue;
