@@ -175,6 +175,10 @@ pub struct StreamFramer {
     /// How far the buffer has been searched for the end of the head, so a message arriving a
     /// byte at a time is not rescanned from the start each time.
     scanned: usize,
+    /// Line ends seen in `buffer[..scanned]` while looking for the end of the head.
+    lines_seen: usize,
+    /// Length of the message at the front of the buffer once its head has been read.
+    pending_total: Option<usize>,
     failed: Option<FrameError>,
 }
 
@@ -213,42 +217,58 @@ impl StreamFramer {
     }
 
     fn try_next(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        let skip = leading_crlf(&self.buffer);
-        if skip > 0 {
-            // Messages start with a token, so leading CR/LF octets are keepalives.
-            self.buffer.drain(..skip);
-            self.scanned = 0;
+        if self.pending_total.is_none() {
+            let skip = leading_crlf(&self.buffer);
+            if skip > 0 {
+                // Messages start with a token, so leading CR/LF octets are keepalives.
+                self.buffer.drain(..skip);
+                self.scanned = 0;
+                self.lines_seen = 0;
+            }
         }
         let limit = self.limits.max_message_size;
-        let from = self.scanned.saturating_sub(HEAD_END.len() - 1);
-        let Some(end) = find_head_end(&self.buffer, from) else {
-            self.scanned = self.buffer.len();
-            self.check_head_lines(&self.buffer)?;
-            if self.buffer.len() > limit {
-                return Err(FrameError::MessageTooLarge { limit });
+        let total = match self.pending_total {
+            Some(total) => total,
+            None => {
+                let from = self.scanned.saturating_sub(HEAD_END.len() - 1);
+                let Some(end) = find_head_end(&self.buffer, from) else {
+                    // Count only what arrived since the last call: a peer sending one octet
+                    // at a time must not make each call rescan the whole buffer.
+                    let new = self.buffer.get(self.scanned..).unwrap_or_default();
+                    self.lines_seen += new.iter().filter(|&&b| b == b'\n').count();
+                    self.scanned = self.buffer.len();
+                    self.check_lines(self.lines_seen)?;
+                    if self.buffer.len() > limit {
+                        return Err(FrameError::MessageTooLarge { limit });
+                    }
+                    return Ok(None);
+                };
+                let head = self.buffer.get(..end).unwrap_or_default();
+                self.check_lines(head.iter().filter(|&&b| b == b'\n').count())?;
+                let body_len = content_length(head)?.ok_or(FrameError::MissingContentLength)?;
+                let total = end
+                    .checked_add(HEAD_END.len())
+                    .and_then(|n| n.checked_add(body_len))
+                    .filter(|&n| n <= limit)
+                    .ok_or(FrameError::MessageTooLarge { limit })?;
+                // The head is parsed once; waiting for the body costs nothing per push.
+                self.pending_total = Some(total);
+                total
             }
-            return Ok(None);
         };
-        let head = self.buffer.get(..end).unwrap_or_default();
-        self.check_head_lines(head)?;
-        let body_len = content_length(head)?.ok_or(FrameError::MissingContentLength)?;
-        let total = end
-            .checked_add(HEAD_END.len())
-            .and_then(|n| n.checked_add(body_len))
-            .filter(|&n| n <= limit)
-            .ok_or(FrameError::MessageTooLarge { limit })?;
         if self.buffer.len() < total {
-            self.scanned = end;
             return Ok(None);
         }
         let message: Vec<u8> = self.buffer.drain(..total).collect();
+        self.pending_total = None;
         self.scanned = 0;
+        self.lines_seen = 0;
         Ok(Some(message))
     }
 
-    fn check_head_lines(&self, head: &[u8]) -> Result<(), FrameError> {
+    fn check_lines(&self, newlines: usize) -> Result<(), FrameError> {
         let limit = self.limits.max_header_lines;
-        if head.iter().filter(|&&b| b == b'\n').count() >= limit {
+        if newlines >= limit {
             return Err(FrameError::TooManyHeaderLines { limit });
         }
         Ok(())
@@ -359,6 +379,23 @@ mod tests {
         assert_eq!(framer.next_message(), Err(FrameError::MissingContentLength));
         framer.push(MSG);
         assert_eq!(framer.next_message(), Err(FrameError::MissingContentLength));
+    }
+
+    #[test]
+    fn stream_line_limit_holds_when_lines_arrive_one_octet_at_a_time() {
+        let mut framer = StreamFramer::new(FramingLimits {
+            max_message_size: 1000,
+            max_header_lines: 3,
+        });
+        let mut result = Ok(None);
+        for b in b"R\r\na: 1\r\nb: 2\r\nc: 3\r\n" {
+            framer.push(&[*b]);
+            result = framer.next_message();
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(FrameError::TooManyHeaderLines { limit: 3 }));
     }
 
     #[test]
