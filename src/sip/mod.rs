@@ -1,4 +1,19 @@
-//! SIP: see the module list.
+//! The SIP room: everything between bytes on a SIP socket and the call's logic.
+//!
+//! All of it is sans-IO (no sockets, tasks or clock; see the crate overview):
+//!
+//! - [`message`]: transport framing (UDP datagrams, TCP/TLS streams), our own lenient parser
+//!   with typed accessors (rsip 0.4 failed too much of RFC 4475/5118 to sit in front; the
+//!   measurements are in the module docs), and response building, including a 400 for a
+//!   request that does not parse when it can be addressed;
+//! - [`transaction`]: the RFC 3261 section 17 client and server transactions with the RFC 6026
+//!   changes, their timers, matching and the transaction table;
+//! - [`sdp`]: lenient SDP parsing and RFC 3264 offer/answer for PCMU, PCMA, Opus and
+//!   telephone-event.
+//!
+//! Still to come with the rest of the SIP issue: `dialog` (dialog state, in-dialog requests,
+//! session timers) and the UDP/TCP transport shells in `io/`.
 
+pub mod message;
 pub mod sdp;
 pub mod transaction;
