@@ -55,6 +55,8 @@ pub const ACCEPT: &str = "application/sdp";
 pub const DEFAULT_MIN_SE: u32 = 90;
 /// Max-Forwards of the requests we send.
 const MAX_FORWARDS: u32 = 70;
+/// Retry-After of a 500 that refuses an overlapping offer (RFC 3261 14.2, RFC 3311 5.2).
+const RETRY_AFTER_SECS: u32 = 2;
 /// RFC 4028 section 10: the non-refresher sends BYE `min(32, SE/3)` seconds before expiry.
 const EXPIRY_MARGIN_MAX_SECS: u32 = 32;
 
@@ -327,8 +329,6 @@ pub struct UasCall {
     negotiated: Option<Negotiated>,
     pending_ack: Option<PendingAck>,
     session_timer: Option<SessionTimer>,
-    /// `Require: timer` goes in our 2xx (the caller supports timers).
-    peer_supports_timer: bool,
     /// A hang-up asked for while our 2xx waits for its ACK: RFC 3261 15 forbids the BYE until
     /// the ACK arrives or the 2xx times out.
     bye_deferred: bool,
@@ -353,9 +353,7 @@ impl UasCall {
             .contacts()
             .into_iter()
             .next()
-            .map(|c| c.uri)
-            .or_else(|| Some(invite.from().uri.clone()))
-            .unwrap_or_else(|| invite.from().uri.clone());
+            .map_or_else(|| invite.from().uri.clone(), |contact| contact.uri);
         let mut call = Self {
             state: CallState::Early,
             invite_key: server_key(invite),
@@ -372,8 +370,6 @@ impl UasCall {
             negotiated: None,
             pending_ack: None,
             session_timer: None,
-            peer_supports_timer: has_tag(&invite.supported(), "timer")
-                || has_tag(&invite.require(), "timer"),
             bye_deferred: false,
             servers: Vec::new(),
             clients: Vec::new(),
@@ -654,6 +650,9 @@ impl UasCall {
     // ---- requests from the caller ----
 
     fn handle_ack(&mut self, now: Instant, ack: &SipMessage) {
+        if ack.to().tag() != Some(self.config.local_tag.as_str()) {
+            return;
+        }
         let Some(pending) = self
             .pending_ack
             .take_if(|pending| pending.cseq == ack.cseq().seq)
@@ -733,7 +732,13 @@ impl UasCall {
             }
             CallState::Confirmed => None,
             CallState::Answered => Some((491, "Request Pending", Vec::new())),
-            CallState::Early | CallState::Ended => Some((
+            // RFC 3261 14.2: a re-INVITE before our final response to the INVITE.
+            CallState::Early => Some((
+                500,
+                "Server Internal Error",
+                vec![("Retry-After", RETRY_AFTER_SECS.to_string())],
+            )),
+            CallState::Ended => Some((
                 481,
                 "Call/Transaction Does Not Exist",
                 Vec::<(&'static str, String)>::new(),
@@ -810,8 +815,31 @@ impl UasCall {
             self.reply_once(now, update, key, 422, response);
             return;
         }
+        let offered = sdp_body(update);
+        if offered.is_some() {
+            // An offer while one is outstanding (RFC 3311 5.2): the INVITE's offer is not
+            // answered yet (500), or our offer in a 2xx waits for its answer in the ACK (491).
+            let refusal = if self.state == CallState::Early {
+                Some((500, "Server Internal Error"))
+            } else if self
+                .pending_ack
+                .as_ref()
+                .is_some_and(|p| p.our_offer.is_some())
+            {
+                Some((491, "Request Pending"))
+            } else {
+                None
+            };
+            if let Some((code, reason)) = refusal {
+                let extra = [("Retry-After", RETRY_AFTER_SECS.to_string())];
+                let extra = if code == 500 { &extra[..] } else { &[] };
+                let response = self.response(update, code, reason, extra);
+                self.reply_once(now, update, key, code, response);
+                return;
+            }
+        }
         self.refresh_target(update);
-        let response = match sdp_body(update) {
+        let response = match offered {
             Some(text) => match self.answer_offer(&text) {
                 Ok(body) => {
                     let extra = self.success_headers(now, update);
@@ -968,7 +996,7 @@ impl UasCall {
             "Session-Expires",
             format!("{interval};refresher={}", refresher.as_str()),
         )];
-        if supports || self.peer_supports_timer {
+        if supports {
             headers.push(("Require", "timer".to_owned()));
         }
         headers
@@ -1299,6 +1327,7 @@ impl UasCall {
         if self.state != CallState::Ended {
             self.state = CallState::Ended;
             self.session_timer = None;
+            self.pending_ack = None;
             self.events.push_back(DialogEvent::Ended { by });
         }
     }

@@ -789,6 +789,188 @@ fn construction_refuses_non_invites_and_tagged_invites() {
     );
 }
 
+#[test]
+fn hang_up_before_the_ack_waits_for_it() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.take();
+    rig.act(100, |c, now| c.hang_up(now).unwrap());
+    assert!(rig.take().is_empty(), "no BYE before the ACK (RFC 3261 15)");
+    rig.request(200, sip(&ack(10), ""));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.method(), Some("BYE"));
+    assert_eq!(
+        rig.take_events()[1..],
+        [
+            DialogEvent::Confirmed,
+            DialogEvent::Ended { by: EndedBy::Local }
+        ]
+    );
+}
+
+#[test]
+fn ack_with_another_to_tag_does_not_confirm() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.take_events();
+    rig.request(100, sip(&ack(10).replace("tag=uastag", "tag=other"), ""));
+    assert!(rig.take_events().is_empty());
+    assert_eq!(rig.call.state(), CallState::Answered);
+}
+
+#[test]
+fn retransmitted_invite_gets_the_latest_provisional_then_is_absorbed() {
+    let invite = sip(INVITE_HEAD, OFFER);
+    let mut rig = Rig::new(invite.clone());
+    rig.act(10, |c, now| c.ring(now).unwrap());
+    rig.take();
+    rig.request(500, invite.clone());
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.status_code(), Some(180));
+    assert!(sent[0].2.retransmission);
+    rig.act(600, |c, now| c.answer(now).unwrap());
+    rig.take();
+    rig.request(700, invite);
+    assert!(
+        rig.take().is_empty(),
+        "the 2xx is retransmitted on its timer only"
+    );
+}
+
+#[test]
+fn bye_on_the_early_dialog_ends_the_invite_with_487() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(10, |c, now| c.ring(now).unwrap());
+    rig.take();
+    rig.request(100, sip(&in_dialog("BYE", 11, "z9hG4bKeb", ""), ""));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 200, "BYE");
+    reply_for(&sent[1].1, 487, "INVITE");
+    assert_eq!(
+        rig.take_events(),
+        vec![DialogEvent::Ended {
+            by: EndedBy::Remote
+        }]
+    );
+}
+
+#[test]
+fn strict_route_goes_in_the_request_uri() {
+    let head = INVITE_HEAD
+        .replace("<sip:p1.example.com;lr>", "<sip:p1.example.com>")
+        .replace("Record-Route: <sip:p2.example.com;lr>\n", "");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.request(100, sip(&ack(10), ""));
+    rig.take();
+    rig.act(200, |c, now| c.hang_up(now).unwrap());
+    let (_, bye, transmit) = rig.take().pop().unwrap();
+    assert_eq!(bye.request_uri().unwrap().raw, "sip:p1.example.com");
+    let routes: Vec<String> = bye.routes().iter().map(|r| r.uri.raw.clone()).collect();
+    assert_eq!(routes, vec!["sip:alice@198.51.100.7:5060"]);
+    assert_eq!(
+        transmit.destination,
+        Destination::Uri(Uri::parse("sip:p1.example.com").unwrap())
+    );
+}
+
+#[test]
+fn no_route_set_sends_to_the_remote_target() {
+    let head = INVITE_HEAD.replace(
+        "Record-Route: <sip:p1.example.com;lr>\nRecord-Route: <sip:p2.example.com;lr>\n",
+        "",
+    );
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.request(100, sip(&ack(10), ""));
+    rig.take();
+    rig.act(200, |c, now| c.hang_up(now).unwrap());
+    let (_, bye, transmit) = rig.take().pop().unwrap();
+    assert!(bye.routes().is_empty());
+    assert_eq!(
+        transmit.destination,
+        Destination::Uri(Uri::parse("sip:alice@198.51.100.7:5060").unwrap())
+    );
+}
+
+#[test]
+fn update_with_offer_before_the_answer_gets_500_with_retry_after() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(10, |c, now| c.ring(now).unwrap());
+    rig.take();
+    rig.request(100, sip(&in_dialog("UPDATE", 11, "z9hG4bKu", ""), OFFER));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 500, "UPDATE");
+    assert_eq!(sent[0].1.header("Retry-After"), Some("2"));
+    assert_eq!(rig.call.state(), CallState::Early);
+}
+
+#[test]
+fn we_refresh_at_half_the_interval_with_update() {
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\nSupported: timer");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), Some("120;refresher=uas"));
+    rig.request(100, sip(&ack(10), ""));
+    rig.take_events();
+    rig.advance_to(59_999);
+    assert!(rig.take().is_empty());
+    rig.advance_to(60_000);
+    let (ms, update, _) = rig.take().pop().unwrap();
+    assert_eq!(ms, 60_000);
+    assert_eq!(update.method(), Some("UPDATE"));
+    assert_eq!(update.header("Session-Expires"), Some("120;refresher=uas"));
+    assert!(update.body().is_empty());
+    assert_eq!(rig.take_events(), vec![DialogEvent::RefreshDue]);
+    let mut reply = String::from_utf8(build_response(&update, 200, "OK", None)).unwrap();
+    reply = reply.replace(
+        "Content-Length: 0",
+        "Session-Expires: 120;refresher=uas\r\nContent-Length: 0",
+    );
+    rig.response(60_050, parse(reply.as_bytes()).unwrap());
+    // The next refresh is half an interval after the 2xx.
+    rig.advance_to(120_049);
+    assert!(
+        rig.take()
+            .iter()
+            .all(|(_, m, _)| m.method() != Some("UPDATE"))
+    );
+    rig.advance_to(120_050);
+    let sent = rig.take();
+    assert_eq!(sent.last().unwrap().1.method(), Some("UPDATE"));
+    assert_eq!(sent.last().unwrap().1.cseq().seq, 2);
+}
+
+#[test]
+fn reliable_transport_still_retransmits_the_2xx() {
+    let mut config = config();
+    config.reliable = true;
+    let mut rig = Rig::with_config(sip(INVITE_HEAD, OFFER), config);
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.advance_to(1000);
+    // RFC 3261 13.3.1.4: the 2xx is the UAS core's to retransmit on any transport (the ACK
+    // may cross an unreliable hop).
+    let times: Vec<u64> = rig
+        .take()
+        .into_iter()
+        .filter(|(_, m, _)| m.status_code() == Some(200))
+        .map(|(ms, _, _)| ms)
+        .collect();
+    assert_eq!(times, vec![0, 500]);
+    rig.request(1100, sip(&ack(10), ""));
+    rig.request(2000, sip(&in_dialog("BYE", 11, "z9hG4bKb", ""), ""));
+    assert_eq!(rig.take().len(), 1);
+    // Only Timer L of the INVITE transaction (64*T1, RFC 6026) is left.
+    rig.advance_to(31_999);
+    assert!(!rig.call.is_finished());
+    rig.advance_to(32_000);
+    assert!(rig.call.is_finished());
+    assert_eq!(rig.call.poll_timeout(), None);
+}
+
 /// Inputs for the no-panic property test.
 #[derive(Debug, Clone)]
 enum Step {
