@@ -551,12 +551,12 @@ impl UasCall {
             {
                 // Not our dialog (or a second INVITE of the same call without our tag).
                 let response = self.response(request, 481, "Call/Transaction Does Not Exist", &[]);
-                self.reply_once(now, request, key, 481, response);
+                self.reply_once(now, key, 481, response);
             }
             _ if request.cseq().seq <= self.remote_cseq => {
                 // RFC 3261 12.2.2: an out-of-order request.
                 let response = self.response(request, 500, "Server Internal Error", &[]);
-                self.reply_once(now, request, key, 500, response);
+                self.reply_once(now, key, 500, response);
             }
             _ => {
                 self.remote_cseq = request.cseq().seq;
@@ -568,7 +568,7 @@ impl UasCall {
                         let mut extra = self.capability_headers();
                         extra.push(("Accept", ACCEPT.to_owned()));
                         let response = self.response(request, 200, "OK", &extra);
-                        self.reply_once(now, request, key, 200, response);
+                        self.reply_once(now, key, 200, response);
                     }
                     _ => {
                         let response = self.response(
@@ -577,7 +577,7 @@ impl UasCall {
                             "Not Implemented",
                             &[("Allow", ALLOW.to_owned())],
                         );
-                        self.reply_once(now, request, key, 501, response);
+                        self.reply_once(now, key, 501, response);
                     }
                 }
             }
@@ -694,11 +694,11 @@ impl UasCall {
                 && cancel.cseq().seq == self.invite.cseq().seq;
         if !targets_invite {
             let response = self.response(cancel, 481, "Call/Transaction Does Not Exist", &[]);
-            self.reply_once(now, cancel, key, 481, response);
+            self.reply_once(now, key, 481, response);
             return;
         }
         let ok = self.response(cancel, 200, "OK", &[]);
-        self.reply_once(now, cancel, key, 200, ok);
+        self.reply_once(now, key, 200, ok);
         if self.state == CallState::Early {
             let invite = self.invite.clone();
             let terminated = self.response(&invite, 487, "Request Terminated", &[]);
@@ -711,7 +711,7 @@ impl UasCall {
 
     fn handle_bye(&mut self, now: Instant, bye: &SipMessage, key: TransactionKey) {
         let ok = self.response(bye, 200, "OK", &[]);
-        self.reply_once(now, bye, key, 200, ok);
+        self.reply_once(now, key, 200, ok);
         if self.state == CallState::Early {
             // A BYE on the early dialog ends the INVITE too (RFC 3261 15.1.2).
             let invite = self.invite.clone();
@@ -802,7 +802,7 @@ impl UasCall {
     fn handle_update(&mut self, now: Instant, update: &SipMessage, key: TransactionKey) {
         if self.state == CallState::Ended {
             let response = self.response(update, 481, "Call/Transaction Does Not Exist", &[]);
-            self.reply_once(now, update, key, 481, response);
+            self.reply_once(now, key, 481, response);
             return;
         }
         if let Some(min) = self.session_expires_too_small(update) {
@@ -812,7 +812,7 @@ impl UasCall {
                 "Session Interval Too Small",
                 &[("Min-SE", min.to_string())],
             );
-            self.reply_once(now, update, key, 422, response);
+            self.reply_once(now, key, 422, response);
             return;
         }
         let offered = sdp_body(update);
@@ -834,7 +834,7 @@ impl UasCall {
                 let extra = [("Retry-After", RETRY_AFTER_SECS.to_string())];
                 let extra = if code == 500 { &extra[..] } else { &[] };
                 let response = self.response(update, code, reason, extra);
-                self.reply_once(now, update, key, code, response);
+                self.reply_once(now, key, code, response);
                 return;
             }
         }
@@ -847,7 +847,7 @@ impl UasCall {
                 }
                 Err(error) => {
                     let response = self.not_acceptable(update, &error);
-                    self.reply_once(now, update, key, 488, response);
+                    self.reply_once(now, key, 488, response);
                     return;
                 }
             },
@@ -856,7 +856,7 @@ impl UasCall {
                 self.response(update, 200, "OK", &extra)
             }
         };
-        self.reply_once(now, update, key, 200, response);
+        self.reply_once(now, key, 200, response);
     }
 
     /// Answers a new offer in the dialog and reports the change; the old terms stay when it
@@ -1153,14 +1153,7 @@ impl UasCall {
 
     /// Answers a non-INVITE request through its own server transaction, so that its
     /// retransmissions get the same response.
-    fn reply_once(
-        &mut self,
-        now: Instant,
-        _request: &SipMessage,
-        key: TransactionKey,
-        code: u16,
-        response: Wire,
-    ) {
+    fn reply_once(&mut self, now: Instant, key: TransactionKey, code: u16, response: Wire) {
         let mut machine = NonInviteServer::new(now, self.config.timers, self.config.reliable);
         machine.handle_request(now);
         if machine.send_final(now, code, response).is_ok() {
