@@ -9,11 +9,14 @@
 //! - [`transaction`]: the RFC 3261 section 17 client and server transactions with the RFC 6026
 //!   changes, their timers, matching and the transaction table;
 //! - [`sdp`]: lenient SDP parsing and RFC 3264 offer/answer for PCMU, PCMA, Opus and
-//!   telephone-event.
+//!   telephone-event;
+//! - [`dialog`]: the UAS call core: dialog state, 2xx retransmission until the ACK, CANCEL,
+//!   BYE, re-INVITE/UPDATE offer/answer, OPTIONS, RFC 4028 session timers, and the replies to
+//!   requests outside any dialog.
 //!
-//! Still to come with the rest of the SIP issue: `dialog` (dialog state, in-dialog requests,
-//! session timers) and the UDP/TCP transport shells in `io/`.
+//! Still to come with the rest of the SIP issue: the UDP/TCP transport shells in `io/`.
 
+pub mod dialog;
 pub mod message;
 pub mod sdp;
 pub mod transaction;

@@ -1,0 +1,1524 @@
+//! The UAS dialog core: one inbound call from its INVITE to its end, sans-IO.
+//!
+//! [`UasCall`] is created from a parsed initial INVITE and owns everything the call needs on
+//! the SIP side: the INVITE server transaction, the server transactions of later requests, the
+//! client transactions of the requests we send (BYE, session-refresh UPDATE), the dialog state
+//! of RFC 3261 section 12 (tags, Call-ID, CSeq numbers, route set, remote target) and the
+//! offer/answer state of RFC 3264 (through [`super::sdp`]).
+//!
+//! It speaks the crate's verbs: feed it requests ([`UasCall::handle_request`]), responses to
+//! its own requests ([`UasCall::handle_response`]) and expired timers
+//! ([`UasCall::handle_timeout`]); give it the call logic's decisions ([`UasCall::ring`],
+//! [`UasCall::answer`], [`UasCall::reject`], [`UasCall::hang_up`]); then drain
+//! [`UasCall::poll_transmit`] and [`UasCall::poll_event`] and ask [`UasCall::poll_timeout`].
+//!
+//! ## What it answers by itself
+//!
+//! - 100 Trying at once; the 2xx retransmitted until the ACK (RFC 3261 13.3.1.4: the TU's job,
+//!   since RFC 6026 leaves the transaction in Accepted), BYE after 64*T1 without one;
+//! - CANCEL (200, and 487 to the INVITE while it is unanswered), BYE (200), OPTIONS (200 with
+//!   Allow/Accept/Supported), re-INVITE and UPDATE (new answer, 491 while a re-INVITE waits for
+//!   its ACK, 488 with Warning when the new offer has no common codec), unknown methods (501),
+//!   CSeq regressions (500, RFC 3261 12.2.2), requests for another dialog (481);
+//! - RFC 4028 session timers: the 200 echoes Session-Expires with a refresher, 422 below our
+//!   Min-SE, an UPDATE at half the interval when we refresh, BYE when the peer fails to.
+//!
+//! Requests that match no dialog go to [`respond_out_of_dialog`].
+//!
+//! Every call ends with exactly one [`DialogEvent::Ended`]; a BYE we send at that point is
+//! still driven to completion, and [`UasCall::is_finished`] says when nothing is left to do.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::message::{NameAddr, SipMessage, Uri, build_response};
+use super::sdp::{
+    self, CodecPrefs, LocalMedia, MediaChange, Negotiated, NegotiationError, SessionDescription,
+};
+use super::transaction::{
+    InviteServer, InviteServerState, NonInviteClient, NonInviteServer, RequestFields, TimerConfig,
+    TransactionError, TransactionKey, TxEvent, Wire,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// The methods we accept in a dialog, for `Allow`.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
+/// The option tags we support, for `Supported`.
+pub const SUPPORTED: &str = "timer";
+/// The body types we accept, for `Accept`.
+pub const ACCEPT: &str = "application/sdp";
+/// RFC 4028's lowest allowed Min-SE, and our default.
+pub const DEFAULT_MIN_SE: u32 = 90;
+/// Max-Forwards of the requests we send.
+const MAX_FORWARDS: u32 = 70;
+/// Retry-After of a 500 that refuses an overlapping offer (RFC 3261 14.2, RFC 3311 5.2).
+const RETRY_AFTER_SECS: u32 = 2;
+/// RFC 4028 section 10: the non-refresher sends BYE `min(32, SE/3)` seconds before expiry.
+const EXPIRY_MARGIN_MAX_SECS: u32 = 32;
+
+/// Errors of the dialog layer: commands the call's state does not allow, and requests that are
+/// not this layer's to take.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DialogError {
+    /// [`UasCall::new`] was given something other than an INVITE request.
+    #[error("a call can only be created from an INVITE request")]
+    NotAnInvite,
+    /// The initial INVITE already carries a To tag: it belongs to a dialog that is not ours
+    /// (the caller answers it with 481, see [`respond_out_of_dialog`]).
+    #[error("the INVITE already has a To tag")]
+    AlreadyInDialog,
+    /// The command is not possible in the call's current state.
+    #[error("{command} is not allowed while the call is {state}")]
+    NotAllowed {
+        /// The command, for the log.
+        command: &'static str,
+        /// The call's state, for the log.
+        state: &'static str,
+    },
+    /// A status code outside the range the command takes.
+    #[error("status code {status} is not valid for {command}")]
+    InvalidStatus {
+        /// The command.
+        command: &'static str,
+        /// The rejected code.
+        status: u16,
+    },
+    /// The offer could not be answered; a 488 with a Warning was sent and the call is over.
+    #[error("the offer could not be answered: {0}")]
+    Negotiation(#[from] NegotiationError),
+    /// The transaction layer refused a response (a local invariant broke).
+    #[error("transaction layer: {0}")]
+    Transaction(#[from] TransactionError),
+}
+
+/// Where a transmission goes; the shell turns this into a socket address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A response: sent back per the top Via (RFC 3261 18.2.2, RFC 3581 rport), usually on the
+    /// connection or to the source the request came from.
+    ReplyPerVia,
+    /// A request we send in the dialog: resolve this URI (the remote target, or the first
+    /// route of the route set) per RFC 3263.
+    Uri(Uri),
+}
+
+/// Bytes to send and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The encoded message.
+    pub payload: Wire,
+    /// Where it goes.
+    pub destination: Destination,
+    /// Whether it repeats something already sent (for logs and metrics).
+    pub retransmission: bool,
+}
+
+/// Why a call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndedBy {
+    /// The caller sent BYE.
+    Remote,
+    /// We hung up ([`UasCall::hang_up`]) or rejected ([`UasCall::reject`]).
+    Local,
+    /// The caller cancelled before the answer.
+    Cancelled,
+    /// Our 2xx was never acknowledged (64*T1); we sent BYE.
+    AckTimeout,
+    /// The session timer ran out without a refresh (RFC 4028); we sent BYE.
+    SessionExpired,
+    /// We refused the INVITE ourselves with this status (422, 488).
+    Refused {
+        /// The status sent.
+        status: u16,
+    },
+    /// The ACK of an offerless INVITE carried no usable answer; we sent BYE.
+    BadAnswer,
+    /// A request we sent timed out or could not be delivered.
+    TransportFailure,
+}
+
+/// What the call logic learns from the dialog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DialogEvent {
+    /// The media terms of the call are known: at [`UasCall::answer`] when the INVITE had an
+    /// offer, at the ACK when it had none.
+    MediaNegotiated(Negotiated),
+    /// The ACK for our 2xx arrived: the dialog is confirmed.
+    Confirmed,
+    /// A re-INVITE or UPDATE changed the media terms (hold, resume, new address, new codec).
+    MediaChanged(Negotiated, MediaChange),
+    /// The caller cancelled the INVITE before the answer (followed by `Ended`).
+    Cancelled,
+    /// Our 2xx was not acknowledged within 64*T1; BYE was sent (followed by `Ended`).
+    AckTimeout,
+    /// We are the session-timer refresher and half the interval has passed; an UPDATE has been
+    /// sent.
+    RefreshDue,
+    /// The call is over. Emitted exactly once, last.
+    Ended {
+        /// Why.
+        by: EndedBy,
+    },
+}
+
+/// Which side refreshes the session (RFC 4028).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refresher {
+    /// The caller (`refresher=uac`).
+    Uac,
+    /// We (`refresher=uas`).
+    Uas,
+}
+
+impl Refresher {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Uac => "uac",
+            Self::Uas => "uas",
+        }
+    }
+}
+
+/// Our session-timer policy (RFC 4028).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionTimerConfig {
+    /// Whether session timers are used at all; when off, Session-Expires is ignored.
+    pub enabled: bool,
+    /// The shortest interval we accept, in seconds (422 below it).
+    pub min_se: u32,
+}
+
+impl Default for SessionTimerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_se: DEFAULT_MIN_SE,
+        }
+    }
+}
+
+/// Local parameters of one inbound call.
+#[derive(Clone, Debug)]
+pub struct UasConfig {
+    /// Our Contact URI (`sip:bridge@192.0.2.1:5060`), the remote target of the caller's
+    /// in-dialog requests.
+    pub contact: String,
+    /// Our To tag for this dialog (the shell generates it: randomness is not a core's).
+    pub local_tag: String,
+    /// The sent-by of our Via (`192.0.2.1:5060`) on requests we send.
+    pub via_sent_by: String,
+    /// Our media address and `o=` line state.
+    pub media: LocalMedia,
+    /// Our codec preference.
+    pub codecs: CodecPrefs,
+    /// T1/T2/T4.
+    pub timers: TimerConfig,
+    /// Whether the transport is reliable (TCP, TLS).
+    pub reliable: bool,
+    /// Session-timer policy.
+    pub session_timer: SessionTimerConfig,
+}
+
+/// Where the call stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallState {
+    /// The INVITE is unanswered (100 or 180 sent).
+    Early,
+    /// Our 2xx is out, waiting for the ACK.
+    Answered,
+    /// ACK received: the dialog is confirmed.
+    Confirmed,
+    /// The call has ended (BYE sent or received, rejected, cancelled).
+    Ended,
+}
+
+impl CallState {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Early => "early",
+            Self::Answered => "answered",
+            Self::Confirmed => "confirmed",
+            Self::Ended => "ended",
+        }
+    }
+}
+
+/// A 2xx to an INVITE (initial or re-INVITE) that we retransmit until its ACK.
+#[derive(Debug)]
+struct PendingAck {
+    response: Wire,
+    cseq: u32,
+    next_retransmit: Instant,
+    interval: Duration,
+    give_up: Instant,
+    /// Our offer in that 2xx, when the INVITE had none: the ACK carries the answer.
+    our_offer: Option<SessionDescription>,
+}
+
+/// An active session timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SessionTimer {
+    interval: u32,
+    refresher: Refresher,
+    /// When we refresh (we are refresher) or give up (the peer is).
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+enum ServerMachine {
+    Invite(InviteServer<()>),
+    NonInvite(NonInviteServer<()>),
+}
+
+#[derive(Debug)]
+struct ServerTx {
+    key: TransactionKey,
+    machine: ServerMachine,
+}
+
+impl ServerTx {
+    fn terminated(&self) -> bool {
+        match &self.machine {
+            ServerMachine::Invite(m) => m.state() == InviteServerState::Terminated,
+            ServerMachine::NonInvite(m) => {
+                m.state() == super::transaction::NonInviteServerState::Terminated
+            }
+        }
+    }
+}
+
+/// What a request we sent is for, to act on its outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientPurpose {
+    Bye,
+    /// A session refresh for this interval (seconds).
+    Refresh(u32),
+}
+
+#[derive(Debug)]
+struct ClientTx {
+    branch: String,
+    method: &'static str,
+    purpose: ClientPurpose,
+    destination: Destination,
+    machine: NonInviteClient<SipMessage>,
+}
+
+/// One inbound call (UAS side): see the module docs.
+#[derive(Debug)]
+pub struct UasCall {
+    config: UasConfig,
+    state: CallState,
+    invite: SipMessage,
+    invite_key: TransactionKey,
+    call_id: String,
+    remote_tag: Option<String>,
+    /// The INVITE's To value (our URI as the caller addressed us), without a tag.
+    local_party: String,
+    /// The INVITE's From value, with the caller's tag.
+    remote_party: String,
+    remote_target: Uri,
+    route_set: Vec<NameAddr>,
+    remote_cseq: u32,
+    local_cseq: u32,
+    offer: Option<SessionDescription>,
+    negotiated: Option<Negotiated>,
+    pending_ack: Option<PendingAck>,
+    session_timer: Option<SessionTimer>,
+    /// A hang-up asked for while our 2xx waits for its ACK: RFC 3261 15 forbids the BYE until
+    /// the ACK arrives or the 2xx times out.
+    bye_deferred: bool,
+    servers: Vec<ServerTx>,
+    clients: Vec<ClientTx>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<DialogEvent>,
+}
+
+impl UasCall {
+    /// A call for `invite`; queues the 100 Trying (or a 422 when Session-Expires is below our
+    /// Min-SE, which ends the call at once). An unparseable SDP offer is not an error here:
+    /// [`UasCall::answer`] refuses it with 488.
+    pub fn new(now: Instant, invite: &SipMessage, config: UasConfig) -> Result<Self, DialogError> {
+        if invite.method() != Some("INVITE") {
+            return Err(DialogError::NotAnInvite);
+        }
+        if invite.to().tag().is_some() {
+            return Err(DialogError::AlreadyInDialog);
+        }
+        let remote_target = invite
+            .contacts()
+            .into_iter()
+            .next()
+            .map_or_else(|| invite.from().uri.clone(), |contact| contact.uri);
+        let mut call = Self {
+            state: CallState::Early,
+            invite_key: server_key(invite),
+            call_id: invite.call_id().to_owned(),
+            remote_tag: invite.from().tag().map(str::to_owned),
+            local_party: invite.header("To").unwrap_or_default().to_owned(),
+            remote_party: invite.header("From").unwrap_or_default().to_owned(),
+            remote_target,
+            // A UAS keeps Record-Route in the order received (RFC 3261 12.1.1).
+            route_set: invite.record_routes(),
+            remote_cseq: invite.cseq().seq,
+            local_cseq: 0,
+            offer: sdp_body(invite).and_then(|text| sdp::parse(&text).ok()),
+            negotiated: None,
+            pending_ack: None,
+            session_timer: None,
+            bye_deferred: false,
+            servers: Vec::new(),
+            clients: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            invite: invite.clone(),
+            config,
+        };
+        let mut ist = InviteServer::new(now, call.config.timers, call.config.reliable);
+        let trying = wire(build_response(invite, 100, "Trying", None));
+        ist.send_provisional(now, 100, trying)?;
+        call.servers.push(ServerTx {
+            key: call.invite_key.clone(),
+            machine: ServerMachine::Invite(ist),
+        });
+        if let Some(too_small) = call.session_expires_too_small(invite) {
+            let response = call.response(
+                invite,
+                422,
+                "Session Interval Too Small",
+                &[("Min-SE", too_small.to_string())],
+            );
+            call.send_final_invite(now, 422, response)?;
+            call.end(EndedBy::Refused { status: 422 });
+        }
+        call.pump(now);
+        Ok(call)
+    }
+
+    /// Where the call stands.
+    pub fn state(&self) -> CallState {
+        self.state
+    }
+
+    /// The Call-ID.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    /// Our To tag.
+    pub fn local_tag(&self) -> &str {
+        &self.config.local_tag
+    }
+
+    /// The current media terms, once negotiated.
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.negotiated.as_ref()
+    }
+
+    /// Whether the call has ended and every transaction and timer is done: the shell may drop
+    /// it.
+    pub fn is_finished(&self) -> bool {
+        self.state == CallState::Ended
+            && self.servers.is_empty()
+            && self.clients.is_empty()
+            && self.transmits.is_empty()
+    }
+
+    /// Sends 180 Ringing.
+    pub fn ring(&mut self, now: Instant) -> Result<(), DialogError> {
+        self.require_state("ring", CallState::Early)?;
+        let response = self.response(&self.invite, 180, "Ringing", &self.contact_header());
+        self.ist_mut()
+            .map(|ist| ist.send_provisional(now, 180, response))
+            .transpose()?;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Answers the INVITE: 200 OK with our SDP answer (or our offer, when the INVITE had none).
+    /// When the offer cannot be answered a 488 with a Warning is sent, the call ends
+    /// ([`EndedBy::Refused`]) and the reason is returned.
+    pub fn answer(&mut self, now: Instant) -> Result<(), DialogError> {
+        self.require_state("answer", CallState::Early)?;
+        let invite = self.invite.clone();
+        let (body, our_offer) = match &self.offer {
+            Some(offer) => match sdp::answer(offer, &self.config.media, &self.config.codecs) {
+                Ok(answer) => {
+                    self.negotiated = Some(answer.negotiated.clone());
+                    self.events
+                        .push_back(DialogEvent::MediaNegotiated(answer.negotiated));
+                    (answer.sdp, None)
+                }
+                Err(error) => {
+                    self.refuse_offer(now, &invite, &error)?;
+                    return Err(error.into());
+                }
+            },
+            None if sdp_body(&invite).is_some() => {
+                // A body that is SDP but does not parse: nothing to answer.
+                let error = NegotiationError::NoAudioStream;
+                self.refuse_offer(now, &invite, &error)?;
+                return Err(error.into());
+            }
+            None => {
+                let text = sdp::offer(&self.config.media, &self.config.codecs);
+                let parsed = sdp::parse(&text).ok();
+                (text, parsed)
+            }
+        };
+        let mut extra = self.contact_header();
+        extra.extend(self.capability_headers());
+        extra.extend(self.negotiate_session_timer(now, &invite));
+        let response = self.response_with_sdp(&invite, 200, "OK", &extra, &body);
+        self.send_final_invite(now, 200, Arc::clone(&response))?;
+        self.start_pending_ack(now, response, invite.cseq().seq, our_offer);
+        self.state = CallState::Answered;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Rejects the INVITE with a final non-2xx `code` (300-699) and `reason`.
+    pub fn reject(&mut self, now: Instant, code: u16, reason: &str) -> Result<(), DialogError> {
+        self.require_state("reject", CallState::Early)?;
+        if !(300..=699).contains(&code) {
+            return Err(DialogError::InvalidStatus {
+                command: "reject",
+                status: code,
+            });
+        }
+        let invite = self.invite.clone();
+        let response = self.response(&invite, code, reason, &[]);
+        self.send_final_invite(now, code, response)?;
+        self.end(EndedBy::Local);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Ends the call: BYE once answered (deferred until the ACK while our 2xx waits for it),
+    /// 603 Decline before the answer.
+    pub fn hang_up(&mut self, now: Instant) -> Result<(), DialogError> {
+        match self.state {
+            CallState::Early => self.reject(now, 603, "Decline"),
+            CallState::Answered => {
+                self.bye_deferred = true;
+                Ok(())
+            }
+            CallState::Confirmed => {
+                self.send_bye(now);
+                self.end(EndedBy::Local);
+                self.pump(now);
+                Ok(())
+            }
+            CallState::Ended => Err(self.not_allowed("hang_up")),
+        }
+    }
+
+    /// A request for this call arrived (the shell matched it by Call-ID and tags, or by the
+    /// INVITE's branch for CANCEL and retransmissions). `raw` is not kept: replies are built
+    /// from the parsed message.
+    pub fn handle_request(&mut self, now: Instant, request: &SipMessage, _raw: Wire) {
+        let Some(method) = request.method().map(str::to_owned) else {
+            return;
+        };
+        let key = server_key(request);
+        if let Some(tx) = self.servers.iter_mut().find(|tx| tx.key == key) {
+            // A retransmission (or the ACK of a non-2xx, which shares the INVITE's branch).
+            match (&mut tx.machine, method.as_str()) {
+                (ServerMachine::Invite(m), "ACK") => m.handle_ack(now, ()),
+                (ServerMachine::Invite(m), _) => m.handle_request(now),
+                (ServerMachine::NonInvite(m), _) => m.handle_request(now),
+            }
+            // An ACK for a 2xx shares the branch only when the caller reused it (RFC 2543
+            // style); it still confirms the dialog.
+            if method == "ACK" {
+                self.handle_ack(now, request);
+            }
+            self.pump(now);
+            return;
+        }
+        if request.call_id() != self.call_id {
+            return;
+        }
+        match method.as_str() {
+            "ACK" => self.handle_ack(now, request),
+            "CANCEL" => self.handle_cancel(now, request, key),
+            _ if request.to().tag() != Some(self.config.local_tag.as_str())
+                || request.from().tag() != self.remote_tag.as_deref() =>
+            {
+                // Not our dialog (or a second INVITE of the same call without our tag).
+                let response = self.response(request, 481, "Call/Transaction Does Not Exist", &[]);
+                self.reply_once(now, key, 481, response);
+            }
+            _ if request.cseq().seq <= self.remote_cseq => {
+                // RFC 3261 12.2.2: an out-of-order request.
+                let response = self.response(request, 500, "Server Internal Error", &[]);
+                self.reply_once(now, key, 500, response);
+            }
+            _ => {
+                self.remote_cseq = request.cseq().seq;
+                match method.as_str() {
+                    "BYE" => self.handle_bye(now, request, key),
+                    "INVITE" => self.handle_reinvite(now, request, key),
+                    "UPDATE" => self.handle_update(now, request, key),
+                    "OPTIONS" => {
+                        let mut extra = self.capability_headers();
+                        extra.push(("Accept", ACCEPT.to_owned()));
+                        let response = self.response(request, 200, "OK", &extra);
+                        self.reply_once(now, key, 200, response);
+                    }
+                    _ => {
+                        let response = self.response(
+                            request,
+                            501,
+                            "Not Implemented",
+                            &[("Allow", ALLOW.to_owned())],
+                        );
+                        self.reply_once(now, key, 501, response);
+                    }
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// A response to a request we sent (BYE, UPDATE), matched by its top Via branch.
+    pub fn handle_response(&mut self, now: Instant, response: &SipMessage) {
+        let Some(status) = response.status_code() else {
+            return;
+        };
+        let branch = response.top_via().branch().unwrap_or_default();
+        if let Some(tx) = self.clients.iter_mut().find(|tx| {
+            tx.branch.eq_ignore_ascii_case(branch) && response.cseq().method == tx.method
+        }) {
+            tx.machine.handle_response(now, status, response.clone());
+        }
+        self.pump(now);
+    }
+
+    /// Runs every timer that has expired by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for tx in &mut self.servers {
+            match &mut tx.machine {
+                ServerMachine::Invite(m) => m.handle_timeout(now),
+                ServerMachine::NonInvite(m) => m.handle_timeout(now),
+            }
+        }
+        for tx in &mut self.clients {
+            tx.machine.handle_timeout(now);
+        }
+        self.handle_ack_timers(now);
+        self.handle_session_timer(now);
+        self.pump(now);
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the call logic.
+    pub fn poll_event(&mut self) -> Option<DialogEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`UasCall::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let servers = self.servers.iter().filter_map(|tx| match &tx.machine {
+            ServerMachine::Invite(m) => m.poll_timeout(),
+            ServerMachine::NonInvite(m) => m.poll_timeout(),
+        });
+        let clients = self
+            .clients
+            .iter()
+            .filter_map(|tx| tx.machine.poll_timeout());
+        let pending = self
+            .pending_ack
+            .iter()
+            .flat_map(|p| [p.next_retransmit, p.give_up]);
+        let session = self
+            .session_timer
+            .iter()
+            .filter(|_| self.state != CallState::Ended)
+            .map(|t| t.deadline);
+        servers.chain(clients).chain(pending).chain(session).min()
+    }
+
+    // ---- requests from the caller ----
+
+    fn handle_ack(&mut self, now: Instant, ack: &SipMessage) {
+        if ack.to().tag() != Some(self.config.local_tag.as_str()) {
+            return;
+        }
+        let Some(pending) = self
+            .pending_ack
+            .take_if(|pending| pending.cseq == ack.cseq().seq)
+        else {
+            return;
+        };
+        if let Some(our_offer) = pending.our_offer {
+            // Offerless INVITE: the ACK carries the answer to our offer (RFC 3264 section 4).
+            let terms = sdp_body(ack)
+                .and_then(|text| sdp::parse(&text).ok())
+                .and_then(|answer| sdp::negotiate_answer(&our_offer, &answer).ok());
+            match terms {
+                Some(terms) => self.adopt_media(terms),
+                None if self.state == CallState::Answered => {
+                    self.state = CallState::Confirmed;
+                    self.events.push_back(DialogEvent::Confirmed);
+                    self.send_bye(now);
+                    self.end(EndedBy::BadAnswer);
+                    return;
+                }
+                // A re-INVITE's bad answer keeps the old terms.
+                None => {}
+            }
+        }
+        if self.state == CallState::Answered {
+            self.state = CallState::Confirmed;
+            self.events.push_back(DialogEvent::Confirmed);
+            if self.bye_deferred {
+                self.send_bye(now);
+                self.end(EndedBy::Local);
+            }
+        }
+    }
+
+    fn handle_cancel(&mut self, now: Instant, cancel: &SipMessage, key: TransactionKey) {
+        // CANCEL matches the INVITE by branch (RFC 3261 9.2), with the method aside.
+        let targets_invite = key.cancel_target().is_some_and(|t| t == self.invite_key)
+            || cancel.top_via().branch() == self.invite.top_via().branch()
+                && cancel.cseq().seq == self.invite.cseq().seq;
+        if !targets_invite {
+            let response = self.response(cancel, 481, "Call/Transaction Does Not Exist", &[]);
+            self.reply_once(now, key, 481, response);
+            return;
+        }
+        let ok = self.response(cancel, 200, "OK", &[]);
+        self.reply_once(now, key, 200, ok);
+        if self.state == CallState::Early {
+            let invite = self.invite.clone();
+            let terminated = self.response(&invite, 487, "Request Terminated", &[]);
+            if self.send_final_invite(now, 487, terminated).is_ok() {
+                self.events.push_back(DialogEvent::Cancelled);
+                self.end(EndedBy::Cancelled);
+            }
+        }
+    }
+
+    fn handle_bye(&mut self, now: Instant, bye: &SipMessage, key: TransactionKey) {
+        let ok = self.response(bye, 200, "OK", &[]);
+        self.reply_once(now, key, 200, ok);
+        if self.state == CallState::Early {
+            // A BYE on the early dialog ends the INVITE too (RFC 3261 15.1.2).
+            let invite = self.invite.clone();
+            let terminated = self.response(&invite, 487, "Request Terminated", &[]);
+            let _ = self.send_final_invite(now, 487, terminated);
+        }
+        if self.state != CallState::Ended {
+            self.pending_ack = None;
+            self.end(EndedBy::Remote);
+        }
+    }
+
+    fn handle_reinvite(&mut self, now: Instant, invite: &SipMessage, key: TransactionKey) {
+        let mut ist = InviteServer::new(now, self.config.timers, self.config.reliable);
+        let refusal = match self.state {
+            CallState::Confirmed if self.pending_ack.is_some() => {
+                Some((491, "Request Pending", Vec::new()))
+            }
+            CallState::Confirmed => None,
+            CallState::Answered => Some((491, "Request Pending", Vec::new())),
+            // RFC 3261 14.2: a re-INVITE before our final response to the INVITE.
+            CallState::Early => Some((
+                500,
+                "Server Internal Error",
+                vec![("Retry-After", RETRY_AFTER_SECS.to_string())],
+            )),
+            CallState::Ended => Some((
+                481,
+                "Call/Transaction Does Not Exist",
+                Vec::<(&'static str, String)>::new(),
+            )),
+        };
+        let refusal = refusal.or_else(|| {
+            self.session_expires_too_small(invite).map(|min| {
+                (
+                    422,
+                    "Session Interval Too Small",
+                    vec![("Min-SE", min.to_string())],
+                )
+            })
+        });
+        if let Some((code, reason, extra)) = refusal {
+            let response = self.response(invite, code, reason, &extra);
+            let _ = ist.send_final(now, code, response);
+            self.push_server(ServerTx {
+                key,
+                machine: ServerMachine::Invite(ist),
+            });
+            return;
+        }
+        self.refresh_target(invite);
+        let offered = sdp_body(invite);
+        let (code, response, our_offer) = match offered {
+            Some(text) => match self.answer_offer(&text) {
+                Ok(body) => {
+                    let extra = self.success_headers(now, invite);
+                    (
+                        200,
+                        self.response_with_sdp(invite, 200, "OK", &extra, &body),
+                        None,
+                    )
+                }
+                Err(error) => (488, self.not_acceptable(invite, &error), None),
+            },
+            None => {
+                // A re-INVITE without an offer: our 2xx offers, the ACK answers.
+                self.config.media.bump_version();
+                let text = sdp::offer(&self.config.media, &self.config.codecs);
+                let parsed = sdp::parse(&text).ok();
+                let extra = self.success_headers(now, invite);
+                (
+                    200,
+                    self.response_with_sdp(invite, 200, "OK", &extra, &text),
+                    parsed,
+                )
+            }
+        };
+        let _ = ist.send_final(now, code, Arc::clone(&response));
+        self.push_server(ServerTx {
+            key,
+            machine: ServerMachine::Invite(ist),
+        });
+        if code == 200 {
+            self.start_pending_ack(now, response, invite.cseq().seq, our_offer);
+        }
+    }
+
+    fn handle_update(&mut self, now: Instant, update: &SipMessage, key: TransactionKey) {
+        if self.state == CallState::Ended {
+            let response = self.response(update, 481, "Call/Transaction Does Not Exist", &[]);
+            self.reply_once(now, key, 481, response);
+            return;
+        }
+        if let Some(min) = self.session_expires_too_small(update) {
+            let response = self.response(
+                update,
+                422,
+                "Session Interval Too Small",
+                &[("Min-SE", min.to_string())],
+            );
+            self.reply_once(now, key, 422, response);
+            return;
+        }
+        let offered = sdp_body(update);
+        if offered.is_some() {
+            // An offer while one is outstanding (RFC 3311 5.2): the INVITE's offer is not
+            // answered yet (500), or our offer in a 2xx waits for its answer in the ACK (491).
+            let refusal = if self.state == CallState::Early {
+                Some((500, "Server Internal Error"))
+            } else if self
+                .pending_ack
+                .as_ref()
+                .is_some_and(|p| p.our_offer.is_some())
+            {
+                Some((491, "Request Pending"))
+            } else {
+                None
+            };
+            if let Some((code, reason)) = refusal {
+                let extra = [("Retry-After", RETRY_AFTER_SECS.to_string())];
+                let extra = if code == 500 { &extra[..] } else { &[] };
+                let response = self.response(update, code, reason, extra);
+                self.reply_once(now, key, code, response);
+                return;
+            }
+        }
+        self.refresh_target(update);
+        let response = match offered {
+            Some(text) => match self.answer_offer(&text) {
+                Ok(body) => {
+                    let extra = self.success_headers(now, update);
+                    self.response_with_sdp(update, 200, "OK", &extra, &body)
+                }
+                Err(error) => {
+                    let response = self.not_acceptable(update, &error);
+                    self.reply_once(now, key, 488, response);
+                    return;
+                }
+            },
+            None => {
+                let extra = self.success_headers(now, update);
+                self.response(update, 200, "OK", &extra)
+            }
+        };
+        self.reply_once(now, key, 200, response);
+    }
+
+    /// Answers a new offer in the dialog and reports the change; the old terms stay when it
+    /// cannot be answered.
+    fn answer_offer(&mut self, text: &str) -> Result<String, NegotiationError> {
+        let offer = sdp::parse(text).map_err(|_| NegotiationError::NoAudioStream)?;
+        let mut media = self.config.media.clone();
+        media.bump_version();
+        let answer = sdp::answer(&offer, &media, &self.config.codecs)?;
+        self.config.media = media;
+        self.adopt_media(answer.negotiated);
+        Ok(answer.sdp)
+    }
+
+    fn adopt_media(&mut self, terms: Negotiated) {
+        match self.negotiated.replace(terms.clone()) {
+            Some(previous) => {
+                let change = terms.changes_since(&previous);
+                self.events
+                    .push_back(DialogEvent::MediaChanged(terms, change));
+            }
+            None => self.events.push_back(DialogEvent::MediaNegotiated(terms)),
+        }
+    }
+
+    /// A target-refresh request (re-INVITE, UPDATE) may move the remote target (RFC 3261
+    /// 12.2.2).
+    fn refresh_target(&mut self, request: &SipMessage) {
+        if let Some(contact) = request.contacts().into_iter().next() {
+            self.remote_target = contact.uri;
+        }
+    }
+
+    // ---- timers ----
+
+    fn handle_ack_timers(&mut self, now: Instant) {
+        let Some(pending) = &mut self.pending_ack else {
+            return;
+        };
+        if now >= pending.give_up {
+            self.pending_ack = None;
+            self.events.push_back(DialogEvent::AckTimeout);
+            if self.state == CallState::Answered {
+                self.state = CallState::Confirmed;
+            }
+            if self.state != CallState::Ended {
+                self.send_bye(now);
+                self.end(EndedBy::AckTimeout);
+            }
+            return;
+        }
+        if now >= pending.next_retransmit {
+            self.transmits.push_back(Transmit {
+                payload: Arc::clone(&pending.response),
+                destination: Destination::ReplyPerVia,
+                retransmission: true,
+            });
+            pending.interval = pending
+                .interval
+                .saturating_mul(2)
+                .min(self.config.timers.t2);
+            pending.next_retransmit = now + pending.interval;
+        }
+    }
+
+    fn handle_session_timer(&mut self, now: Instant) {
+        let Some(timer) = self.session_timer else {
+            return;
+        };
+        if now < timer.deadline || self.state == CallState::Ended {
+            return;
+        }
+        match timer.refresher {
+            Refresher::Uas => {
+                // Refresh by UPDATE without a body (RFC 4028 section 9 allows either method);
+                // if this one fails, the peer's own timer ends the call.
+                self.session_timer = None;
+                self.events.push_back(DialogEvent::RefreshDue);
+                let extra = vec![
+                    (
+                        "Session-Expires",
+                        format!("{};refresher=uas", timer.interval),
+                    ),
+                    ("Supported", SUPPORTED.to_owned()),
+                ];
+                self.send_request(
+                    now,
+                    "UPDATE",
+                    ClientPurpose::Refresh(timer.interval),
+                    &extra,
+                );
+            }
+            Refresher::Uac => {
+                self.session_timer = None;
+                self.send_bye(now);
+                self.end(EndedBy::SessionExpired);
+            }
+        }
+    }
+
+    // ---- session timers (RFC 4028) ----
+
+    /// Our Min-SE when the request's Session-Expires is below it.
+    fn session_expires_too_small(&self, request: &SipMessage) -> Option<u32> {
+        let settings = self.config.session_timer;
+        let expires = request.session_expires()?;
+        (settings.enabled && expires.delta < settings.min_se).then_some(settings.min_se)
+    }
+
+    /// The headers of a 2xx to a session refresh (or the initial INVITE), and the timer they
+    /// start. No Session-Expires in the request: no session timer.
+    fn negotiate_session_timer(
+        &mut self,
+        now: Instant,
+        request: &SipMessage,
+    ) -> Vec<(&'static str, String)> {
+        self.session_timer = None;
+        let Some(expires) = request
+            .session_expires()
+            .filter(|_| self.config.session_timer.enabled)
+        else {
+            return Vec::new();
+        };
+        let supports =
+            has_tag(&request.supported(), "timer") || has_tag(&request.require(), "timer");
+        let interval = expires.delta.max(request.min_se().unwrap_or(0));
+        // The caller's choice stands; without one, the caller refreshes if it can (RFC 4028
+        // section 9).
+        let refresher = match expires.refresher.as_deref() {
+            Some("uas") => Refresher::Uas,
+            Some("uac") if supports => Refresher::Uac,
+            _ if supports => Refresher::Uac,
+            _ => Refresher::Uas,
+        };
+        self.session_timer = schedule_session_timer(now, interval, refresher);
+        let mut headers = vec![(
+            "Session-Expires",
+            format!("{interval};refresher={}", refresher.as_str()),
+        )];
+        if supports {
+            headers.push(("Require", "timer".to_owned()));
+        }
+        headers
+    }
+
+    // ---- building and sending ----
+
+    fn success_headers(
+        &mut self,
+        now: Instant,
+        request: &SipMessage,
+    ) -> Vec<(&'static str, String)> {
+        let mut extra = self.contact_header();
+        extra.extend(self.capability_headers());
+        extra.extend(self.negotiate_session_timer(now, request));
+        extra
+    }
+
+    fn contact_header(&self) -> Vec<(&'static str, String)> {
+        vec![("Contact", format!("<{}>", self.config.contact))]
+    }
+
+    fn capability_headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("Allow", ALLOW.to_owned()),
+            ("Supported", SUPPORTED.to_owned()),
+        ]
+    }
+
+    fn response(
+        &self,
+        request: &SipMessage,
+        code: u16,
+        reason: &str,
+        extra: &[(&'static str, String)],
+    ) -> Wire {
+        with_headers(
+            build_response(request, code, reason, Some(&self.config.local_tag)),
+            extra,
+            None,
+        )
+    }
+
+    fn response_with_sdp(
+        &self,
+        request: &SipMessage,
+        code: u16,
+        reason: &str,
+        extra: &[(&'static str, String)],
+        sdp: &str,
+    ) -> Wire {
+        with_headers(
+            build_response(request, code, reason, Some(&self.config.local_tag)),
+            extra,
+            Some(sdp),
+        )
+    }
+
+    fn not_acceptable(&self, request: &SipMessage, error: &NegotiationError) -> Wire {
+        self.response(
+            request,
+            488,
+            "Not Acceptable Here",
+            &[("Warning", error.warning_header())],
+        )
+    }
+
+    fn refuse_offer(
+        &mut self,
+        now: Instant,
+        invite: &SipMessage,
+        error: &NegotiationError,
+    ) -> Result<(), DialogError> {
+        let response = self.not_acceptable(invite, error);
+        self.send_final_invite(now, 488, response)?;
+        self.end(EndedBy::Refused { status: 488 });
+        self.pump(now);
+        Ok(())
+    }
+
+    fn send_final_invite(
+        &mut self,
+        now: Instant,
+        code: u16,
+        response: Wire,
+    ) -> Result<(), DialogError> {
+        let Some(ist) = self.ist_mut() else {
+            return Err(self.not_allowed("final response"));
+        };
+        ist.send_final(now, code, response)?;
+        self.pump_servers();
+        Ok(())
+    }
+
+    /// Adds a server transaction after queueing what it has to send, so that transmissions
+    /// leave in the order they were decided (a CANCEL's 200 before the INVITE's 487).
+    fn push_server(&mut self, mut tx: ServerTx) {
+        self.pump_server(&mut tx);
+        self.servers.push(tx);
+    }
+
+    fn pump_servers(&mut self) {
+        let mut servers = std::mem::take(&mut self.servers);
+        for tx in &mut servers {
+            self.pump_server(tx);
+        }
+        servers.retain(|tx| !tx.terminated());
+        self.servers = servers;
+    }
+
+    fn pump_server(&mut self, tx: &mut ServerTx) {
+        loop {
+            let transmit = match &mut tx.machine {
+                ServerMachine::Invite(m) => m.poll_transmit(),
+                ServerMachine::NonInvite(m) => m.poll_transmit(),
+            };
+            let Some(transmit) = transmit else { break };
+            self.transmits.push_back(Transmit {
+                payload: transmit.payload,
+                destination: Destination::ReplyPerVia,
+                retransmission: transmit.retransmission,
+            });
+        }
+        // Server events need nothing: an ACK is handled from the request itself, and Timer H
+        // (no ACK for our non-2xx) fires when the call is already over.
+        loop {
+            let event = match &mut tx.machine {
+                ServerMachine::Invite(m) => m.poll_event().map(|_| ()),
+                ServerMachine::NonInvite(m) => m.poll_event().map(|_| ()),
+            };
+            if event.is_none() {
+                break;
+            }
+        }
+    }
+
+    fn start_pending_ack(
+        &mut self,
+        now: Instant,
+        response: Wire,
+        cseq: u32,
+        our_offer: Option<SessionDescription>,
+    ) {
+        let t1 = self.config.timers.t1;
+        self.pending_ack = Some(PendingAck {
+            response,
+            cseq,
+            next_retransmit: now + t1,
+            interval: t1,
+            give_up: now + self.config.timers.transaction_timeout(),
+            our_offer,
+        });
+    }
+
+    /// Answers a non-INVITE request through its own server transaction, so that its
+    /// retransmissions get the same response.
+    fn reply_once(&mut self, now: Instant, key: TransactionKey, code: u16, response: Wire) {
+        let mut machine = NonInviteServer::new(now, self.config.timers, self.config.reliable);
+        machine.handle_request(now);
+        if machine.send_final(now, code, response).is_ok() {
+            self.push_server(ServerTx {
+                key,
+                machine: ServerMachine::NonInvite(machine),
+            });
+        }
+    }
+
+    fn send_bye(&mut self, now: Instant) {
+        if !self.clients.iter().any(|c| c.purpose == ClientPurpose::Bye) {
+            self.send_request(now, "BYE", ClientPurpose::Bye, &[]);
+        }
+        self.pending_ack = None;
+        self.session_timer = None;
+    }
+
+    /// Sends an in-dialog request (RFC 3261 12.2.1.1): next CSeq, route set, remote target.
+    fn send_request(
+        &mut self,
+        now: Instant,
+        method: &'static str,
+        purpose: ClientPurpose,
+        extra: &[(&'static str, String)],
+    ) {
+        self.local_cseq = self.local_cseq.wrapping_add(1).max(1);
+        let branch = format!(
+            "z9hG4bK{}-{}",
+            sanitize_token(&self.config.local_tag),
+            self.local_cseq
+        );
+        let (request_uri, routes, destination) = self.next_hop();
+        let transport = self.invite.top_via().transport.clone();
+        let mut text = String::with_capacity(512);
+        let _ = write!(text, "{method} {} SIP/2.0\r\n", request_uri.raw);
+        let _ = write!(
+            text,
+            "Via: SIP/2.0/{transport} {};branch={branch};rport\r\n",
+            self.config.via_sent_by
+        );
+        let _ = write!(text, "Max-Forwards: {MAX_FORWARDS}\r\n");
+        let _ = write!(
+            text,
+            "From: {};tag={}\r\n",
+            self.local_party,
+            sanitize_token(&self.config.local_tag)
+        );
+        let _ = write!(text, "To: {}\r\n", self.remote_party);
+        let _ = write!(text, "Call-ID: {}\r\n", self.call_id);
+        let _ = write!(text, "CSeq: {} {method}\r\n", self.local_cseq);
+        for route in routes {
+            let _ = write!(text, "Route: {route}\r\n");
+        }
+        let _ = write!(text, "Contact: <{}>\r\n", self.config.contact);
+        for (name, value) in extra {
+            let _ = write!(text, "{name}: {value}\r\n");
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        let request: Wire = Arc::from(text.into_bytes());
+        let machine = NonInviteClient::new(now, self.config.timers, self.config.reliable, request);
+        self.clients.push(ClientTx {
+            branch,
+            method,
+            purpose,
+            destination,
+            machine,
+        });
+    }
+
+    /// Request-URI, Route values and destination of an in-dialog request (RFC 3261 12.2.1.1):
+    /// loose routing keeps the remote target as Request-URI; strict routing puts the first
+    /// route there and the remote target last in Route.
+    fn next_hop(&self) -> (Uri, Vec<String>, Destination) {
+        let Some(first) = self.route_set.first() else {
+            return (
+                self.remote_target.clone(),
+                Vec::new(),
+                Destination::Uri(self.remote_target.clone()),
+            );
+        };
+        let routes: Vec<String> = self.route_set.iter().map(render_route).collect();
+        let loose = first
+            .uri
+            .params
+            .iter()
+            .any(|p| p.name.eq_ignore_ascii_case("lr"));
+        if loose {
+            (
+                self.remote_target.clone(),
+                routes,
+                Destination::Uri(first.uri.clone()),
+            )
+        } else {
+            let mut rest: Vec<String> = routes.into_iter().skip(1).collect();
+            rest.push(format!("<{}>", self.remote_target.raw));
+            (first.uri.clone(), rest, Destination::Uri(first.uri.clone()))
+        }
+    }
+
+    /// Moves what the sub-machines produced into our queues, acts on their events and drops
+    /// the finished ones.
+    fn pump(&mut self, now: Instant) {
+        self.pump_servers();
+        let mut outcomes = Vec::new();
+        for tx in &mut self.clients {
+            while let Some(transmit) = tx.machine.poll_transmit() {
+                self.transmits.push_back(Transmit {
+                    payload: transmit.payload,
+                    destination: tx.destination.clone(),
+                    retransmission: transmit.retransmission,
+                });
+            }
+            while let Some(event) = tx.machine.poll_event() {
+                outcomes.push((tx.purpose, event));
+            }
+        }
+        self.clients.retain(|tx| {
+            tx.machine.state() != super::transaction::NonInviteClientState::Terminated
+        });
+        for (purpose, event) in outcomes {
+            self.handle_client_outcome(now, purpose, event);
+        }
+    }
+
+    fn handle_client_outcome(
+        &mut self,
+        now: Instant,
+        purpose: ClientPurpose,
+        event: TxEvent<SipMessage>,
+    ) {
+        match (purpose, event) {
+            (ClientPurpose::Refresh(interval), TxEvent::Response { status, message })
+                if status >= 200 =>
+            {
+                if (200..300).contains(&status) {
+                    self.restart_refresh_timer(now, &message, interval);
+                } else if status == 481 || status == 408 {
+                    // The dialog is gone at the peer (RFC 3261 12.2.1.2).
+                    self.end(EndedBy::TransportFailure);
+                }
+            }
+            (ClientPurpose::Refresh(_), TxEvent::Timeout | TxEvent::TransportError) => {
+                self.end(EndedBy::TransportFailure);
+            }
+            // The BYE's outcome changes nothing: the call ended when it was sent.
+            _ => {}
+        }
+    }
+
+    /// After a 2xx to our refresh, the interval the peer accepted runs again (its
+    /// Session-Expires, or ours when it echoes none).
+    fn restart_refresh_timer(&mut self, now: Instant, response: &SipMessage, interval: u32) {
+        let expires = response.session_expires();
+        let interval = expires.as_ref().map_or(interval, |e| e.delta);
+        let refresher = match expires.and_then(|e| e.refresher).as_deref() {
+            Some("uac") => Refresher::Uac,
+            _ => Refresher::Uas,
+        };
+        self.session_timer = schedule_session_timer(now, interval, refresher);
+    }
+
+    fn end(&mut self, by: EndedBy) {
+        if self.state != CallState::Ended {
+            self.state = CallState::Ended;
+            self.session_timer = None;
+            self.pending_ack = None;
+            self.events.push_back(DialogEvent::Ended { by });
+        }
+    }
+
+    fn ist_mut(&mut self) -> Option<&mut InviteServer<()>> {
+        let key = &self.invite_key;
+        self.servers
+            .iter_mut()
+            .find(|tx| &tx.key == key)
+            .and_then(|tx| match &mut tx.machine {
+                ServerMachine::Invite(m) => Some(m),
+                ServerMachine::NonInvite(_) => None,
+            })
+    }
+
+    fn require_state(&self, command: &'static str, state: CallState) -> Result<(), DialogError> {
+        if self.state == state {
+            Ok(())
+        } else {
+            Err(self.not_allowed(command))
+        }
+    }
+
+    fn not_allowed(&self, command: &'static str) -> DialogError {
+        DialogError::NotAllowed {
+            command,
+            state: self.state.name(),
+        }
+    }
+}
+
+/// What to do with a request that matched no call and no transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutOfDialog {
+    /// Send this response (per Via).
+    Reply(Wire),
+    /// An initial INVITE: the router decides; create a [`UasCall`] if a route accepts it, else
+    /// reply [`not_found`].
+    NewCall,
+    /// Nothing to send (an ACK, which is never answered).
+    Ignore,
+}
+
+/// Handles a request outside any dialog: OPTIONS gets 200 with Allow/Accept/Supported, an
+/// initial INVITE goes to the router, an ACK is dropped, a BYE/CANCEL/UPDATE (or an INVITE
+/// with a To tag) for a dialog we do not have gets 481, anything else 501 with Allow.
+/// `local_tag` is the To tag of the reply (the shell generates it).
+pub fn respond_out_of_dialog(request: &SipMessage, local_tag: &str) -> OutOfDialog {
+    let reply = |code: u16, reason: &str, extra: &[(&'static str, String)]| {
+        OutOfDialog::Reply(with_headers(
+            build_response(request, code, reason, Some(local_tag)),
+            extra,
+            None,
+        ))
+    };
+    match request.method() {
+        None | Some("ACK") => OutOfDialog::Ignore,
+        Some("INVITE") if request.to().tag().is_none() => OutOfDialog::NewCall,
+        Some("OPTIONS") => reply(
+            200,
+            "OK",
+            &[
+                ("Allow", ALLOW.to_owned()),
+                ("Accept", ACCEPT.to_owned()),
+                ("Supported", SUPPORTED.to_owned()),
+            ],
+        ),
+        Some("INVITE" | "BYE" | "CANCEL" | "UPDATE") => {
+            reply(481, "Call/Transaction Does Not Exist", &[])
+        }
+        Some(_) => reply(501, "Not Implemented", &[("Allow", ALLOW.to_owned())]),
+    }
+}
+
+/// The 404 for an initial INVITE no route accepts.
+pub fn not_found(request: &SipMessage, local_tag: &str) -> Wire {
+    with_headers(
+        build_response(request, 404, "Not Found", Some(local_tag)),
+        &[],
+        None,
+    )
+}
+
+// ---- helpers ----
+
+/// The session timer after a (re)negotiation: the refresher acts at half the interval (RFC
+/// 4028 section 10); the other side gives up `min(32, SE/3)` seconds before the end.
+fn schedule_session_timer(
+    now: Instant,
+    interval: u32,
+    refresher: Refresher,
+) -> Option<SessionTimer> {
+    let wait = match refresher {
+        Refresher::Uas => interval / 2,
+        Refresher::Uac => interval - (interval / 3).min(EXPIRY_MARGIN_MAX_SECS),
+    };
+    now.checked_add(Duration::from_secs(u64::from(wait.max(1))))
+        .map(|deadline| SessionTimer {
+            interval,
+            refresher,
+            deadline,
+        })
+}
+
+fn wire(bytes: Vec<u8>) -> Wire {
+    Arc::from(bytes)
+}
+
+/// Adds headers (and a body) to a response from [`build_response`], which always ends with
+/// an empty-body `Content-Length`: that trailer is replaced.
+fn with_headers(base: Vec<u8>, extra: &[(&'static str, String)], sdp: Option<&str>) -> Wire {
+    const TRAILER: &[u8] = b"Content-Length: 0\r\n\r\n";
+    let head = base.strip_suffix(TRAILER).unwrap_or(&base);
+    let mut out = head.to_vec();
+    for (name, value) in extra {
+        let value: String = value.chars().filter(|c| !c.is_control()).collect();
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    match sdp {
+        Some(body) => {
+            out.extend_from_slice(
+                format!(
+                    "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(body.as_bytes());
+        }
+        None => out.extend_from_slice(TRAILER),
+    }
+    Arc::from(out)
+}
+
+/// The body as text when it is SDP (no Content-Type with a body is taken as SDP too: some
+/// PBXs omit it).
+fn sdp_body(message: &SipMessage) -> Option<String> {
+    if message.body().is_empty() {
+        return None;
+    }
+    match message.content_type().as_deref() {
+        None | Some("application/sdp") => {
+            Some(String::from_utf8_lossy(message.body()).into_owned())
+        }
+        Some(_) => None,
+    }
+}
+
+fn has_tag(tags: &[&str], tag: &str) -> bool {
+    tags.iter().any(|t| t.eq_ignore_ascii_case(tag))
+}
+
+fn sanitize_token(s: &str) -> String {
+    s.chars()
+        .filter(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    '-' | '.' | '!' | '%' | '*' | '_' | '+' | '`' | '\'' | '~'
+                )
+        })
+        .collect()
+}
+
+fn render_route(route: &NameAddr) -> String {
+    let mut out = format!("<{}>", route.uri.raw);
+    for param in &route.params {
+        match &param.value {
+            Some(value) => {
+                let _ = write!(out, ";{}={value}", param.name);
+            }
+            None => {
+                let _ = write!(out, ";{}", param.name);
+            }
+        }
+    }
+    out
+}
+
+fn server_key(request: &SipMessage) -> TransactionKey {
+    let via = request.top_via();
+    let sent_by = match via.sent_by.port {
+        Some(port) => format!("{}:{port}", via.sent_by.host),
+        None => via.sent_by.host.clone(),
+    };
+    let request_uri = request
+        .request_uri()
+        .map(|u| u.raw.as_str())
+        .unwrap_or_default();
+    TransactionKey::server(&RequestFields {
+        method: request.method().unwrap_or_default(),
+        request_uri,
+        top_via_branch: via.branch(),
+        top_via_sent_by: &sent_by,
+        top_via: request.header("Via").unwrap_or_default(),
+        call_id: request.call_id(),
+        cseq_number: request.cseq().seq,
+        from_tag: request.from().tag(),
+        to_tag: request.to().tag(),
+    })
+}

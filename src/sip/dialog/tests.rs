@@ -1,0 +1,1062 @@
+//! Dialog tests on simulated time: every scenario drives a [`UasCall`] with text messages
+//! (CRLF, parsed by the message module) and parses back everything it transmits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::sip::message::parse;
+use crate::sip::sdp::{Codec, Direction};
+
+const OFFER: &str = "v=0\no=alice 1 1 IN IP4 198.51.100.7\ns=-\nc=IN IP4 198.51.100.7\nt=0 0\n\
+m=audio 4000 RTP/AVP 0 8 101\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16\na=sendrecv\n";
+
+const ANSWER: &str = "v=0\r\no=- 42 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+m=audio 20000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-16\r\na=sendrecv\r\n";
+
+const INVITE_HEAD: &str = "INVITE sip:bot@192.0.2.1 SIP/2.0
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKinv1
+Record-Route: <sip:p1.example.com;lr>
+Record-Route: <sip:p2.example.com;lr>
+Max-Forwards: 70
+From: \"Alice\" <sip:alice@example.com>;tag=alicetag
+To: <sip:bot@192.0.2.1>
+Call-ID: call-1@198.51.100.7
+CSeq: 10 INVITE
+Contact: <sip:alice@198.51.100.7:5060>";
+
+/// A message from `head` (LF line ends, no Content-Length) and an SDP `body` (LF too).
+fn sip(head: &str, body: &str) -> SipMessage {
+    let body = body.replace('\n', "\r\n");
+    let mut text = head.replace('\n', "\r\n");
+    if !body.is_empty() {
+        text.push_str("\r\nContent-Type: application/sdp");
+    }
+    text.push_str(&format!("\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    parse(text.as_bytes()).unwrap()
+}
+
+fn in_dialog(method: &str, cseq: u32, branch: &str, extra: &str) -> String {
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!("\n{extra}")
+    };
+    format!(
+        "{method} sip:bridge@192.0.2.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch={branch}
+Max-Forwards: 70
+From: \"Alice\" <sip:alice@example.com>;tag=alicetag
+To: <sip:bot@192.0.2.1>;tag=uastag
+Call-ID: call-1@198.51.100.7
+CSeq: {cseq} {method}{extra}"
+    )
+}
+
+fn ack(cseq: u32) -> String {
+    in_dialog("ACK", cseq, &format!("z9hG4bKack{cseq}"), "")
+}
+
+fn config() -> UasConfig {
+    UasConfig {
+        contact: "sip:bridge@192.0.2.1:5060".to_owned(),
+        local_tag: "uastag".to_owned(),
+        via_sent_by: "192.0.2.1:5060".to_owned(),
+        media: LocalMedia::new("192.0.2.1".parse().unwrap(), 20000, 42, 1),
+        codecs: CodecPrefs::new([Codec::Pcmu, Codec::Pcma]),
+        timers: TimerConfig::default(),
+        reliable: false,
+        session_timer: SessionTimerConfig::default(),
+    }
+}
+
+/// One call on a simulated clock, recording what it sends and reports.
+struct Rig {
+    call: UasCall,
+    base: Instant,
+    now_ms: u64,
+    sent: Vec<(u64, Transmit)>,
+    events: Vec<DialogEvent>,
+}
+
+impl Rig {
+    fn new(invite: SipMessage) -> Self {
+        Self::with_config(invite, config())
+    }
+
+    fn with_config(invite: SipMessage, config: UasConfig) -> Self {
+        let base = Instant::now();
+        let call = UasCall::new(base, &invite, config).unwrap();
+        let mut rig = Self {
+            call,
+            base,
+            now_ms: 0,
+            sent: Vec::new(),
+            events: Vec::new(),
+        };
+        rig.drain();
+        rig
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.base + Duration::from_millis(ms)
+    }
+
+    fn drain(&mut self) {
+        while let Some(t) = self.call.poll_transmit() {
+            self.sent.push((self.now_ms, t));
+        }
+        while let Some(e) = self.call.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    /// Runs timers up to `ms`.
+    fn advance_to(&mut self, ms: u64) {
+        while let Some(deadline) = self.call.poll_timeout() {
+            if deadline > self.at(ms) {
+                break;
+            }
+            self.now_ms = deadline.duration_since(self.base).as_millis() as u64;
+            self.call.handle_timeout(deadline);
+            self.drain();
+        }
+        self.now_ms = ms;
+    }
+
+    fn act(&mut self, ms: u64, action: impl FnOnce(&mut UasCall, Instant)) {
+        self.advance_to(ms);
+        let now = self.at(ms);
+        action(&mut self.call, now);
+        self.drain();
+    }
+
+    fn request(&mut self, ms: u64, message: SipMessage) {
+        let raw: Wire = Arc::from(message.to_bytes());
+        self.act(ms, |call, now| call.handle_request(now, &message, raw));
+    }
+
+    fn response(&mut self, ms: u64, message: SipMessage) {
+        self.act(ms, |call, now| call.handle_response(now, &message));
+    }
+
+    /// Everything sent so far, parsed, and forgotten.
+    fn take(&mut self) -> Vec<(u64, SipMessage, Transmit)> {
+        self.sent
+            .drain(..)
+            .map(|(ms, t)| (ms, parse(&t.payload).unwrap(), t))
+            .collect()
+    }
+
+    fn take_events(&mut self) -> Vec<DialogEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Brings a call to Confirmed with the standard offer; the sent messages are dropped.
+    fn confirmed() -> Self {
+        let mut rig = Self::new(sip(INVITE_HEAD, OFFER));
+        rig.act(0, |c, now| c.answer(now).unwrap());
+        rig.request(100, sip(&ack(10), ""));
+        rig.take();
+        rig.take_events();
+        rig
+    }
+}
+
+fn status_line(m: &SipMessage) -> (u16, String) {
+    (m.status_code().unwrap(), m.reason().unwrap().to_owned())
+}
+
+fn body(m: &SipMessage) -> String {
+    String::from_utf8(m.body().to_vec()).unwrap()
+}
+
+fn reply_for(m: &SipMessage, code: u16, method: &str) {
+    assert_eq!(m.status_code(), Some(code), "{m}");
+    assert_eq!(m.cseq().method, method);
+}
+
+fn ok_to(request: &SipMessage) -> SipMessage {
+    parse(&build_response(request, 200, "OK", None)).unwrap()
+}
+
+#[test]
+fn basic_call_from_invite_to_remote_bye() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let trying = &sent[0].1;
+    assert_eq!(status_line(trying), (100, "Trying".to_owned()));
+    assert_eq!(trying.to().tag(), None);
+    assert_eq!(sent[0].2.destination, Destination::ReplyPerVia);
+
+    rig.act(10, |c, now| c.ring(now).unwrap());
+    let sent = rig.take();
+    let ringing = &sent[0].1;
+    assert_eq!(status_line(ringing), (180, "Ringing".to_owned()));
+    assert_eq!(ringing.to().tag(), Some("uastag"));
+    assert_eq!(
+        ringing.header("Contact"),
+        Some("<sip:bridge@192.0.2.1:5060>")
+    );
+    assert_eq!(ringing.record_routes().len(), 0);
+
+    rig.act(20, |c, now| c.answer(now).unwrap());
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let ok = &sent[0].1;
+    assert_eq!(status_line(ok), (200, "OK".to_owned()));
+    assert_eq!(ok.to().tag(), Some("uastag"));
+    assert_eq!(ok.from().tag(), Some("alicetag"));
+    assert_eq!(ok.call_id(), "call-1@198.51.100.7");
+    assert_eq!(ok.cseq().seq, 10);
+    assert_eq!(ok.top_via().branch(), Some("z9hG4bKinv1"));
+    assert_eq!(ok.content_type().as_deref(), Some("application/sdp"));
+    assert_eq!(ok.header("Allow"), Some(ALLOW));
+    assert_eq!(body(ok), ANSWER);
+    assert_eq!(ok.session_expires(), None);
+    let events = rig.take_events();
+    assert!(
+        matches!(&events[..], [DialogEvent::MediaNegotiated(n)] if n.codec == Codec::Pcmu
+        && n.telephone_event_pt == Some(101) && n.remote_rtp == "198.51.100.7:4000".parse().unwrap())
+    );
+    assert_eq!(rig.call.state(), CallState::Answered);
+
+    rig.request(100, sip(&ack(10), ""));
+    assert_eq!(rig.take_events(), vec![DialogEvent::Confirmed]);
+    assert_eq!(rig.call.state(), CallState::Confirmed);
+    rig.advance_to(5000);
+    assert!(rig.take().is_empty(), "no 2xx retransmission after the ACK");
+
+    let bye = sip(&in_dialog("BYE", 11, "z9hG4bKbye1", ""), "");
+    rig.request(6000, bye.clone());
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    reply_for(&sent[0].1, 200, "BYE");
+    assert_eq!(sent[0].1.top_via().branch(), Some("z9hG4bKbye1"));
+    assert_eq!(
+        rig.take_events(),
+        vec![DialogEvent::Ended {
+            by: EndedBy::Remote
+        }]
+    );
+    // A retransmitted BYE gets the same 200 from the server transaction.
+    rig.request(6500, bye);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].2.retransmission);
+    rig.advance_to(60_000);
+    assert!(rig.call.is_finished());
+}
+
+#[test]
+fn two_xx_is_retransmitted_on_t1_doubling_to_t2_until_ack() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.advance_to(16_000);
+    let times: Vec<u64> = rig
+        .take()
+        .into_iter()
+        .filter(|(_, m, _)| m.status_code() == Some(200))
+        .map(|(ms, _, _)| ms)
+        .collect();
+    assert_eq!(times, vec![0, 500, 1500, 3500, 7500, 11_500, 15_500]);
+    rig.request(16_100, sip(&ack(10), ""));
+    rig.advance_to(40_000);
+    assert!(rig.take().is_empty());
+    assert_eq!(rig.take_events().last(), Some(&DialogEvent::Confirmed));
+}
+
+#[test]
+fn no_ack_within_64_t1_sends_bye_at_32_s() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.take_events();
+    rig.advance_to(32_000);
+    let sent = rig.take();
+    let times: Vec<u64> = sent
+        .iter()
+        .filter(|(_, m, _)| m.status_code() == Some(200))
+        .map(|(ms, _, _)| *ms)
+        .collect();
+    assert_eq!(
+        times,
+        vec![
+            0, 500, 1500, 3500, 7500, 11_500, 15_500, 19_500, 23_500, 27_500, 31_500
+        ]
+    );
+    let (ms, bye, transmit) = sent.last().unwrap();
+    assert_eq!(*ms, 32_000);
+    assert_eq!(bye.method(), Some("BYE"));
+    assert_eq!(
+        transmit.destination,
+        Destination::Uri(Uri::parse("sip:p1.example.com;lr").unwrap())
+    );
+    assert_eq!(
+        rig.take_events(),
+        vec![
+            DialogEvent::AckTimeout,
+            DialogEvent::Ended {
+                by: EndedBy::AckTimeout
+            }
+        ]
+    );
+}
+
+#[test]
+fn cancel_before_answer_gets_200_and_the_invite_487() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(10, |c, now| c.ring(now).unwrap());
+    rig.take();
+    let cancel = "CANCEL sip:bot@192.0.2.1 SIP/2.0
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKinv1
+Max-Forwards: 70
+From: \"Alice\" <sip:alice@example.com>;tag=alicetag
+To: <sip:bot@192.0.2.1>
+Call-ID: call-1@198.51.100.7
+CSeq: 10 CANCEL";
+    rig.request(2000, sip(cancel, ""));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 2);
+    reply_for(&sent[0].1, 200, "CANCEL");
+    assert_eq!(sent[0].1.to().tag(), Some("uastag"));
+    let terminated = &sent[1].1;
+    assert_eq!(
+        status_line(terminated),
+        (487, "Request Terminated".to_owned())
+    );
+    assert_eq!(terminated.cseq().seq, 10);
+    assert_eq!(terminated.cseq().method, "INVITE");
+    assert_eq!(terminated.top_via().branch(), Some("z9hG4bKinv1"));
+    assert_eq!(terminated.to().tag(), Some("uastag"));
+    assert_eq!(
+        rig.take_events(),
+        vec![
+            DialogEvent::Cancelled,
+            DialogEvent::Ended {
+                by: EndedBy::Cancelled
+            }
+        ]
+    );
+    assert!(rig.call.answer(rig.at(2100)).is_err());
+    // The ACK for the 487 (same branch) stops its retransmission.
+    let ack487 = INVITE_HEAD
+        .replace("INVITE sip", "ACK sip")
+        .replace("10 INVITE", "10 ACK")
+        .replace(
+            "To: <sip:bot@192.0.2.1>",
+            "To: <sip:bot@192.0.2.1>;tag=uastag",
+        );
+    rig.request(2100, sip(&ack487, ""));
+    rig.advance_to(40_000);
+    assert!(rig.take().is_empty());
+    assert!(rig.call.is_finished());
+}
+
+#[test]
+fn cancel_after_answer_only_gets_200() {
+    let mut rig = Rig::confirmed();
+    let cancel = "CANCEL sip:bot@192.0.2.1 SIP/2.0
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKinv1
+From: \"Alice\" <sip:alice@example.com>;tag=alicetag
+To: <sip:bot@192.0.2.1>
+Call-ID: call-1@198.51.100.7
+CSeq: 10 CANCEL";
+    rig.request(200, sip(cancel, ""));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    reply_for(&sent[0].1, 200, "CANCEL");
+    assert!(rig.take_events().is_empty());
+    assert_eq!(rig.call.state(), CallState::Confirmed);
+}
+
+#[test]
+fn our_bye_uses_next_cseq_route_set_and_remote_target() {
+    let mut rig = Rig::confirmed();
+    rig.act(1000, |c, now| c.hang_up(now).unwrap());
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let (_, bye, transmit) = &sent[0];
+    assert_eq!(bye.method(), Some("BYE"));
+    assert_eq!(
+        bye.request_uri().unwrap().raw,
+        "sip:alice@198.51.100.7:5060"
+    );
+    assert_eq!(bye.cseq().seq, 1);
+    assert_eq!(bye.from().tag(), Some("uastag"));
+    assert_eq!(bye.to().tag(), Some("alicetag"));
+    assert_eq!(bye.call_id(), "call-1@198.51.100.7");
+    let routes: Vec<String> = bye.routes().iter().map(|r| r.uri.raw.clone()).collect();
+    assert_eq!(
+        routes,
+        vec!["sip:p1.example.com;lr", "sip:p2.example.com;lr"]
+    );
+    assert_eq!(
+        transmit.destination,
+        Destination::Uri(Uri::parse("sip:p1.example.com;lr").unwrap())
+    );
+    assert_eq!(
+        rig.take_events(),
+        vec![DialogEvent::Ended { by: EndedBy::Local }]
+    );
+    // Retransmitted until its response.
+    rig.advance_to(1500);
+    assert_eq!(rig.take().len(), 1);
+    rig.response(1600, ok_to(bye));
+    rig.advance_to(60_000);
+    assert!(rig.take().is_empty());
+    assert!(rig.call.is_finished());
+}
+
+#[test]
+fn cseq_of_our_requests_increments() {
+    // Session timer with us as refresher: the refresh UPDATE takes CSeq 1, the BYE 2.
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\nSupported: timer");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.request(100, sip(&ack(10), ""));
+    rig.take();
+    rig.advance_to(60_000);
+    let sent = rig.take();
+    let update = &sent.last().unwrap().1;
+    assert_eq!(update.method(), Some("UPDATE"));
+    assert_eq!(update.cseq().seq, 1);
+    assert!(rig.take_events().contains(&DialogEvent::RefreshDue));
+    rig.response(60_100, ok_to(update));
+    rig.act(61_000, |c, now| c.hang_up(now).unwrap());
+    let sent = rig.take();
+    assert_eq!(sent[0].1.method(), Some("BYE"));
+    assert_eq!(sent[0].1.cseq().seq, 2);
+}
+
+fn reinvite(cseq: u32, branch: &str, sdp: &str) -> SipMessage {
+    sip(
+        &in_dialog(
+            "INVITE",
+            cseq,
+            branch,
+            "Contact: <sip:alice@198.51.100.7:5060>",
+        ),
+        sdp,
+    )
+}
+
+#[test]
+fn reinvite_hold_and_resume() {
+    let mut rig = Rig::confirmed();
+    let hold = OFFER
+        .replace("a=sendrecv", "a=sendonly")
+        .replace("o=alice 1 1", "o=alice 1 2");
+    rig.request(1000, reinvite(11, "z9hG4bKre1", &hold));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let ok = &sent[0].1;
+    reply_for(ok, 200, "INVITE");
+    let answer = body(ok);
+    assert!(answer.contains("o=- 42 2 IN IP4 192.0.2.1\r\n"), "{answer}");
+    assert!(answer.ends_with("a=recvonly\r\n"), "{answer}");
+    let events = rig.take_events();
+    match &events[..] {
+        [DialogEvent::MediaChanged(terms, change)] => {
+            assert_eq!(terms.direction, Direction::RecvOnly);
+            assert!(change.hold_started);
+            assert!(terms.is_hold());
+        }
+        other => panic!("{other:?}"),
+    }
+    rig.request(1100, sip(&ack(11), ""));
+    rig.take();
+
+    let resume = OFFER.replace("o=alice 1 1", "o=alice 1 3");
+    rig.request(5000, reinvite(12, "z9hG4bKre2", &resume));
+    let sent = rig.take();
+    let answer = body(&sent[0].1);
+    assert!(answer.contains("o=- 42 3 IN IP4 192.0.2.1\r\n"), "{answer}");
+    assert!(answer.ends_with("a=sendrecv\r\n"), "{answer}");
+    match &rig.take_events()[..] {
+        [DialogEvent::MediaChanged(terms, change)] => {
+            assert_eq!(terms.direction, Direction::SendRecv);
+            assert!(change.resumed);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn reinvite_with_zero_address_is_hold_and_new_port_moves_remote() {
+    let mut rig = Rig::confirmed();
+    let hold = OFFER.replace("c=IN IP4 198.51.100.7", "c=IN IP4 0.0.0.0");
+    rig.request(1000, reinvite(11, "z9hG4bKre1", &hold));
+    rig.request(1100, sip(&ack(11), ""));
+    let events = rig.take_events();
+    assert!(matches!(&events[..], [DialogEvent::MediaChanged(_, c)] if c.hold_started));
+    let moved = OFFER
+        .replace("m=audio 4000", "m=audio 5000")
+        .replace("0 8 101", "8 101");
+    rig.request(2000, reinvite(12, "z9hG4bKre2", &moved));
+    let events = rig.take_events();
+    match &events[..] {
+        [DialogEvent::MediaChanged(terms, change)] => {
+            assert!(change.resumed && change.remote_moved && change.codec_changed);
+            assert_eq!(terms.codec, Codec::Pcma);
+            assert_eq!(terms.remote_rtp, "198.51.100.7:5000".parse().unwrap());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn second_reinvite_while_one_is_pending_gets_491() {
+    let mut rig = Rig::confirmed();
+    rig.request(1000, reinvite(11, "z9hG4bKre1", OFFER));
+    rig.take();
+    rig.request(1200, reinvite(12, "z9hG4bKre2", OFFER));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(status_line(&sent[0].1), (491, "Request Pending".to_owned()));
+    assert_eq!(sent[0].1.cseq().seq, 12);
+}
+
+#[test]
+fn update_with_sdp_is_answered_in_its_200() {
+    let mut rig = Rig::confirmed();
+    let hold = OFFER.replace("a=sendrecv", "a=inactive");
+    rig.request(1000, sip(&in_dialog("UPDATE", 11, "z9hG4bKup1", ""), &hold));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 200, "UPDATE");
+    assert!(body(&sent[0].1).ends_with("a=inactive\r\n"));
+    assert!(matches!(&rig.take_events()[..], [DialogEvent::MediaChanged(_, c)] if c.hold_started));
+}
+
+#[test]
+fn options_in_and_out_of_dialog() {
+    let mut rig = Rig::confirmed();
+    rig.request(1000, sip(&in_dialog("OPTIONS", 11, "z9hG4bKopt1", ""), ""));
+    let sent = rig.take();
+    let ok = &sent[0].1;
+    reply_for(ok, 200, "OPTIONS");
+    assert_eq!(ok.header("Allow"), Some(ALLOW));
+    assert_eq!(ok.header("Accept"), Some("application/sdp"));
+    assert_eq!(ok.header("Supported"), Some("timer"));
+
+    let options = sip(
+        "OPTIONS sip:bot@192.0.2.1 SIP/2.0
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKopt2
+From: <sip:monitor@example.com>;tag=m1
+To: <sip:bot@192.0.2.1>
+Call-ID: ping-1
+CSeq: 1 OPTIONS",
+        "",
+    );
+    let OutOfDialog::Reply(bytes) = respond_out_of_dialog(&options, "t1") else {
+        panic!("OPTIONS is answered");
+    };
+    let ok = parse(&bytes).unwrap();
+    assert_eq!(status_line(&ok), (200, "OK".to_owned()));
+    assert_eq!(ok.to().tag(), Some("t1"));
+    assert_eq!(ok.header("Allow"), Some(ALLOW));
+    assert_eq!(ok.header("Accept"), Some("application/sdp"));
+    assert_eq!(ok.header("Supported"), Some("timer"));
+}
+
+#[test]
+fn out_of_dialog_routing_results() {
+    let invite = sip(INVITE_HEAD, OFFER);
+    assert_eq!(respond_out_of_dialog(&invite, "t"), OutOfDialog::NewCall);
+    let missing = parse(&not_found(&invite, "t")).unwrap();
+    assert_eq!(status_line(&missing), (404, "Not Found".to_owned()));
+    let message = sip(
+        &in_dialog("MESSAGE", 1, "z9hG4bKm", "").replace(";tag=uastag", ""),
+        "",
+    );
+    let OutOfDialog::Reply(bytes) = respond_out_of_dialog(&message, "t") else {
+        panic!()
+    };
+    let reply = parse(&bytes).unwrap();
+    assert_eq!(status_line(&reply), (501, "Not Implemented".to_owned()));
+    assert_eq!(reply.header("Allow"), Some(ALLOW));
+    let bye = sip(&in_dialog("BYE", 2, "z9hG4bKb", ""), "");
+    let OutOfDialog::Reply(bytes) = respond_out_of_dialog(&bye, "t") else {
+        panic!()
+    };
+    assert_eq!(parse(&bytes).unwrap().status_code(), Some(481));
+    assert_eq!(
+        respond_out_of_dialog(&sip(&ack(3), ""), "t"),
+        OutOfDialog::Ignore
+    );
+}
+
+#[test]
+fn unknown_method_in_dialog_gets_501_with_allow() {
+    let mut rig = Rig::confirmed();
+    rig.request(1000, sip(&in_dialog("PUBLISH", 11, "z9hG4bKp", ""), ""));
+    let sent = rig.take();
+    assert_eq!(status_line(&sent[0].1), (501, "Not Implemented".to_owned()));
+    assert_eq!(sent[0].1.header("Allow"), Some(ALLOW));
+}
+
+#[test]
+fn cseq_regression_gets_500() {
+    let mut rig = Rig::confirmed();
+    rig.request(1000, sip(&in_dialog("OPTIONS", 11, "z9hG4bKo1", ""), ""));
+    rig.take();
+    rig.request(1100, sip(&in_dialog("OPTIONS", 11, "z9hG4bKo2", ""), ""));
+    rig.request(1200, sip(&in_dialog("BYE", 5, "z9hG4bKo3", ""), ""));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 2);
+    for (_, m, _) in &sent {
+        assert_eq!(status_line(m), (500, "Server Internal Error".to_owned()));
+    }
+    assert_eq!(rig.call.state(), CallState::Confirmed);
+}
+
+#[test]
+fn offerless_invite_gets_our_offer_and_the_ack_answers() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, ""));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let sent = rig.take();
+    let ok = &sent.last().unwrap().1;
+    assert_eq!(status_line(ok), (200, "OK".to_owned()));
+    let offer = body(ok);
+    assert!(
+        offer.contains("m=audio 20000 RTP/AVP 0 8 101\r\n"),
+        "{offer}"
+    );
+    assert!(rig.take_events().is_empty());
+    let answer = "v=0\no=alice 1 1 IN IP4 198.51.100.7\ns=-\nc=IN IP4 198.51.100.7\nt=0 0\n\
+m=audio 4000 RTP/AVP 8 101\na=rtpmap:101 telephone-event/8000\na=sendrecv\n";
+    rig.request(100, sip(&ack(10), answer));
+    match &rig.take_events()[..] {
+        [DialogEvent::MediaNegotiated(terms), DialogEvent::Confirmed] => {
+            assert_eq!(terms.codec, Codec::Pcma);
+            assert_eq!(terms.remote_rtp, "198.51.100.7:4000".parse().unwrap());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn offerless_invite_with_answerless_ack_ends_with_bye() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, ""));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.take();
+    rig.request(100, sip(&ack(10), ""));
+    let sent = rig.take();
+    assert_eq!(sent[0].1.method(), Some("BYE"));
+    assert_eq!(
+        rig.take_events(),
+        vec![
+            DialogEvent::Confirmed,
+            DialogEvent::Ended {
+                by: EndedBy::BadAnswer
+            }
+        ]
+    );
+}
+
+#[test]
+fn no_common_codec_gets_488_with_warning() {
+    let g722 = OFFER.replace("0 8 101", "9 101");
+    let mut rig = Rig::new(sip(INVITE_HEAD, &g722));
+    rig.take();
+    let result = rig.call.answer(rig.at(10));
+    assert!(matches!(
+        result,
+        Err(DialogError::Negotiation(
+            NegotiationError::NoCommonCodec { .. }
+        ))
+    ));
+    rig.drain();
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let refusal = &sent[0].1;
+    assert_eq!(
+        status_line(refusal),
+        (488, "Not Acceptable Here".to_owned())
+    );
+    let warning = refusal.header("Warning").unwrap();
+    assert!(
+        warning.starts_with("305 sip-realtime-bridge \""),
+        "{warning}"
+    );
+    assert_eq!(
+        rig.take_events(),
+        vec![DialogEvent::Ended {
+            by: EndedBy::Refused { status: 488 }
+        }]
+    );
+}
+
+#[test]
+fn session_timer_is_echoed_with_refresher() {
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 1800\nSupported: timer");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    let expires = ok.session_expires().unwrap();
+    assert_eq!(expires.delta, 1800);
+    assert_eq!(expires.refresher.as_deref(), Some("uac"));
+    assert_eq!(ok.require(), vec!["timer"]);
+    assert_eq!(ok.supported(), vec!["timer"]);
+}
+
+#[test]
+fn session_without_refresh_expires_with_bye() {
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 90;refresher=uac\nSupported: timer");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.request(100, sip(&ack(10), ""));
+    rig.take();
+    rig.take_events();
+    // A refresh at 40 s restarts the interval.
+    rig.request(
+        40_000,
+        sip(
+            &in_dialog(
+                "UPDATE",
+                11,
+                "z9hG4bKup",
+                "Session-Expires: 90;refresher=uac\nSupported: timer",
+            ),
+            "",
+        ),
+    );
+    let ok = rig.take().pop().unwrap().1;
+    reply_for(&ok, 200, "UPDATE");
+    assert_eq!(ok.session_expires().unwrap().delta, 90);
+    rig.advance_to(99_999);
+    assert!(rig.take().is_empty());
+    // 90 - min(32, 90/3) = 60 s after the refresh.
+    rig.advance_to(100_000);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, 100_000);
+    assert_eq!(sent[0].1.method(), Some("BYE"));
+    assert_eq!(
+        rig.take_events(),
+        vec![DialogEvent::Ended {
+            by: EndedBy::SessionExpired
+        }]
+    );
+}
+
+#[test]
+fn session_expires_below_min_se_gets_422() {
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 60\nSupported: timer");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].1.status_code(), Some(100));
+    let refusal = &sent[1].1;
+    assert_eq!(
+        status_line(refusal),
+        (422, "Session Interval Too Small".to_owned())
+    );
+    assert_eq!(refusal.min_se(), Some(90));
+    assert_eq!(
+        rig.take_events(),
+        vec![DialogEvent::Ended {
+            by: EndedBy::Refused { status: 422 }
+        }]
+    );
+}
+
+#[test]
+fn requests_for_another_dialog_get_481() {
+    let mut rig = Rig::confirmed();
+    let other = in_dialog("BYE", 11, "z9hG4bKx", "").replace("tag=uastag", "tag=other");
+    rig.request(1000, sip(&other, ""));
+    let sent = rig.take();
+    assert_eq!(sent[0].1.status_code(), Some(481));
+    assert_eq!(rig.call.state(), CallState::Confirmed);
+}
+
+#[test]
+fn construction_refuses_non_invites_and_tagged_invites() {
+    let bye = sip(&in_dialog("BYE", 1, "z9hG4bKb", ""), "");
+    assert_eq!(
+        UasCall::new(Instant::now(), &bye, config()).err(),
+        Some(DialogError::NotAnInvite)
+    );
+    let tagged = sip(&in_dialog("INVITE", 1, "z9hG4bKb", ""), "");
+    assert_eq!(
+        UasCall::new(Instant::now(), &tagged, config()).err(),
+        Some(DialogError::AlreadyInDialog)
+    );
+}
+
+#[test]
+fn hang_up_before_the_ack_waits_for_it() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.take();
+    rig.act(100, |c, now| c.hang_up(now).unwrap());
+    assert!(rig.take().is_empty(), "no BYE before the ACK (RFC 3261 15)");
+    rig.request(200, sip(&ack(10), ""));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.method(), Some("BYE"));
+    assert_eq!(
+        rig.take_events()[1..],
+        [
+            DialogEvent::Confirmed,
+            DialogEvent::Ended { by: EndedBy::Local }
+        ]
+    );
+}
+
+#[test]
+fn ack_with_another_to_tag_does_not_confirm() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.take_events();
+    rig.request(100, sip(&ack(10).replace("tag=uastag", "tag=other"), ""));
+    assert!(rig.take_events().is_empty());
+    assert_eq!(rig.call.state(), CallState::Answered);
+}
+
+#[test]
+fn retransmitted_invite_gets_the_latest_provisional_then_is_absorbed() {
+    let invite = sip(INVITE_HEAD, OFFER);
+    let mut rig = Rig::new(invite.clone());
+    rig.act(10, |c, now| c.ring(now).unwrap());
+    rig.take();
+    rig.request(500, invite.clone());
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.status_code(), Some(180));
+    assert!(sent[0].2.retransmission);
+    rig.act(600, |c, now| c.answer(now).unwrap());
+    rig.take();
+    rig.request(700, invite);
+    assert!(
+        rig.take().is_empty(),
+        "the 2xx is retransmitted on its timer only"
+    );
+}
+
+#[test]
+fn bye_on_the_early_dialog_ends_the_invite_with_487() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(10, |c, now| c.ring(now).unwrap());
+    rig.take();
+    rig.request(100, sip(&in_dialog("BYE", 11, "z9hG4bKeb", ""), ""));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 200, "BYE");
+    reply_for(&sent[1].1, 487, "INVITE");
+    assert_eq!(
+        rig.take_events(),
+        vec![DialogEvent::Ended {
+            by: EndedBy::Remote
+        }]
+    );
+}
+
+#[test]
+fn strict_route_goes_in_the_request_uri() {
+    let head = INVITE_HEAD
+        .replace("<sip:p1.example.com;lr>", "<sip:p1.example.com>")
+        .replace("Record-Route: <sip:p2.example.com;lr>\n", "");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.request(100, sip(&ack(10), ""));
+    rig.take();
+    rig.act(200, |c, now| c.hang_up(now).unwrap());
+    let (_, bye, transmit) = rig.take().pop().unwrap();
+    assert_eq!(bye.request_uri().unwrap().raw, "sip:p1.example.com");
+    let routes: Vec<String> = bye.routes().iter().map(|r| r.uri.raw.clone()).collect();
+    assert_eq!(routes, vec!["sip:alice@198.51.100.7:5060"]);
+    assert_eq!(
+        transmit.destination,
+        Destination::Uri(Uri::parse("sip:p1.example.com").unwrap())
+    );
+}
+
+#[test]
+fn no_route_set_sends_to_the_remote_target() {
+    let head = INVITE_HEAD.replace(
+        "Record-Route: <sip:p1.example.com;lr>\nRecord-Route: <sip:p2.example.com;lr>\n",
+        "",
+    );
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.request(100, sip(&ack(10), ""));
+    rig.take();
+    rig.act(200, |c, now| c.hang_up(now).unwrap());
+    let (_, bye, transmit) = rig.take().pop().unwrap();
+    assert!(bye.routes().is_empty());
+    assert_eq!(
+        transmit.destination,
+        Destination::Uri(Uri::parse("sip:alice@198.51.100.7:5060").unwrap())
+    );
+}
+
+#[test]
+fn update_with_offer_before_the_answer_gets_500_with_retry_after() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(10, |c, now| c.ring(now).unwrap());
+    rig.take();
+    rig.request(100, sip(&in_dialog("UPDATE", 11, "z9hG4bKu", ""), OFFER));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 500, "UPDATE");
+    assert_eq!(sent[0].1.header("Retry-After"), Some("2"));
+    assert_eq!(rig.call.state(), CallState::Early);
+}
+
+#[test]
+fn we_refresh_at_half_the_interval_with_update() {
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\nSupported: timer");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), Some("120;refresher=uas"));
+    rig.request(100, sip(&ack(10), ""));
+    rig.take_events();
+    rig.advance_to(59_999);
+    assert!(rig.take().is_empty());
+    rig.advance_to(60_000);
+    let (ms, update, _) = rig.take().pop().unwrap();
+    assert_eq!(ms, 60_000);
+    assert_eq!(update.method(), Some("UPDATE"));
+    assert_eq!(update.header("Session-Expires"), Some("120;refresher=uas"));
+    assert!(update.body().is_empty());
+    assert_eq!(rig.take_events(), vec![DialogEvent::RefreshDue]);
+    let mut reply = String::from_utf8(build_response(&update, 200, "OK", None)).unwrap();
+    reply = reply.replace(
+        "Content-Length: 0",
+        "Session-Expires: 120;refresher=uas\r\nContent-Length: 0",
+    );
+    rig.response(60_050, parse(reply.as_bytes()).unwrap());
+    // The next refresh is half an interval after the 2xx.
+    rig.advance_to(120_049);
+    assert!(
+        rig.take()
+            .iter()
+            .all(|(_, m, _)| m.method() != Some("UPDATE"))
+    );
+    rig.advance_to(120_050);
+    let sent = rig.take();
+    assert_eq!(sent.last().unwrap().1.method(), Some("UPDATE"));
+    assert_eq!(sent.last().unwrap().1.cseq().seq, 2);
+}
+
+#[test]
+fn reliable_transport_still_retransmits_the_2xx() {
+    let mut config = config();
+    config.reliable = true;
+    let mut rig = Rig::with_config(sip(INVITE_HEAD, OFFER), config);
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.advance_to(1000);
+    // RFC 3261 13.3.1.4: the 2xx is the UAS core's to retransmit on any transport (the ACK
+    // may cross an unreliable hop).
+    let times: Vec<u64> = rig
+        .take()
+        .into_iter()
+        .filter(|(_, m, _)| m.status_code() == Some(200))
+        .map(|(ms, _, _)| ms)
+        .collect();
+    assert_eq!(times, vec![0, 500]);
+    rig.request(1100, sip(&ack(10), ""));
+    rig.request(2000, sip(&in_dialog("BYE", 11, "z9hG4bKb", ""), ""));
+    assert_eq!(rig.take().len(), 1);
+    // Only Timer L of the INVITE transaction (64*T1, RFC 6026) is left.
+    rig.advance_to(31_999);
+    assert!(!rig.call.is_finished());
+    rig.advance_to(32_000);
+    assert!(rig.call.is_finished());
+    assert_eq!(rig.call.poll_timeout(), None);
+}
+
+/// Inputs for the no-panic property test.
+#[derive(Debug, Clone)]
+enum Step {
+    Request {
+        method: usize,
+        cseq: u32,
+        sdp: usize,
+        tagged: bool,
+    },
+    Garbled(Vec<u8>),
+    Response(u16),
+    Ring,
+    Answer,
+    Reject(u16),
+    HangUp,
+    Wait(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0usize..8, 0u32..30, 0usize..4, any::<bool>()).prop_map(|(method, cseq, sdp, tagged)| {
+            Step::Request {
+                method,
+                cseq,
+                sdp,
+                tagged,
+            }
+        }),
+        proptest::collection::vec(any::<u8>(), 0..200).prop_map(Step::Garbled),
+        (100u16..700).prop_map(Step::Response),
+        Just(Step::Ring),
+        Just(Step::Answer),
+        (0u16..800).prop_map(Step::Reject),
+        Just(Step::HangUp),
+        (0u64..100_000).prop_map(Step::Wait),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn no_panic_on_random_in_dialog_traffic(steps in proptest::collection::vec(step(), 0..40)) {
+        let methods = ["ACK", "BYE", "INVITE", "UPDATE", "OPTIONS", "CANCEL", "INFO", "REFER"];
+        let bodies = ["", OFFER, "garbage\n", "v=0\nm=audio 0 RTP/AVP 0\n"];
+        let mut rig = Rig::new(sip(INVITE_HEAD, ""));
+        let mut ms = 0u64;
+        let mut last_sent: Option<SipMessage> = None;
+        for step in steps {
+            ms += 1;
+            match step {
+                Step::Request { method, cseq, sdp, tagged } => {
+                    let method = methods[method];
+                    let mut text = in_dialog(method, cseq, &format!("z9hG4bK{cseq}{method}"), "");
+                    if !tagged {
+                        text = text.replace(";tag=uastag", "");
+                    }
+                    rig.request(ms, sip(&text, bodies[sdp]));
+                }
+                Step::Garbled(bytes) => {
+                    // Garbled input never reaches a core unparsed; what parses is fed.
+                    if let Ok(m) = parse(&bytes) {
+                        rig.request(ms, m);
+                    }
+                }
+                Step::Response(code) => {
+                    if let Some(request) = &last_sent {
+                        let reply = parse(&build_response(request, code, "X", Some("a"))).unwrap();
+                        rig.response(ms, reply);
+                    }
+                }
+                Step::Ring => rig.act(ms, |c, now| { let _ = c.ring(now); }),
+                Step::Answer => rig.act(ms, |c, now| { let _ = c.answer(now); }),
+                Step::Reject(code) => rig.act(ms, |c, now| { let _ = c.reject(now, code, "No"); }),
+                Step::HangUp => rig.act(ms, |c, now| { let _ = c.hang_up(now); }),
+                Step::Wait(delta) => { ms += delta; rig.advance_to(ms); }
+            }
+            for (_, m, _) in rig.take() {
+                if m.is_request() {
+                    last_sent = Some(m);
+                }
+            }
+        }
+        let ended = rig.events.iter().filter(|e| matches!(e, DialogEvent::Ended { .. })).count();
+        prop_assert!(ended <= 1);
+        if ended == 1 {
+            let last_is_end = matches!(rig.events.last(), Some(DialogEvent::Ended { .. }));
+            prop_assert!(last_is_end, "events after Ended: {:?}", rig.events);
+        }
+    }
+}
