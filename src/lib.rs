@@ -23,10 +23,10 @@
 //! | [`io`] | shell | tokio I/O: the WebSocket connect shell, the realtime session driver, `probe` |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
 //! | [`realtime`] | core | Realtime API client: dialects and connect URLs, typed events, `session.update` rendering, the session core (setup, response sequencing, output-audio ledger, tool calls) |
-//! | [`sip`] | core | SIP: [`sip::message`] (framing, lenient parsing, accessors, responses and 400s), [`sip::transaction`] (RFC 3261/6026 transactions and timers), [`sip::sdp`] (SDP and RFC 3264 offer/answer) |
+//! | [`sip`] | core | SIP: [`sip::message`] (framing, lenient parsing, accessors, responses and 400s), [`sip::transaction`] (RFC 3261/6026 transactions and timers), [`sip::dialog`] (the UAS call: answer, CANCEL, BYE, re-INVITE/UPDATE, session timers), [`sip::sdp`] (SDP and RFC 3264 offer/answer) |
 //!
-//! Rooms still to be built, each with its issue: the rest of `sip/` (dialogs, session timers,
-//! registration), `rtp/` (receive path, playout pacer, DTMF, RTCP) and `call` (one call's cores
+//! Rooms still to be built, each with its issue: the rest of `sip/` (transports, registration),
+//! `rtp/` (receive path, playout pacer, DTMF, RTCP) and `call` (one call's cores
 //! wired together, barge-in); `io/` grows a shell for each. The binary (`src/main.rs`) stays
 //! thin: command line, logging, runtime, signals.
 //!

@@ -918,7 +918,7 @@ impl UasCall {
                 .interval
                 .saturating_mul(2)
                 .min(self.config.timers.t2);
-            pending.next_retransmit = now + pending.interval;
+            pending.next_retransmit = after(now, pending.interval);
         }
     }
 
@@ -1144,9 +1144,9 @@ impl UasCall {
         self.pending_ack = Some(PendingAck {
             response,
             cseq,
-            next_retransmit: now + t1,
+            next_retransmit: after(now, t1),
             interval: t1,
-            give_up: now + self.config.timers.transaction_timeout(),
+            give_up: after(now, self.config.timers.transaction_timeout()),
             our_offer,
         });
     }
@@ -1405,6 +1405,13 @@ pub fn not_found(request: &SipMessage, local_tag: &str) -> Wire {
 }
 
 // ---- helpers ----
+
+/// `now + delay`, never panicking: timer values come from configuration, and a delay too large
+/// for `Instant` is capped at a year, which is "never" for a call.
+fn after(now: Instant, delay: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    now.checked_add(delay.min(YEAR)).unwrap_or(now)
+}
 
 /// The session timer after a (re)negotiation: the refresher acts at half the interval (RFC
 /// 4028 section 10); the other side gives up `min(32, SE/3)` seconds before the end.

@@ -1060,3 +1060,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn absurd_timer_values_do_not_panic() {
+    use crate::sip::transaction::TimerConfig;
+    let timers = TimerConfig {
+        t1: Duration::MAX,
+        t2: Duration::MAX,
+        t4: Duration::MAX,
+    };
+    let t0 = Instant::now();
+    let mut config = config();
+    config.timers = timers;
+    let mut call = UasCall::new(t0, &sip(INVITE_HEAD, OFFER), config).unwrap();
+    call.answer(t0).unwrap();
+    call.handle_timeout(t0 + Duration::from_secs(3600));
+    while call.poll_transmit().is_some() {}
+}
