@@ -33,7 +33,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::message::{NameAddr, SipMessage, Uri, build_response};
+use super::message::{NameAddr, SipMessage, Uri, build_response, sanitize};
 use super::sdp::{
     self, CodecPrefs, LocalMedia, MediaChange, Negotiated, NegotiationError, SessionDescription,
 };
@@ -45,6 +45,8 @@ use super::transaction::{
 #[cfg(test)]
 mod tests;
 
+/// Server transactions one call keeps at once (its INVITE, a re-INVITE, in-dialog requests).
+const MAX_SERVER_TRANSACTIONS: usize = 32;
 /// The methods we accept in a dialog, for `Allow`.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
 /// The option tags we support, for `Supported`.
@@ -359,8 +361,10 @@ impl UasCall {
             invite_key: server_key(invite),
             call_id: invite.call_id().to_owned(),
             remote_tag: invite.from().tag().map(str::to_owned),
-            local_party: invite.header("To").unwrap_or_default().to_owned(),
-            remote_party: invite.header("From").unwrap_or_default().to_owned(),
+            // Copied into the BYE and UPDATE we send: a bare CR in a display name must not
+            // become a line break (header injection) at a peer that splits on CR.
+            local_party: sanitize(invite.header("To").unwrap_or_default()),
+            remote_party: sanitize(invite.header("From").unwrap_or_default()),
             remote_target,
             // A UAS keeps Record-Route in the order received (RFC 3261 12.1.1).
             route_set: invite.record_routes(),
@@ -431,7 +435,7 @@ impl UasCall {
     /// Sends 180 Ringing.
     pub fn ring(&mut self, now: Instant) -> Result<(), DialogError> {
         self.require_state("ring", CallState::Early)?;
-        let response = self.response(&self.invite, 180, "Ringing", &self.contact_header());
+        let response = self.response(&self.invite, 180, "Ringing", &self.dialog_headers());
         self.ist_mut()
             .map(|ist| ist.send_provisional(now, 180, response))
             .transpose()?;
@@ -470,7 +474,7 @@ impl UasCall {
                 (text, parsed)
             }
         };
-        let mut extra = self.contact_header();
+        let mut extra = self.dialog_headers();
         extra.extend(self.capability_headers());
         extra.extend(self.negotiate_session_timer(now, &invite));
         let response = self.response_with_sdp(&invite, 200, "OK", &extra, &body);
@@ -1019,6 +1023,18 @@ impl UasCall {
         vec![("Contact", format!("<{}>", self.config.contact))]
     }
 
+    /// Headers of a response that creates the dialog: our Contact, and every Record-Route of
+    /// the INVITE in order (RFC 3261 12.1.1), so the caller's ACK and BYE cross the same proxies.
+    fn dialog_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = self.contact_header();
+        headers.extend(
+            self.invite
+                .header_values("Record-Route")
+                .map(|value| ("Record-Route", value.to_owned())),
+        );
+        headers
+    }
+
     fn capability_headers(&self) -> Vec<(&'static str, String)> {
         vec![
             ("Allow", ALLOW.to_owned()),
@@ -1154,6 +1170,17 @@ impl UasCall {
     /// Answers a non-INVITE request through its own server transaction, so that its
     /// retransmissions get the same response.
     fn reply_once(&mut self, now: Instant, key: TransactionKey, code: u16, response: Wire) {
+        // Anyone who knows the Call-ID can send requests that get a 481 or 501; keeping a
+        // transaction for each would let them grow this call without bound. Past the cap the
+        // answer goes out once, without a transaction to absorb retransmissions.
+        if self.servers.len() >= MAX_SERVER_TRANSACTIONS {
+            self.transmits.push_back(Transmit {
+                payload: response,
+                destination: Destination::ReplyPerVia,
+                retransmission: false,
+            });
+            return;
+        }
         let mut machine = NonInviteServer::new(now, self.config.timers, self.config.reliable);
         machine.handle_request(now);
         if machine.send_final(now, code, response).is_ok() {

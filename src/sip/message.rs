@@ -32,7 +32,7 @@ use std::fmt;
 
 pub use addr::{HostPort, NameAddr, Uri, Via};
 pub use framing::{Frame, FrameError, FramingLimits, StreamFramer, frame_datagram};
-pub use head::Param;
+pub use head::{Param, sanitize};
 pub use reply::{build_bad_request, build_error_response, build_response};
 
 /// Longest text copied from the wire into an error (version strings, schemes).

@@ -203,7 +203,13 @@ fn basic_call_from_invite_to_remote_bye() {
         ringing.header("Contact"),
         Some("<sip:bridge@192.0.2.1:5060>")
     );
-    assert_eq!(ringing.record_routes().len(), 0);
+    // The dialog-creating responses copy the INVITE's Record-Routes, in order.
+    let routes: Vec<String> = ringing
+        .record_routes()
+        .iter()
+        .map(|r| r.uri.raw.clone())
+        .collect();
+    assert_eq!(routes, ["sip:p1.example.com;lr", "sip:p2.example.com;lr"]);
 
     rig.act(20, |c, now| c.answer(now).unwrap());
     let sent = rig.take();
@@ -219,6 +225,7 @@ fn basic_call_from_invite_to_remote_bye() {
     assert_eq!(ok.header("Allow"), Some(ALLOW));
     assert_eq!(body(ok), ANSWER);
     assert_eq!(ok.session_expires(), None);
+    assert_eq!(ok.record_routes().len(), 2);
     let events = rig.take_events();
     assert!(
         matches!(&events[..], [DialogEvent::MediaNegotiated(n)] if n.codec == Codec::Pcmu
@@ -1076,4 +1083,48 @@ fn absurd_timer_values_do_not_panic() {
     call.answer(t0).unwrap();
     call.handle_timeout(t0 + Duration::from_secs(3600));
     while call.poll_transmit().is_some() {}
+}
+
+#[test]
+fn a_bare_cr_in_the_callers_name_cannot_inject_headers_into_our_bye() {
+    let head = INVITE_HEAD.replace(
+        "From: \"Alice\" <sip:alice@example.com>;tag=alicetag",
+        "From: \"Alice\rX-Evil: 1\" <sip:alice@example.com>;tag=alicetag",
+    );
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(10, |c, now| c.answer(now).unwrap());
+    rig.request(20, sip(&ack(10), ""));
+    rig.take();
+    rig.act(30, |c, now| c.hang_up(now).unwrap());
+    let sent = rig.take();
+    let bye = sent
+        .iter()
+        .find(|(_, m, _)| m.method() == Some("BYE"))
+        .expect("a BYE");
+    let bytes = &bye.2.payload;
+    let bare_cr = bytes.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n');
+    assert!(!bare_cr, "{}", String::from_utf8_lossy(bytes));
+    assert_eq!(bye.1.header("X-Evil"), None);
+}
+
+#[test]
+fn a_flood_of_in_dialog_requests_keeps_a_bounded_number_of_transactions() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(10, |c, now| c.answer(now).unwrap());
+    rig.request(20, sip(&ack(10), ""));
+    rig.take();
+    for n in 0..200u32 {
+        let request = in_dialog("FOO", 11 + n, &format!("z9hG4bKfoo{n}"), "");
+        rig.request(30, sip(&request, ""));
+    }
+    let sent = rig.take();
+    // Every request is answered once...
+    assert_eq!(sent.len(), 200);
+    assert!(sent.iter().all(|(_, m, _)| m.status_code() == Some(501)));
+    // ...but only a bounded number of transactions is kept to absorb retransmissions.
+    assert!(
+        rig.call.servers.len() <= MAX_SERVER_TRANSACTIONS,
+        "{}",
+        rig.call.servers.len()
+    );
 }
