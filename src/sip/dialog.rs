@@ -967,7 +967,12 @@ impl UasCall {
     fn session_expires_too_small(&self, request: &SipMessage) -> Option<u32> {
         let settings = self.config.session_timer;
         let expires = request.session_expires()?;
-        (settings.enabled && expires.delta < settings.min_se).then_some(settings.min_se)
+        // A 422 only helps a caller that can retry with our Min-SE (RFC 4028 section 9); when a
+        // proxy inserted the header for a caller without timer support, the interval is raised
+        // in the answer instead.
+        let supports =
+            has_tag(&request.supported(), "timer") || has_tag(&request.require(), "timer");
+        (settings.enabled && supports && expires.delta < settings.min_se).then_some(settings.min_se)
     }
 
     /// The headers of a 2xx to a session refresh (or the initial INVITE), and the timer they
@@ -986,7 +991,10 @@ impl UasCall {
         };
         let supports =
             has_tag(&request.supported(), "timer") || has_tag(&request.require(), "timer");
-        let interval = expires.delta.max(request.min_se().unwrap_or(0));
+        let interval = expires
+            .delta
+            .max(request.min_se().unwrap_or(0))
+            .max(self.config.session_timer.min_se);
         // The caller's choice stands; without one, the caller refreshes if it can (RFC 4028
         // section 9).
         let refresher = match expires.refresher.as_deref() {
@@ -1015,7 +1023,11 @@ impl UasCall {
     ) -> Vec<(&'static str, String)> {
         let mut extra = self.contact_header();
         extra.extend(self.capability_headers());
-        extra.extend(self.negotiate_session_timer(now, request));
+        // No session timer before the call is answered: its expiry would mean a BYE on an
+        // early dialog, which the callee must not send (RFC 3261 section 15).
+        if self.state != CallState::Early {
+            extra.extend(self.negotiate_session_timer(now, request));
+        }
         extra
     }
 

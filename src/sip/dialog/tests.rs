@@ -1128,3 +1128,37 @@ fn a_flood_of_in_dialog_requests_keeps_a_bounded_number_of_transactions() {
         rig.call.servers.len()
     );
 }
+
+#[test]
+fn a_short_session_interval_from_a_caller_without_timer_support_is_raised_not_refused() {
+    // A proxy added Session-Expires for a caller that cannot retry after a 422.
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 60");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1, "only the 100, no 422");
+    rig.act(10, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.status_code(), Some(200));
+    assert_eq!(ok.header("Session-Expires"), Some("90;refresher=uas"));
+    assert_eq!(ok.header("Require"), None);
+}
+
+#[test]
+fn an_update_in_the_early_dialog_starts_no_session_timer() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(10, |c, now| c.ring(now).unwrap());
+    rig.take();
+    let update = in_dialog(
+        "UPDATE",
+        11,
+        "z9hG4bKearly",
+        "Session-Expires: 90;refresher=uac\nSupported: timer",
+    );
+    rig.request(100, sip(&update, ""));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 200, "UPDATE");
+    assert_eq!(sent[0].1.header("Session-Expires"), None);
+    // Nothing fires later: no refresh, and above all no BYE on the early dialog.
+    rig.advance_to(200_000);
+    assert!(rig.take().iter().all(|(_, m, _)| m.method() != Some("BYE")));
+}
