@@ -1415,8 +1415,25 @@ pub fn respond_out_of_dialog(request: &SipMessage, local_tag: &str) -> OutOfDial
             None,
         ))
     };
+    // An extension the request requires and we lack is refused before anything else
+    // (RFC 3261 8.2.2.3); ACK and CANCEL are never refused for it.
+    let unsupported: Vec<String> = request
+        .require()
+        .into_iter()
+        .filter(|tag| {
+            !SUPPORTED
+                .split(',')
+                .any(|ours| ours.trim().eq_ignore_ascii_case(tag))
+        })
+        .map(sanitize_token)
+        .collect();
     match request.method() {
         None | Some("ACK") => OutOfDialog::Ignore,
+        Some(method) if method != "CANCEL" && !unsupported.is_empty() => reply(
+            420,
+            "Bad Extension",
+            &[("Unsupported", unsupported.join(", "))],
+        ),
         Some("INVITE") if request.to().tag().is_none() => OutOfDialog::NewCall,
         Some("OPTIONS") => reply(
             200,

@@ -1162,3 +1162,20 @@ fn an_update_in_the_early_dialog_starts_no_session_timer() {
     rig.advance_to(200_000);
     assert!(rig.take().iter().all(|(_, m, _)| m.method() != Some("BYE")));
 }
+
+#[test]
+fn a_required_extension_we_lack_gets_420_with_unsupported() {
+    let invite = sip(&format!("{INVITE_HEAD}\nRequire: 100rel, timer"), OFFER);
+    let OutOfDialog::Reply(reply) = respond_out_of_dialog(&invite, "t1") else {
+        panic!("an INVITE requiring 100rel must not become a call");
+    };
+    let reply = parse(&reply).unwrap();
+    assert_eq!(status_line(&reply), (420, "Bad Extension".to_owned()));
+    assert_eq!(reply.header("Unsupported"), Some("100rel"));
+    // What we support is fine.
+    let invite = sip(&format!("{INVITE_HEAD}\nRequire: timer"), OFFER);
+    assert!(matches!(
+        respond_out_of_dialog(&invite, "t1"),
+        OutOfDialog::NewCall
+    ));
+}

@@ -98,7 +98,39 @@ fn has_magic_cookie(branch: &str) -> bool {
         .is_some_and(|prefix| prefix.eq_ignore_ascii_case(MAGIC_COOKIE))
 }
 
+/// The most text a key may hold (2 KiB): a branch, a sent-by, or the RFC 2543 fields of a real
+/// request fit with room to spare.
+pub const MAX_KEY_BYTES: usize = 2048;
+
 impl TransactionKey {
+    /// The text this key holds, in bytes.
+    pub fn size(&self) -> usize {
+        match self {
+            Self::Server {
+                branch,
+                sent_by,
+                method,
+            } => branch.len() + sent_by.len() + method.len(),
+            Self::Rfc2543 {
+                request_uri,
+                call_id,
+                from_tag,
+                to_tag,
+                top_via,
+                method,
+                ..
+            } => {
+                request_uri.len()
+                    + call_id.len()
+                    + from_tag.as_ref().map_or(0, String::len)
+                    + to_tag.as_ref().map_or(0, String::len)
+                    + top_via.len()
+                    + method.len()
+            }
+            Self::Client { branch, method } => branch.len() + method.len(),
+        }
+    }
+
     /// The key a received request matches (RFC 3261 17.2.3).
     ///
     /// With a magic-cookie branch: branch + sent-by + method, ACK folded into INVITE. Without
@@ -209,6 +241,15 @@ impl TransactionTable {
 
     /// Registers a new transaction under `key` and returns its fresh id.
     pub fn insert(&mut self, key: TransactionKey) -> Result<TransactionId, TransactionError> {
+        // Keys copy text from the wire; a cap on their size bounds the table's memory by
+        // capacity x MAX_KEY_BYTES, whatever a flood puts in its Vias.
+        let bytes = key.size();
+        if bytes > MAX_KEY_BYTES {
+            return Err(TransactionError::KeyTooLarge {
+                bytes,
+                limit: MAX_KEY_BYTES,
+            });
+        }
         if self.by_key.contains_key(&key) {
             return Err(TransactionError::DuplicateKey);
         }

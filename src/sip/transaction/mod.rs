@@ -78,8 +78,8 @@ use std::time::{Duration, Instant};
 pub use invite_client::{InviteClient, InviteClientState};
 pub use invite_server::{InviteServer, InviteServerState};
 pub use key::{
-    DEFAULT_TABLE_CAPACITY, MAGIC_COOKIE, RequestFields, TransactionId, TransactionKey,
-    TransactionTable,
+    DEFAULT_TABLE_CAPACITY, MAGIC_COOKIE, MAX_KEY_BYTES, RequestFields, TransactionId,
+    TransactionKey, TransactionTable,
 };
 
 pub use non_invite_client::{NonInviteClient, NonInviteClientState};
@@ -114,6 +114,15 @@ pub enum TransactionError {
         status: StatusCode,
         /// The machine's state, for the log.
         state: &'static str,
+    },
+    /// The key's fields (branch, sent-by, or the RFC 2543 fields) are longer than any
+    /// legitimate request needs; the caller answers 400 or drops the request.
+    #[error("the transaction key is {bytes} bytes long (at most {limit})")]
+    KeyTooLarge {
+        /// The key's size.
+        bytes: usize,
+        /// [`MAX_KEY_BYTES`].
+        limit: usize,
     },
     /// The table holds its maximum number of transactions; the caller answers the request
     /// with 503 Service Unavailable.

@@ -945,3 +945,21 @@ mod property {
         }
     }
 }
+
+#[test]
+fn oversized_keys_are_refused_so_a_flood_cannot_grow_the_table_without_bound() {
+    let mut table = TransactionTable::new(10);
+    let long_branch = format!("z9hG4bK{}", "x".repeat(MAX_KEY_BYTES));
+    let key = TransactionKey::client(&long_branch, "OPTIONS");
+    assert!(key.size() > MAX_KEY_BYTES);
+    assert!(matches!(
+        table.insert(key),
+        Err(TransactionError::KeyTooLarge {
+            limit: MAX_KEY_BYTES,
+            ..
+        })
+    ));
+    assert!(table.is_empty());
+    let fits = TransactionKey::client("z9hG4bKshort", "OPTIONS");
+    assert!(table.insert(fits).is_ok());
+}
