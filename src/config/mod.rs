@@ -110,6 +110,21 @@ pub struct SipConfig {
     pub public_address: Option<PublicAddress>,
     /// The `User-Agent` / `Server` header value.
     pub user_agent: String,
+    /// Audio codecs offered and accepted, most preferred first (telephone-event is always
+    /// offered beside them).
+    pub codecs: Vec<CodecName>,
+    /// RFC 3261 T1, the round-trip estimate (first retransmission interval).
+    #[serde(with = "humantime_serde")]
+    pub t1: Duration,
+    /// RFC 3261 T2, the cap on retransmission intervals.
+    #[serde(with = "humantime_serde")]
+    pub t2: Duration,
+    /// RFC 4028 session timers.
+    pub session_timers: bool,
+    /// The shortest session interval accepted, in seconds (422 below it; at least 90).
+    pub min_se: u32,
+    /// The session interval we ask for when the caller names none, in seconds.
+    pub session_expires: u32,
 }
 
 impl Default for SipConfig {
@@ -128,8 +143,24 @@ impl Default for SipConfig {
             ],
             public_address: None,
             user_agent: concat!("sip-realtime-bridge/", env!("CARGO_PKG_VERSION")).into(),
+            codecs: vec![CodecName::Pcmu, CodecName::Pcma],
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            session_timers: true,
+            min_se: 90,
+            session_expires: 1800,
         }
     }
+}
+
+/// An audio codec name in `sip.codecs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecName {
+    /// G.711 mu-law.
+    Pcmu,
+    /// G.711 A-law.
+    Pcma,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -154,12 +185,17 @@ impl Default for RtpConfig {
 pub struct LimitsConfig {
     /// Calls beyond this many are refused with 503.
     pub max_calls: NonZeroU32,
+    /// A call still up after this long is ended with BYE (a stuck call must not run up the
+    /// model bill).
+    #[serde(with = "humantime_serde")]
+    pub max_call_duration: Duration,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_calls: NonZeroU32::new(100).expect("100 is not zero"),
+            max_call_duration: Duration::from_secs(2 * 3600),
         }
     }
 }
@@ -828,6 +864,48 @@ impl Config {
             if self.sip.listen.iter().take(i).any(|o| o == l) {
                 problem(format!("sip.listen[{i}]"), Problem::DuplicateListen(*l));
             }
+        }
+
+        if self.sip.codecs.is_empty() {
+            problem("sip.codecs".into(), Problem::Empty);
+        }
+        for (i, codec) in self.sip.codecs.iter().enumerate() {
+            if self.sip.codecs.iter().take(i).any(|c| c == codec) {
+                problem(
+                    format!("sip.codecs[{i}]"),
+                    Problem::Value("listed twice".into()),
+                );
+            }
+        }
+        if self.sip.t1.is_zero() || self.sip.t1 > Duration::from_secs(10) {
+            problem(
+                "sip.t1".into(),
+                Problem::Value("must be between 1ms and 10s".into()),
+            );
+        }
+        if self.sip.t2 < self.sip.t1 || self.sip.t2 > Duration::from_secs(60) {
+            problem(
+                "sip.t2".into(),
+                Problem::Value("must be at least t1 and at most 60s".into()),
+            );
+        }
+        if self.sip.min_se < 90 {
+            problem(
+                "sip.min_se".into(),
+                Problem::Value("must be at least 90 (RFC 4028)".into()),
+            );
+        }
+        if self.sip.session_expires < self.sip.min_se.max(90) {
+            problem(
+                "sip.session_expires".into(),
+                Problem::Value("must be at least sip.min_se".into()),
+            );
+        }
+        if self.limits.max_call_duration.is_zero() {
+            problem(
+                "limits.max_call_duration".into(),
+                Problem::Value("must be longer than 0s".into()),
+            );
         }
 
         for (name, profile) in &self.profiles {

@@ -50,6 +50,15 @@ fn minimal_configuration_gets_the_documented_defaults() {
     assert!(p.turn_detection.interrupt_response());
     assert!(p.greeting.is_none() && p.transcription.is_none() && p.tools.is_empty());
     assert!(c.sip.user_agent.starts_with("sip-realtime-bridge/"));
+    assert_eq!(c.sip.codecs, vec![CodecName::Pcmu, CodecName::Pcma]);
+    assert_eq!(c.sip.t1, std::time::Duration::from_millis(500));
+    assert_eq!(c.sip.t2, std::time::Duration::from_secs(4));
+    assert!(c.sip.session_timers);
+    assert_eq!((c.sip.min_se, c.sip.session_expires), (90, 1800));
+    assert_eq!(
+        c.limits.max_call_duration,
+        std::time::Duration::from_secs(7200)
+    );
 }
 
 #[test]
@@ -433,6 +442,48 @@ fn duplicate_listen_addresses_are_refused() {
     assert_eq!(
         only_problem(&none),
         ("sip.listen".into(), Problem::NoListen.to_string())
+    );
+}
+
+#[test]
+fn sip_timers_codecs_and_limits_are_checked() {
+    for (section, body, key) in [
+        ("sip", "codecs = []", "sip.codecs"),
+        ("sip", "codecs = [\"pcma\", \"pcma\"]", "sip.codecs[1]"),
+        ("sip", "t1 = \"0s\"", "sip.t1"),
+        ("sip", "t1 = \"11s\"\nt2 = \"20s\"", "sip.t1"),
+        ("sip", "t1 = \"2s\"\nt2 = \"1s\"", "sip.t2"),
+        ("sip", "min_se = 89\nsession_expires = 1800", "sip.min_se"),
+        (
+            "sip",
+            "min_se = 600\nsession_expires = 300",
+            "sip.session_expires",
+        ),
+        (
+            "limits",
+            "max_call_duration = \"0s\"",
+            "limits.max_call_duration",
+        ),
+    ] {
+        let toml = format!("[{section}]\n{body}\n{MINIMAL}");
+        assert_eq!(only_problem(&toml).0, key, "{body}");
+    }
+    let c = Config::from_toml(&format!(
+        "[sip]\ncodecs = [\"pcma\"]\nt1 = \"200ms\"\nmin_se = 120\nsession_expires = 120\n\
+         [limits]\nmax_call_duration = \"90s\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.sip.codecs, vec![CodecName::Pcma]);
+    assert_eq!(c.sip.t1, std::time::Duration::from_millis(200));
+    assert_eq!(c.sip.min_se, 120);
+    assert_eq!(
+        c.limits.max_call_duration,
+        std::time::Duration::from_secs(90)
+    );
+    assert!(
+        only_problem(&format!("[sip]\ncodecs = [\"opus\"]\n{MINIMAL}"))
+            .0
+            .starts_with("sip.codecs")
     );
 }
 
