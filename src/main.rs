@@ -325,7 +325,7 @@ fn run(path: &Path) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(serve()) {
+    match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "stopped on an error");
@@ -334,22 +334,22 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-/// Waits for a stop signal. The SIP, RTP and realtime shells attach here as they land.
-async fn serve() -> std::io::Result<()> {
+/// Binds the SIP sockets and serves calls until SIGTERM or SIGINT.
+async fn serve(config: Config) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    tracing::warn!(
-        "this build validates its configuration but does not handle calls yet (SIP, RTP and the \
-         realtime client are still to land); waiting for SIGTERM"
-    );
+    let listeners = sip_realtime_bridge::io::sip::Listeners::bind(&config).await?;
     tracing::info!("ready");
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
-            _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported yet; ignored"),
+    let stop = async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return; }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); return; }
+                _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported yet; ignored"),
+            }
         }
-    }
+    };
+    sip_realtime_bridge::io::sip::serve(std::sync::Arc::new(config), listeners, stop).await
 }

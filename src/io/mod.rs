@@ -7,6 +7,7 @@
 
 pub mod probe;
 pub mod realtime;
+pub mod sip;
 pub mod ws;
 
 /// Installs rustls' process-wide crypto provider (ring). tokio-tungstenite builds its TLS

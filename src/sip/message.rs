@@ -689,6 +689,68 @@ impl SipMessage {
         out
     }
 
+    /// Records where a request really came from in its top Via (RFC 3261 18.2.1, RFC 3581):
+    /// `received` when the sent-by host is not the source address (or the client asked for
+    /// `rport`), and the source port in `rport` when the client asked for it. Responses built
+    /// afterwards copy the stamped Via, and [`Via::reply_address`] reads it back. Responses are
+    /// left alone.
+    pub fn stamp_received(&mut self, source: std::net::SocketAddr) {
+        if !self.is_request() {
+            return;
+        }
+        let mut via = self.top_via.clone();
+        let wants_rport = via.rport().is_some();
+        let source_ip = source.ip().to_canonical();
+        let sent_by_ip = via
+            .sent_by
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| ip.to_canonical());
+        via.params.retain(|p| {
+            !(p.name.eq_ignore_ascii_case("received")
+                || (wants_rport && p.name.eq_ignore_ascii_case("rport")))
+        });
+        if wants_rport || sent_by_ip != Some(source_ip) {
+            via.params.push(head::Param {
+                name: "received".into(),
+                value: Some(source_ip.to_string()),
+            });
+        }
+        if wants_rport {
+            via.params.push(head::Param {
+                name: "rport".into(),
+                value: Some(source.port().to_string()),
+            });
+        }
+        if via == self.top_via {
+            return;
+        }
+        let Some(header) = self
+            .headers
+            .iter_mut()
+            .find(|h| head::same_name(&h.name, "Via"))
+        else {
+            return;
+        };
+        // Only the first element of the first Via line changes; the others are kept as
+        // received.
+        let rest = head::split_outside(&header.value, ',')
+            .and_then(|parts| parts.get(1..).map(|rest| rest.join(",")))
+            .unwrap_or_default();
+        header.value = if rest.is_empty() {
+            via.to_string()
+        } else {
+            format!("{via},{rest}")
+        };
+        if let Some(first) = self.vias.first_mut() {
+            *first = via.clone();
+        }
+        self.top_via = via;
+    }
+
     /// The message as an rsip message, after the gap fixes (see the module overview). Fails
     /// where rsip's own grammar does (IPv6 references, extension methods...).
     pub fn to_rsip(&self) -> Result<rsip::SipMessage, rsip::Error> {

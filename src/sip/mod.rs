@@ -17,6 +17,7 @@
 //! Still to come with the rest of the SIP issue: the UDP/TCP transport shells in `io/`.
 
 pub mod dialog;
+pub mod endpoint;
 pub mod message;
 pub mod sdp;
 pub mod transaction;

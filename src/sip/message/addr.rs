@@ -286,6 +286,67 @@ impl Via {
     pub fn rport(&self) -> Option<Option<u16>> {
         head::param(&self.params, "rport").map(|v| v.and_then(|p| p.parse().ok()))
     }
+
+    /// Whether the transport is reliable (TCP, TLS, SCTP, WS: anything but UDP).
+    pub fn is_reliable(&self) -> bool {
+        !self.transport.eq_ignore_ascii_case("UDP")
+    }
+
+    /// Where a response to this (stamped) Via goes, per RFC 3261 18.2.2 and RFC 3581: the
+    /// `received` address (else the sent-by host), at the `rport` port (else the sent-by
+    /// port, else 5060, or 5061 for TLS). `maddr` is not honoured: multicast replies are a
+    /// reflection risk and no telephony peer needs them. The host is a name when the sent-by
+    /// was one and no `received` was stamped.
+    pub fn reply_address(&self) -> HostPort {
+        let default_port = if self.transport.eq_ignore_ascii_case("TLS") {
+            5061
+        } else {
+            5060
+        };
+        let host = self
+            .received()
+            .map(|r| {
+                let bare = r.trim_start_matches('[').trim_end_matches(']');
+                if bare.contains(':') {
+                    format!("[{bare}]")
+                } else {
+                    bare.to_owned()
+                }
+            })
+            .unwrap_or_else(|| self.sent_by.host.clone());
+        let port = self
+            .rport()
+            .flatten()
+            .or(self.sent_by.port)
+            .unwrap_or(default_port);
+        HostPort {
+            host,
+            port: Some(port),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SIP/2.0/{} {}", self.transport, self.sent_by)?;
+        for param in &self.params {
+            match &param.value {
+                Some(value) => write!(f, ";{}={value}", param.name)?,
+                None => write!(f, ";{}", param.name)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -667,3 +667,78 @@ proptest! {
         exercise(&apply(original, &mutations));
     }
 }
+
+fn request_with_via(via: &str) -> SipMessage {
+    let text = format!(
+        "OPTIONS sip:bridge@127.0.0.1 SIP/2.0\r\nVia: {via}\r\nVia: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKsecond\r\n\
+         From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>\r\nCall-ID: stamp\r\n\
+         CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    parse(text.as_bytes()).unwrap()
+}
+
+#[test]
+fn received_and_rport_are_stamped_per_rfc_3261_and_3581() {
+    let source: std::net::SocketAddr = "127.0.0.7:40123".parse().unwrap();
+    // Sent-by names another host, no rport: received only; the reply goes to the sent-by
+    // port at the source address.
+    let mut m = request_with_via("SIP/2.0/UDP 192.0.2.2;branch=z9hG4bK1");
+    m.stamp_received(source);
+    assert_eq!(m.top_via().received(), Some("127.0.0.7"));
+    assert_eq!(m.top_via().rport(), None);
+    assert_eq!(m.top_via().reply_address().to_string(), "127.0.0.7:5060");
+    // The second Via is untouched, and the response copies the stamped one.
+    let response = String::from_utf8(build_response(&m, 200, "OK", Some("t"))).unwrap();
+    assert!(response.contains("Via: SIP/2.0/UDP 192.0.2.2;branch=z9hG4bK1;received=127.0.0.7\r\n"));
+    assert!(response.contains("Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKsecond\r\n"));
+
+    // rport asked for: received is always added and rport filled in with the source port.
+    let mut m = request_with_via("SIP/2.0/UDP 127.0.0.7:5070;rport;branch=z9hG4bK2");
+    m.stamp_received(source);
+    assert_eq!(m.top_via().received(), Some("127.0.0.7"));
+    assert_eq!(m.top_via().rport(), Some(Some(40123)));
+    assert_eq!(m.top_via().reply_address().to_string(), "127.0.0.7:40123");
+
+    // Sent-by is the source address and no rport: nothing to add; the sent-by port is used.
+    let mut m = request_with_via("SIP/2.0/UDP 127.0.0.7:5070;branch=z9hG4bK3");
+    m.stamp_received(source);
+    assert_eq!(m.top_via().received(), None);
+    assert_eq!(m.top_via().reply_address().to_string(), "127.0.0.7:5070");
+
+    // A forged received is replaced by the real source.
+    let mut m = request_with_via("SIP/2.0/TLS h.example;received=192.0.2.9;branch=z9hG4bK4");
+    m.stamp_received(source);
+    assert_eq!(m.top_via().received(), Some("127.0.0.7"));
+    assert_eq!(m.top_via().reply_address().to_string(), "127.0.0.7:5061");
+
+    // IPv6 source, bracketed in the reply address.
+    let mut m = request_with_via("SIP/2.0/UDP [2001:db8::1]:5070;rport;branch=z9hG4bK5");
+    m.stamp_received("[::1]:5999".parse().unwrap());
+    assert_eq!(m.top_via().reply_address().to_string(), "[::1]:5999");
+    assert!(
+        m.top_via()
+            .reply_address()
+            .host
+            .parse::<std::net::Ipv6Addr>()
+            .is_err()
+    );
+}
+
+#[test]
+fn a_via_line_with_several_values_keeps_the_others() {
+    let text = "OPTIONS sip:b@127.0.0.1 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 192.0.2.2;branch=z9hG4bKa , SIP/2.0/TCP 192.0.2.3;branch=z9hG4bKb\r\n\
+        From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>\r\nCall-ID: multi\r\n\
+        CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let mut m = parse(text.as_bytes()).unwrap();
+    m.stamp_received("127.0.0.1:5999".parse().unwrap());
+    assert_eq!(
+        m.header("Via").unwrap(),
+        "SIP/2.0/UDP 192.0.2.2;branch=z9hG4bKa;received=127.0.0.1, SIP/2.0/TCP 192.0.2.3;branch=z9hG4bKb"
+    );
+    assert_eq!(m.vias().len(), 2);
+    assert_eq!(m.vias()[1].sent_by.host, "192.0.2.3");
+    // The stamped message still parses the same way.
+    let again = parse(&m.to_bytes()).unwrap();
+    assert_eq!(again.top_via(), m.top_via());
+}

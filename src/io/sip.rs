@@ -1,0 +1,849 @@
+//! The SIP transport shell: UDP and TCP sockets around the sans-IO [`Endpoint`].
+//!
+//! One task (the *signalling loop*) owns the endpoint and everything that decides: it reads
+//! the clock (in [`now`], the only place), feeds the endpoint what the socket tasks received,
+//! runs its timers, sends what it asks for, and plays the call logic that is there until the
+//! call issue lands: admit by route and capacity, bind an RTP port, ring and answer at once,
+//! end a call at `limits.max_call_duration`.
+//!
+//! Socket tasks only move bytes:
+//!
+//! - one receive task per UDP socket (a datagram is a message; RFC 3261 18.3 framing is the
+//!   parser's);
+//! - one accept task per TCP listener, and per connection a reader (Content-Length framing by
+//!   [`StreamFramer`] with size and header-count limits, a partial-message timeout, and a
+//!   first-message timeout so idle connections cannot pile up) and a writer fed by a channel.
+//!   Connections are reused: responses go back over the connection the request came on, and
+//!   requests we send reuse a live connection to the peer before opening a new one.
+//!
+//! Wildcard listeners (`0.0.0.0`, `[::]`) learn the local address a peer reaches by asking the
+//! kernel's routing table (a connected, unused UDP socket), so Contact, Via and SDP name a real
+//! address; `sip.public_address` overrides that behind NAT. IPv6 sockets are v6-only, so
+//! `0.0.0.0` and `[::]` can both be listened on.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use crate::config::{CodecName, Config, PublicAddress, Transport};
+use crate::sip::dialog::{DialogEvent, SessionTimerConfig};
+use crate::sip::endpoint::{
+    Admission, Admit, CallHandle, Endpoint, EndpointConfig, EndpointEvent, Flow, Incoming,
+    Outgoing, Target, TransportKind,
+};
+use crate::sip::message::{FramingLimits, SipMessage, StreamFramer};
+use crate::sip::sdp::{Codec, CodecPrefs, LocalMedia};
+use crate::sip::transaction::{TimerConfig, Wire};
+
+/// Largest UDP datagram read.
+const MAX_DATAGRAM: usize = 65_535;
+/// A TCP connection that has not completed a message within this time after its first byte
+/// (or after connecting, for the first message) is closed.
+const PARTIAL_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// TCP connections at once; beyond it new ones are closed at accept.
+const MAX_CONNECTIONS: usize = 4096;
+/// Outbound TCP connect and DNS lookup limit.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages queued to one connection's writer before it is considered stuck.
+const WRITER_QUEUE: usize = 256;
+/// `Retry-After` of the 503 for a full house.
+const BUSY_RETRY_AFTER_SECS: u32 = 5;
+/// After a shutdown's BYEs, how long to wait for their answers.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The clock of the signalling loop: tokio's, so a paused test runtime drives it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The bound SIP sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every `sip.listen` address; the error names the address that failed.
+    pub async fn bind(config: &Config) -> io::Result<Self> {
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for listen in &config.sip.listen {
+            let named =
+                |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"));
+            match listen.transport {
+                Transport::Udp => udp.push(Arc::new(bind_udp(listen.addr).map_err(named)?)),
+                Transport::Tcp => tcp.push(bind_tcp(listen.addr).map_err(named)?),
+            }
+        }
+        Ok(Self { udp, tcp })
+    }
+
+    /// The bound addresses (with the ports the kernel chose for port 0), UDP first.
+    pub fn local_addrs(&self) -> Vec<(TransportKind, SocketAddr)> {
+        let udp = self
+            .udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .map(|a| (TransportKind::Udp, a));
+        let tcp = self
+            .tcp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .map(|a| (TransportKind::Tcp, a));
+        udp.chain(tcp).collect()
+    }
+}
+
+fn socket_for(addr: SocketAddr, kind: socket2::Type) -> io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, kind, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = socket_for(addr, socket2::Type::DGRAM)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket_for(addr, socket2::Type::STREAM)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// What socket tasks tell the signalling loop.
+enum NetEvent {
+    Datagram {
+        listener: usize,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    Message {
+        conn: u64,
+        bytes: Vec<u8>,
+    },
+    Opened {
+        conn: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        writer: mpsc::Sender<Wire>,
+    },
+    Closed {
+        conn: u64,
+    },
+}
+
+struct Connection {
+    local: SocketAddr,
+    remote: SocketAddr,
+    writer: mpsc::Sender<Wire>,
+}
+
+/// A call the interim call logic keeps: its RTP socket and when it must end.
+struct ActiveCall {
+    call_id: String,
+    /// Held so no one else takes the port; media lands with the media issue.
+    _rtp: Option<std::net::UdpSocket>,
+    deadline: Instant,
+    ended: bool,
+}
+
+/// Admission: routes, capacity, RTP ports.
+struct Admitter<'a> {
+    config: &'a Config,
+    active: usize,
+    ports: &'a mut RtpPorts,
+    public_ip: Option<IpAddr>,
+    /// RTP sockets bound for admitted INVITEs, by Call-ID, until their call is registered.
+    bound: &'a mut HashMap<String, std::net::UdpSocket>,
+}
+
+impl Admission for Admitter<'_> {
+    fn admit(&mut self, invite: &SipMessage, local: SocketAddr, _remote: SocketAddr) -> Admit {
+        let dialed = crate::sip::endpoint::dialed(invite);
+        let caller = crate::sip::endpoint::caller(invite);
+        let Some(route) = self.config.route(&dialed, &caller) else {
+            tracing::info!(call_id = invite.call_id(), %dialed, %caller, "no route: 404");
+            return Admit::Refuse {
+                status: 404,
+                reason: "Not Found",
+                retry_after: None,
+            };
+        };
+        if self.active >= self.config.limits.max_calls.get() as usize {
+            tracing::warn!(
+                call_id = invite.call_id(),
+                active = self.active,
+                "max_calls reached: 503"
+            );
+            return Admit::Refuse {
+                status: 503,
+                reason: "Service Unavailable",
+                retry_after: Some(BUSY_RETRY_AFTER_SECS),
+            };
+        }
+        let Some(socket) = self.ports.bind(local.ip()) else {
+            tracing::warn!(call_id = invite.call_id(), "RTP port range exhausted: 503");
+            return Admit::Refuse {
+                status: 503,
+                reason: "Service Unavailable",
+                retry_after: Some(BUSY_RETRY_AFTER_SECS),
+            };
+        };
+        let port = socket.local_addr().map(|a| a.port()).unwrap_or_default();
+        self.bound.insert(invite.call_id().to_owned(), socket);
+        tracing::debug!(
+            call_id = invite.call_id(),
+            route = route.label(),
+            rtp_port = port,
+            "admitted"
+        );
+        let session = random_u64() >> 2;
+        Admit::Accept {
+            media: LocalMedia::new(self.public_ip.unwrap_or(local.ip()), port, session, session),
+        }
+    }
+}
+
+/// RTP port pairs from the configured range, bound round-robin.
+struct RtpPorts {
+    first: u16,
+    last: u16,
+    next: u16,
+}
+
+impl RtpPorts {
+    fn new(config: &Config) -> Self {
+        let (first, last) = (config.rtp.port_range.first(), config.rtp.port_range.last());
+        Self {
+            first,
+            last,
+            next: first,
+        }
+    }
+
+    /// Binds the next free even port on `ip` whose odd neighbour is free too (checked by
+    /// binding it briefly: RTCP lands with the media issue).
+    fn bind(&mut self, ip: IpAddr) -> Option<std::net::UdpSocket> {
+        let pairs = (u32::from(self.last) - u32::from(self.first)).div_ceil(2);
+        for _ in 0..pairs {
+            let port = self.next;
+            self.next = if u32::from(port) + 3 > u32::from(self.last) {
+                self.first
+            } else {
+                port + 2
+            };
+            let Ok(rtp) = std::net::UdpSocket::bind(SocketAddr::new(ip, port)) else {
+                continue;
+            };
+            if std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1)).is_ok() {
+                return Some(rtp);
+            }
+        }
+        None
+    }
+}
+
+fn random_u64() -> u64 {
+    // The OS generator; if it fails (it does not on Linux), fall back to the clock and
+    // address-space layout, which is still unique enough for tags.
+    getrandom::u64().unwrap_or_else(|_| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        t.rotate_left(17) ^ u64::from(std::process::id())
+    })
+}
+
+/// Runs the SIP side until `shutdown` resolves, then hangs up every call and returns.
+pub async fn serve(
+    config: Arc<Config>,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(4096);
+    let conn_ids = Arc::new(AtomicU64::new(1));
+    for (kind, addr) in listeners.local_addrs() {
+        tracing::info!(transport = kind.name(), %addr, "listening");
+    }
+    let udp = listeners.udp.clone();
+    for (index, socket) in listeners.udp.iter().enumerate() {
+        tokio::spawn(udp_receiver(index, Arc::clone(socket), net_tx.clone()));
+    }
+    for listener in listeners.tcp {
+        tokio::spawn(tcp_acceptor(
+            listener,
+            net_tx.clone(),
+            Arc::clone(&conn_ids),
+        ));
+    }
+
+    let public_ip = match &config.sip.public_address {
+        Some(PublicAddress::Ip(ip)) => Some(*ip),
+        _ => None,
+    };
+    let mut endpoint = Endpoint::new(endpoint_config(&config), Box::new(random_u64));
+    let mut state = Loop {
+        config: Arc::clone(&config),
+        udp,
+        net_tx: net_tx.clone(),
+        conn_ids,
+        connections: HashMap::new(),
+        by_remote: HashMap::new(),
+        local_ips: HashMap::new(),
+        calls: HashMap::new(),
+        deadlines: BTreeSet::new(),
+        ports: RtpPorts::new(&config),
+        bound: HashMap::new(),
+        public_ip,
+    };
+    drop(net_tx);
+
+    tokio::pin!(shutdown);
+    let mut stopping: Option<tokio::time::Instant> = None;
+    loop {
+        let wake = [
+            endpoint.poll_timeout(),
+            state.deadlines.first().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let sleep = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let grace = async {
+            match stopping {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = net_rx.recv() => match event {
+                Some(event) => state.network(&mut endpoint, event),
+                None => return Ok(()),
+            },
+            () = sleep => {
+                let now = now();
+                endpoint.handle_timeout(now);
+                state.expire_calls(&mut endpoint, now);
+            }
+            () = &mut shutdown, if stopping.is_none() => {
+                let calls = state.calls.values().filter(|c| !c.ended).count();
+                tracing::info!(calls, "stopping: hanging up every call");
+                state.hang_up_all(&mut endpoint);
+                stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            }
+            () = grace => return Ok(()),
+        }
+        state.drain(&mut endpoint);
+        if stopping.is_some() && endpoint.call_count() == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn endpoint_config(config: &Config) -> EndpointConfig {
+    let codecs = CodecPrefs::new(config.sip.codecs.iter().map(|c| match c {
+        CodecName::Pcmu => Codec::Pcmu,
+        CodecName::Pcma => Codec::Pcma,
+    }));
+    EndpointConfig {
+        public_host: config.sip.public_address.as_ref().map(|a| match a {
+            PublicAddress::Ip(IpAddr::V6(v6)) => format!("[{v6}]"),
+            other => other.to_string(),
+        }),
+        codecs,
+        timers: TimerConfig {
+            t1: config.sip.t1,
+            t2: config.sip.t2,
+            ..TimerConfig::default()
+        },
+        session_timer: SessionTimerConfig {
+            enabled: config.sip.session_timers,
+            min_se: config.sip.min_se,
+        },
+        contact_user: "bridge".to_owned(),
+    }
+}
+
+struct Loop {
+    config: Arc<Config>,
+    udp: Vec<Arc<UdpSocket>>,
+    net_tx: mpsc::Sender<NetEvent>,
+    conn_ids: Arc<AtomicU64>,
+    connections: HashMap<u64, Connection>,
+    by_remote: HashMap<SocketAddr, u64>,
+    /// Local address the kernel uses towards a peer, for wildcard sockets.
+    local_ips: HashMap<IpAddr, IpAddr>,
+    calls: HashMap<CallHandle, ActiveCall>,
+    deadlines: BTreeSet<(Instant, CallHandle)>,
+    ports: RtpPorts,
+    bound: HashMap<String, std::net::UdpSocket>,
+    public_ip: Option<IpAddr>,
+}
+
+impl Loop {
+    fn network(&mut self, endpoint: &mut Endpoint, event: NetEvent) {
+        match event {
+            NetEvent::Datagram {
+                listener,
+                from,
+                bytes,
+            } => {
+                let Some(local) = self.udp.get(listener).and_then(|s| s.local_addr().ok()) else {
+                    return;
+                };
+                let local = self.concrete_local(local, from);
+                trace_message("recv", TransportKind::Udp, from, &bytes);
+                self.incoming(endpoint, Flow::Udp(listener), local, from, &bytes);
+            }
+            NetEvent::Message { conn, bytes } => {
+                let Some(c) = self.connections.get(&conn) else {
+                    return;
+                };
+                let (local, remote) = (c.local, c.remote);
+                trace_message("recv", TransportKind::Tcp, remote, &bytes);
+                self.incoming(endpoint, Flow::Tcp(conn), local, remote, &bytes);
+            }
+            NetEvent::Opened {
+                conn,
+                local,
+                remote,
+                writer,
+            } => {
+                tracing::debug!(conn, %remote, "TCP connection open");
+                self.by_remote.insert(remote, conn);
+                self.connections.insert(
+                    conn,
+                    Connection {
+                        local,
+                        remote,
+                        writer,
+                    },
+                );
+            }
+            NetEvent::Closed { conn } => {
+                if let Some(c) = self.connections.remove(&conn) {
+                    tracing::debug!(conn, remote = %c.remote, "TCP connection closed");
+                    if self.by_remote.get(&c.remote) == Some(&conn) {
+                        self.by_remote.remove(&c.remote);
+                    }
+                }
+            }
+        }
+    }
+
+    fn incoming(
+        &mut self,
+        endpoint: &mut Endpoint,
+        flow: Flow,
+        local: SocketAddr,
+        remote: SocketAddr,
+        bytes: &[u8],
+    ) {
+        let active = self.calls.values().filter(|c| !c.ended).count();
+        let mut admitter = Admitter {
+            config: &self.config,
+            active,
+            ports: &mut self.ports,
+            public_ip: self.public_ip,
+            bound: &mut self.bound,
+        };
+        endpoint.handle_incoming(
+            now(),
+            Incoming {
+                flow,
+                local,
+                remote,
+                bytes,
+            },
+            &mut admitter,
+        );
+    }
+
+    /// The concrete local address for a peer when the socket is a wildcard.
+    fn concrete_local(&mut self, local: SocketAddr, peer: SocketAddr) -> SocketAddr {
+        if !local.ip().is_unspecified() {
+            return local;
+        }
+        if self.local_ips.len() > 10_000 {
+            self.local_ips.clear();
+        }
+        let ip = *self
+            .local_ips
+            .entry(peer.ip())
+            .or_insert_with(|| route_source(peer).unwrap_or(local.ip()));
+        SocketAddr::new(ip, local.port())
+    }
+
+    fn expire_calls(&mut self, endpoint: &mut Endpoint, now: Instant) {
+        let due: Vec<CallHandle> = self
+            .deadlines
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, h)| *h)
+            .collect();
+        for handle in due {
+            if let Some(call) = self.calls.get(&handle) {
+                self.deadlines.remove(&(call.deadline, handle));
+                tracing::info!(call = %handle, call_id = %call.call_id, "max_call_duration reached: hanging up");
+            }
+            if let Err(error) = endpoint.hang_up(now, handle) {
+                tracing::debug!(call = %handle, %error, "hang-up at max_call_duration");
+            }
+        }
+    }
+
+    fn hang_up_all(&mut self, endpoint: &mut Endpoint) {
+        let now = now();
+        let handles: Vec<CallHandle> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| !c.ended)
+            .map(|(h, _)| *h)
+            .collect();
+        for handle in handles {
+            if let Err(error) = endpoint.hang_up(now, handle) {
+                tracing::debug!(call = %handle, %error, "hang-up at shutdown");
+            }
+        }
+    }
+
+    /// Sends what the endpoint has to send and plays the call logic on its events, until
+    /// neither has anything left.
+    fn drain(&mut self, endpoint: &mut Endpoint) {
+        loop {
+            let mut busy = false;
+            while let Some(out) = endpoint.poll_transmit() {
+                busy = true;
+                self.send(out);
+            }
+            while let Some(event) = endpoint.poll_event() {
+                busy = true;
+                self.call_logic(endpoint, event);
+            }
+            // Admitted INVITEs that produced no call (not expected) must not hold ports.
+            if !busy {
+                self.bound.clear();
+                return;
+            }
+        }
+    }
+
+    fn call_logic(&mut self, endpoint: &mut Endpoint, event: EndpointEvent) {
+        let now = now();
+        match event {
+            EndpointEvent::IncomingCall {
+                call,
+                call_id,
+                dialed,
+                caller,
+                remote,
+                transport,
+            } => {
+                tracing::info!(call = %call, %call_id, %dialed, %caller, %remote, transport = transport.name(), "incoming call");
+                let deadline = now
+                    .checked_add(self.config.limits.max_call_duration)
+                    .unwrap_or(now);
+                self.deadlines.insert((deadline, call));
+                self.calls.insert(
+                    call,
+                    ActiveCall {
+                        _rtp: self.bound.remove(&call_id),
+                        call_id,
+                        deadline,
+                        ended: false,
+                    },
+                );
+                // Until the call issue connects the model first, answer at once.
+                let result = endpoint
+                    .ring(now, call)
+                    .and_then(|()| endpoint.answer(now, call));
+                if let Err(error) = result {
+                    tracing::info!(call = %call, %error, "call not answered");
+                }
+            }
+            EndpointEvent::Dialog { call, event } => match event {
+                DialogEvent::Ended { .. } => {
+                    tracing::info!(call = %call, ?event, "call ended");
+                    if let Some(active) = self.calls.remove(&call) {
+                        self.deadlines.remove(&(active.deadline, call));
+                    }
+                }
+                DialogEvent::MediaNegotiated(ref n) | DialogEvent::MediaChanged(ref n, _) => {
+                    tracing::info!(call = %call, codec = n.codec.encoding(), remote_rtp = %n.remote_rtp, direction = ?n.direction, "media");
+                }
+                other => tracing::debug!(call = %call, event = ?other, "dialog"),
+            },
+        }
+    }
+
+    fn send(&mut self, out: Outgoing) {
+        trace_message(
+            if out.retransmission { "resend" } else { "send" },
+            out.transport,
+            match &out.target {
+                Target::Addr(a) => *a,
+                Target::Host(..) => SocketAddr::from(([0, 0, 0, 0], 0)),
+            },
+            &out.payload,
+        );
+        match (out.transport, out.target) {
+            (TransportKind::Udp, Target::Addr(to)) => {
+                send_udp(&self.udp, out.flow, to, &out.payload);
+            }
+            (TransportKind::Tcp, Target::Addr(to)) => {
+                let conn = out
+                    .flow
+                    .and_then(|f| match f {
+                        Flow::Tcp(c) if self.connections.contains_key(&c) => Some(c),
+                        _ => None,
+                    })
+                    .or_else(|| self.by_remote.get(&to).copied());
+                match conn.and_then(|c| self.connections.get(&c)) {
+                    Some(c) => {
+                        if c.writer.try_send(out.payload).is_err() {
+                            tracing::warn!(remote = %c.remote, "TCP writer stuck or gone: message dropped");
+                        }
+                    }
+                    None => {
+                        tokio::spawn(connect_and_send(
+                            to,
+                            out.payload,
+                            self.net_tx.clone(),
+                            Arc::clone(&self.conn_ids),
+                        ));
+                    }
+                }
+            }
+            (transport, Target::Host(host, port)) => {
+                let udp = self.udp.clone();
+                let net_tx = self.net_tx.clone();
+                let conn_ids = Arc::clone(&self.conn_ids);
+                let flow = out.flow;
+                let payload = out.payload;
+                tokio::spawn(async move {
+                    let lookup = tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        tokio::net::lookup_host((host.as_str(), port)),
+                    )
+                    .await;
+                    let Some(to) = lookup.ok().and_then(Result::ok).and_then(|mut a| a.next())
+                    else {
+                        tracing::warn!(%host, "cannot resolve: message dropped");
+                        return;
+                    };
+                    match transport {
+                        TransportKind::Udp => send_udp(&udp, flow, to, &payload),
+                        TransportKind::Tcp => connect_and_send(to, payload, net_tx, conn_ids).await,
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn send_udp(udp: &[Arc<UdpSocket>], flow: Option<Flow>, to: SocketAddr, payload: &[u8]) {
+    let same_family =
+        |s: &Arc<UdpSocket>| s.local_addr().is_ok_and(|a| a.is_ipv4() == to.is_ipv4());
+    let preferred = match flow {
+        Some(Flow::Udp(i)) => udp.get(i).filter(|s| same_family(s)),
+        _ => None,
+    };
+    let Some(socket) = preferred.or_else(|| udp.iter().find(|s| same_family(s))) else {
+        tracing::warn!(%to, "no UDP socket of that address family: message dropped");
+        return;
+    };
+    // try_send_to: a full socket buffer drops the datagram, as the network may; the
+    // transaction layer retransmits.
+    if let Err(error) = socket.try_send_to(payload, to) {
+        tracing::debug!(%to, %error, "UDP send failed");
+    }
+}
+
+/// The local address the kernel would use to reach `peer`.
+fn route_source(peer: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if peer.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(peer).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
+}
+
+fn trace_message(what: &str, transport: TransportKind, peer: SocketAddr, bytes: &[u8]) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let first = bytes
+            .split(|&b| b == b'\n')
+            .find(|l| !l.iter().all(|b| b.is_ascii_whitespace()))
+            .unwrap_or_default();
+        let first = String::from_utf8_lossy(first);
+        tracing::debug!(transport = transport.name(), %peer, "{what} {}", first.trim_end());
+        tracing::trace!("{}", String::from_utf8_lossy(bytes));
+    }
+}
+
+async fn udp_receiver(index: usize, socket: Arc<UdpSocket>, net_tx: mpsc::Sender<NetEvent>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((len, from)) => {
+                let bytes = buf.get(..len).unwrap_or_default().to_vec();
+                let event = NetEvent::Datagram {
+                    listener: index,
+                    from,
+                    bytes,
+                };
+                if net_tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            // ICMP port unreachable and friends surface here on Linux; they are not fatal.
+            Err(error) => tracing::debug!(%error, "UDP receive error"),
+        }
+    }
+}
+
+async fn tcp_acceptor(listener: TcpListener, net_tx: mpsc::Sender<NetEvent>, ids: Arc<AtomicU64>) {
+    let open = Arc::new(AtomicU64::new(0));
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                if open.load(Ordering::Relaxed) as usize >= MAX_CONNECTIONS {
+                    tracing::warn!(%remote, "too many TCP connections: refused");
+                    continue;
+                }
+                let conn = ids.fetch_add(1, Ordering::Relaxed);
+                let open = Arc::clone(&open);
+                open.fetch_add(1, Ordering::Relaxed);
+                let net_tx = net_tx.clone();
+                tokio::spawn(async move {
+                    run_connection(conn, stream, None, net_tx).await;
+                    open.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connect_and_send(
+    to: SocketAddr,
+    payload: Wire,
+    net_tx: mpsc::Sender<NetEvent>,
+    ids: Arc<AtomicU64>,
+) {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+        Ok(Ok(stream)) => {
+            let conn = ids.fetch_add(1, Ordering::Relaxed);
+            run_connection(conn, stream, Some(payload), net_tx).await;
+        }
+        Ok(Err(error)) => tracing::info!(%to, %error, "TCP connect failed: message dropped"),
+        Err(_) => tracing::info!(%to, "TCP connect timed out: message dropped"),
+    }
+}
+
+/// Reads framed messages from one connection and writes what the loop queues for it.
+async fn run_connection(
+    conn: u64,
+    stream: TcpStream,
+    first: Option<Wire>,
+    net_tx: mpsc::Sender<NetEvent>,
+) {
+    let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Wire>(WRITER_QUEUE);
+    if let Some(first) = first {
+        let _ = tx.try_send(first);
+    }
+    let opened = NetEvent::Opened {
+        conn,
+        local,
+        remote,
+        writer: tx,
+    };
+    if net_tx.send(opened).await.is_err() {
+        return;
+    }
+    let write_task = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+
+    let mut framer = StreamFramer::new(FramingLimits::default());
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut received_any = false;
+    'read: loop {
+        // A message in progress (or none yet on a fresh connection) must complete in time.
+        let limit = (framer.buffered() > 0 || !received_any).then_some(PARTIAL_MESSAGE_TIMEOUT);
+        let read = match limit {
+            Some(limit) => match tokio::time::timeout(limit, reader.read(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    tracing::info!(conn, %remote, buffered = framer.buffered(), "TCP message incomplete too long: closing");
+                    break;
+                }
+            },
+            None => reader.read(&mut buf).await,
+        };
+        let n = match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        framer.push(buf.get(..n).unwrap_or_default());
+        loop {
+            match framer.next_message() {
+                Ok(Some(bytes)) => {
+                    received_any = true;
+                    if net_tx
+                        .send(NetEvent::Message { conn, bytes })
+                        .await
+                        .is_err()
+                    {
+                        break 'read;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // RFC 3261 18.3: a stream whose framing is lost cannot be resynchronised.
+                    tracing::info!(conn, %remote, %error, "TCP framing error: closing");
+                    break 'read;
+                }
+            }
+        }
+    }
+    let _ = net_tx.send(NetEvent::Closed { conn }).await;
+    write_task.abort();
+}

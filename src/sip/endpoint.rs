@@ -1,0 +1,833 @@
+//! The SIP endpoint: every call's dialog behind one front door, sans-IO.
+//!
+//! The transport shell (`io::sip`) hands [`Endpoint`] each datagram or framed stream message
+//! with where it came from ([`Incoming`]); the endpoint parses it, stamps the top Via with
+//! `received`/`rport` (RFC 3261 18.2.1, RFC 3581), and
+//!
+//! - answers a request that does not parse with 400/505/416 when the salvaged headers allow
+//!   a reply, otherwise drops it; drops every response that does not parse;
+//! - passes requests and responses of a known call (by Call-ID) to its [`UasCall`];
+//! - answers requests outside any call ([`respond_out_of_dialog`]): OPTIONS, 481, 501, 420;
+//! - checks a new INVITE's body and `Accept` (415, 406), then asks the [`Admission`] policy
+//!   (routing, capacity, media port) whether to take it: a taken INVITE becomes a
+//!   [`UasCall`] and an [`EndpointEvent::IncomingCall`], a refused one gets a stateless final
+//!   response (404, 503 with Retry-After...).
+//!
+//! Everything it sends comes out of [`Endpoint::poll_transmit`] as an [`Outgoing`] that names
+//! the transport, the socket or connection to prefer, and the address: responses go where
+//! the stamped Via says (RFC 3261 18.2.2: back over the connection the request came on for
+//! TCP), requests we send in a dialog go to the first route or the remote target, over the
+//! call's connection when it is to the same host (connection reuse).
+//!
+//! Calls are driven by the call logic through [`Endpoint::ring`], [`Endpoint::answer`],
+//! [`Endpoint::reject`] and [`Endpoint::hang_up`], and report back as
+//! [`EndpointEvent::Dialog`]. A call leaves the table once its dialog is finished (every
+//! transaction and timer done), so late retransmissions are still absorbed. Deadlines are
+//! kept in an ordered set, so a timer tick costs `O(log n)` in the number of calls.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::dialog::{
+    ACCEPT, Destination, DialogError, DialogEvent, OutOfDialog, SessionTimerConfig, Transmit,
+    UasCall, UasConfig, respond_out_of_dialog,
+};
+use super::message::{
+    HostPort, ParseError, SipMessage, Uri, Via, build_error_response, build_response, parse,
+    sanitize,
+};
+use super::sdp::{CodecPrefs, LocalMedia};
+use super::transaction::{TimerConfig, Wire};
+
+#[cfg(test)]
+mod tests;
+
+/// A transport protocol of a SIP socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// Datagrams.
+    Udp,
+    /// A byte stream with Content-Length framing.
+    Tcp,
+}
+
+impl TransportKind {
+    fn via_name(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+        }
+    }
+}
+
+/// The socket or connection a message arrived on, or the one to send on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Flow {
+    /// A UDP listening socket, by the shell's index.
+    Udp(usize),
+    /// A TCP connection, by the shell's id.
+    Tcp(u64),
+}
+
+impl Flow {
+    /// The transport of the flow.
+    pub fn transport(self) -> TransportKind {
+        match self {
+            Self::Udp(_) => TransportKind::Udp,
+            Self::Tcp(_) => TransportKind::Tcp,
+        }
+    }
+}
+
+/// One message as it arrived.
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming<'a> {
+    /// Socket or connection.
+    pub flow: Flow,
+    /// Our address as the peer reached it (the socket's address, or for a wildcard socket the
+    /// local address the kernel routes to the peer from).
+    pub local: SocketAddr,
+    /// The peer's address (source of the datagram, remote end of the connection).
+    pub remote: SocketAddr,
+    /// One datagram, or one message cut from a stream.
+    pub bytes: &'a [u8],
+}
+
+/// Where an outgoing message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// An address.
+    Addr(SocketAddr),
+    /// A host name and port the shell resolves (A/AAAA).
+    Host(String, u16),
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The transport to use.
+    pub transport: TransportKind,
+    /// The socket (UDP) or connection (TCP) to use if it is still there; for TCP without one
+    /// (or when it has gone), the shell reuses a connection to `target` or opens one.
+    pub flow: Option<Flow>,
+    /// Destination.
+    pub target: Target,
+    /// The encoded message.
+    pub payload: Wire,
+    /// Whether it repeats something already sent.
+    pub retransmission: bool,
+}
+
+/// A call's handle, unique for the endpoint's lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallHandle(pub u64);
+
+impl std::fmt::Display for CallHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What the endpoint tells the call logic.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EndpointEvent {
+    /// A new INVITE was admitted; 100 Trying is out. Ring, answer or reject it.
+    IncomingCall {
+        /// The call.
+        call: CallHandle,
+        /// Call-ID, for logs.
+        call_id: String,
+        /// Who is called: the Request-URI user, else the To user (may be empty).
+        dialed: String,
+        /// Who calls: the P-Asserted-Identity user, else the From user (may be empty).
+        caller: String,
+        /// The peer the INVITE came from.
+        remote: SocketAddr,
+        /// The transport it came over.
+        transport: TransportKind,
+    },
+    /// Something happened in a call's dialog (media negotiated, confirmed, ended...).
+    Dialog {
+        /// The call.
+        call: CallHandle,
+        /// What happened.
+        event: DialogEvent,
+    },
+}
+
+/// The admission policy's verdict on a new INVITE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Take the call with this media address and port.
+    Accept {
+        /// Our side of the media session.
+        media: LocalMedia,
+    },
+    /// Refuse it statelessly.
+    Refuse {
+        /// Final status (300-699).
+        status: u16,
+        /// Reason phrase.
+        reason: &'static str,
+        /// `Retry-After` seconds (for 503, 486...).
+        retry_after: Option<u32>,
+    },
+}
+
+/// Decides whether a new INVITE becomes a call (routing, capacity, media ports). Called
+/// synchronously from [`Endpoint::handle_incoming`].
+pub trait Admission {
+    /// The verdict for `invite` (already stamped), which arrived at `local` from `remote`.
+    fn admit(&mut self, invite: &SipMessage, local: SocketAddr, remote: SocketAddr) -> Admit;
+}
+
+/// Static parameters of the endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// Host (name or address) to put in Contact and Via instead of the local address.
+    pub public_host: Option<String>,
+    /// Codec preference.
+    pub codecs: CodecPrefs,
+    /// T1, T2, T4.
+    pub timers: TimerConfig,
+    /// Session-timer policy.
+    pub session_timer: SessionTimerConfig,
+    /// The user part of our Contact.
+    pub contact_user: String,
+}
+
+/// Errors of the call commands.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// The handle names no call (it has finished and left the table).
+    #[error("no call {0}")]
+    UnknownCall(CallHandle),
+    /// The dialog refused the command.
+    #[error(transparent)]
+    Dialog(#[from] DialogError),
+}
+
+/// Counters for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Messages that did not parse.
+    pub malformed: u64,
+    /// Of those, requests answered with an error response.
+    pub malformed_answered: u64,
+    /// Responses that matched no call.
+    pub stray_responses: u64,
+    /// INVITEs the admission policy refused.
+    pub refused: u64,
+    /// Calls admitted.
+    pub admitted: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    handle: CallHandle,
+    call: UasCall,
+    /// The flow of the latest request from the peer (responses go back over it).
+    flow: Flow,
+    /// The peer's address on that flow.
+    remote: SocketAddr,
+    deadline: Option<Instant>,
+}
+
+/// See the module docs.
+pub struct Endpoint {
+    config: EndpointConfig,
+    random: Box<dyn FnMut() -> u64 + Send>,
+    next_handle: u64,
+    calls: HashMap<String, Slot>,
+    by_handle: HashMap<CallHandle, String>,
+    deadlines: BTreeSet<(Instant, CallHandle)>,
+    transmits: VecDeque<Outgoing>,
+    events: VecDeque<EndpointEvent>,
+    stats: EndpointStats,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("calls", &self.calls.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint; `random` supplies the randomness for tags and SDP session ids (the shell
+    /// passes the OS generator, tests a counter).
+    pub fn new(config: EndpointConfig, random: Box<dyn FnMut() -> u64 + Send>) -> Self {
+        Self {
+            config,
+            random,
+            next_handle: 1,
+            calls: HashMap::new(),
+            by_handle: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// Calls in the table (including ended ones still finishing their transactions).
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// One message from the network.
+    pub fn handle_incoming(
+        &mut self,
+        now: Instant,
+        incoming: Incoming<'_>,
+        admission: &mut dyn Admission,
+    ) {
+        let mut message = match parse(incoming.bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                self.malformed(&incoming, &error);
+                return;
+            }
+        };
+        if !message.is_request() {
+            self.handle_response(now, &message);
+            return;
+        }
+        message.stamp_received(incoming.remote);
+        if let Some(slot) = self.calls.get_mut(message.call_id()) {
+            slot.flow = incoming.flow;
+            slot.remote = incoming.remote;
+            let wire: Wire = Arc::from(incoming.bytes);
+            slot.call.handle_request(now, &message, wire);
+            let handle = slot.handle;
+            self.after_call(handle);
+            return;
+        }
+        // Stateless replies get a tag derived from the request, so a retransmission gets the
+        // same answer (RFC 3261 8.2.6.2); a call gets a random one.
+        let tag = stateless_tag(&message);
+        match respond_out_of_dialog(&message, &tag) {
+            OutOfDialog::Ignore => {}
+            OutOfDialog::Reply(payload) => self.reply(&message, &incoming, payload),
+            OutOfDialog::NewCall => self.new_call(now, &message, &incoming, tag, admission),
+        }
+    }
+
+    /// Runs every timer due by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<CallHandle> = self
+            .deadlines
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, handle)| *handle)
+            .collect();
+        for handle in due {
+            if let Some(slot) = self.slot_mut(handle) {
+                slot.call.handle_timeout(now);
+            }
+            self.after_call(handle);
+        }
+    }
+
+    /// When [`Endpoint::handle_timeout`] should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the call logic.
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    /// 180 Ringing.
+    pub fn ring(&mut self, now: Instant, call: CallHandle) -> Result<(), EndpointError> {
+        self.command(call, |c| c.ring(now))
+    }
+
+    /// 200 OK with our SDP.
+    pub fn answer(&mut self, now: Instant, call: CallHandle) -> Result<(), EndpointError> {
+        self.command(call, |c| c.answer(now))
+    }
+
+    /// A final non-2xx.
+    pub fn reject(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), EndpointError> {
+        self.command(call, |c| c.reject(now, code, reason))
+    }
+
+    /// BYE (or 603 before the answer).
+    pub fn hang_up(&mut self, now: Instant, call: CallHandle) -> Result<(), EndpointError> {
+        self.command(call, |c| c.hang_up(now))
+    }
+
+    /// The dialog of a call, for inspection.
+    pub fn call(&self, call: CallHandle) -> Option<&UasCall> {
+        let call_id = self.by_handle.get(&call)?;
+        self.calls.get(call_id).map(|slot| &slot.call)
+    }
+
+    // ---- internals ----
+
+    fn command(
+        &mut self,
+        call: CallHandle,
+        f: impl FnOnce(&mut UasCall) -> Result<(), DialogError>,
+    ) -> Result<(), EndpointError> {
+        let slot = self
+            .slot_mut(call)
+            .ok_or(EndpointError::UnknownCall(call))?;
+        let result = f(&mut slot.call);
+        self.after_call(call);
+        result.map_err(EndpointError::from)
+    }
+
+    fn slot_mut(&mut self, call: CallHandle) -> Option<&mut Slot> {
+        let call_id = self.by_handle.get(&call)?;
+        self.calls.get_mut(call_id)
+    }
+
+    fn new_tag(&mut self) -> String {
+        format!("{:016x}{:08x}", (self.random)(), (self.random)() as u32)
+    }
+
+    fn malformed(&mut self, incoming: &Incoming<'_>, error: &ParseError) {
+        self.stats.malformed += 1;
+        let reason = match error.status_code() {
+            505 => "Version Not Supported",
+            416 => "Unsupported URI Scheme",
+            _ => "Bad Request",
+        };
+        let Some(payload) = build_error_response(error, error.status_code(), reason) else {
+            return;
+        };
+        // Address the reply from the salvaged top Via, stamped like a parsed request's.
+        let Some(mut via) = error
+            .salvage()
+            .and_then(|s| s.vias.first())
+            .and_then(|v| Via::parse_list(v))
+            .and_then(|vias| vias.into_iter().next())
+        else {
+            return;
+        };
+        stamp(&mut via, incoming.remote);
+        self.stats.malformed_answered += 1;
+        self.send_reply(&via, incoming.flow, Arc::from(payload), false);
+    }
+
+    fn handle_response(&mut self, now: Instant, response: &SipMessage) {
+        let Some(slot) = self.calls.get_mut(response.call_id()) else {
+            self.stats.stray_responses += 1;
+            return;
+        };
+        slot.call.handle_response(now, response);
+        let handle = slot.handle;
+        self.after_call(handle);
+    }
+
+    /// A stateless reply to `request` (stamped), back where it came from.
+    fn reply(&mut self, request: &SipMessage, incoming: &Incoming<'_>, payload: Wire) {
+        self.send_reply(request.top_via(), incoming.flow, payload, false);
+    }
+
+    fn send_reply(&mut self, via: &Via, flow: Flow, payload: Wire, retransmission: bool) {
+        let transport = if via.is_reliable() {
+            TransportKind::Tcp
+        } else {
+            TransportKind::Udp
+        };
+        // A reply goes over the transport the request came on; a Via that names another is
+        // a confused (or hostile) peer: answer over the flow anyway, to the stamped address.
+        let transport = if transport == flow.transport() {
+            transport
+        } else {
+            flow.transport()
+        };
+        let target = host_port_target(&via.reply_address());
+        self.transmits.push_back(Outgoing {
+            transport,
+            flow: Some(flow),
+            target,
+            payload,
+            retransmission,
+        });
+    }
+
+    fn new_call(
+        &mut self,
+        now: Instant,
+        invite: &SipMessage,
+        incoming: &Incoming<'_>,
+        stateless_tag: String,
+        admission: &mut dyn Admission,
+    ) {
+        let tag = &stateless_tag;
+        if let Some((code, reason, extra)) = unacceptable_body(invite) {
+            self.stateless(invite, incoming, tag, code, reason, &extra);
+            return;
+        }
+        let media = match admission.admit(invite, incoming.local, incoming.remote) {
+            Admit::Accept { media } => media,
+            Admit::Refuse {
+                status,
+                reason,
+                retry_after,
+            } => {
+                self.stats.refused += 1;
+                let extra: Vec<(&str, String)> = retry_after
+                    .map(|s| ("Retry-After", s.to_string()))
+                    .into_iter()
+                    .collect();
+                self.stateless(invite, incoming, tag, status, reason, &extra);
+                return;
+            }
+        };
+        let transport = incoming.flow.transport();
+        let host = self
+            .config
+            .public_host
+            .clone()
+            .unwrap_or_else(|| host_of(incoming.local.ip()));
+        let port = incoming.local.port();
+        let transport_param = match transport {
+            TransportKind::Udp => "",
+            TransportKind::Tcp => ";transport=tcp",
+        };
+        let config = UasConfig {
+            contact: format!(
+                "sip:{}@{host}:{port}{transport_param}",
+                self.config.contact_user
+            ),
+            local_tag: self.new_tag(),
+            via_sent_by: format!("{host}:{port}"),
+            media,
+            codecs: self.config.codecs.clone(),
+            timers: self.config.timers,
+            reliable: transport == TransportKind::Tcp,
+            session_timer: self.config.session_timer,
+        };
+        let call = match UasCall::new(now, invite, config) {
+            Ok(call) => call,
+            Err(_) => {
+                // Not an initial INVITE after all (respond_out_of_dialog said it was): 481.
+                self.stateless(
+                    invite,
+                    incoming,
+                    tag,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    &[],
+                );
+                return;
+            }
+        };
+        self.stats.admitted += 1;
+        let handle = CallHandle(self.next_handle);
+        self.next_handle += 1;
+        let call_id = invite.call_id().to_owned();
+        self.events.push_back(EndpointEvent::IncomingCall {
+            call: handle,
+            call_id: call_id.clone(),
+            dialed: dialed(invite),
+            caller: caller(invite),
+            remote: incoming.remote,
+            transport,
+        });
+        self.by_handle.insert(handle, call_id.clone());
+        self.calls.insert(
+            call_id,
+            Slot {
+                handle,
+                call,
+                flow: incoming.flow,
+                remote: incoming.remote,
+                deadline: None,
+            },
+        );
+        self.after_call(handle);
+    }
+
+    fn stateless(
+        &mut self,
+        request: &SipMessage,
+        incoming: &Incoming<'_>,
+        tag: &str,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, String)],
+    ) {
+        let tag = (!tag.is_empty()).then_some(tag);
+        let mut bytes = build_response(request, code, reason, tag);
+        append_headers(&mut bytes, extra);
+        self.reply(request, incoming, Arc::from(bytes));
+    }
+
+    /// Drains a call after anything touched it: transmits, events, its deadline, and removes
+    /// it once finished.
+    fn after_call(&mut self, handle: CallHandle) {
+        let Some(call_id) = self.by_handle.get(&handle).cloned() else {
+            return;
+        };
+        let Some(mut slot) = self.calls.remove(&call_id) else {
+            return;
+        };
+        while let Some(transmit) = slot.call.poll_transmit() {
+            self.route_call_transmit(&slot, transmit);
+        }
+        while let Some(event) = slot.call.poll_event() {
+            self.events.push_back(EndpointEvent::Dialog {
+                call: handle,
+                event,
+            });
+        }
+        if let Some(old) = slot.deadline.take() {
+            self.deadlines.remove(&(old, handle));
+        }
+        if slot.call.is_finished() {
+            self.by_handle.remove(&handle);
+            return;
+        }
+        slot.deadline = slot.call.poll_timeout();
+        if let Some(at) = slot.deadline {
+            self.deadlines.insert((at, handle));
+        }
+        self.calls.insert(call_id, slot);
+    }
+
+    fn route_call_transmit(&mut self, slot: &Slot, transmit: Transmit) {
+        match transmit.destination {
+            Destination::ReplyPerVia => {
+                // Our own response: its top Via is the stamped one of the request.
+                let Some(via) = parse(&transmit.payload).ok().map(|m| m.top_via().clone()) else {
+                    return;
+                };
+                self.send_reply(&via, slot.flow, transmit.payload, transmit.retransmission);
+            }
+            Destination::Uri(uri) => {
+                let (transport, target) = request_target(&uri, slot.flow.transport());
+                // Connection reuse: the call's own connection when the target is the host
+                // it comes from (or a name we cannot compare), else whatever the shell has.
+                let flow = match (slot.flow, &target) {
+                    (Flow::Udp(_), _) if transport == TransportKind::Udp => Some(slot.flow),
+                    (Flow::Tcp(_), Target::Addr(addr))
+                        if transport == TransportKind::Tcp
+                            && addr.ip().to_canonical() == slot.remote.ip().to_canonical() =>
+                    {
+                        Some(slot.flow)
+                    }
+                    (Flow::Tcp(_), Target::Host(..)) if transport == TransportKind::Tcp => {
+                        Some(slot.flow)
+                    }
+                    _ => None,
+                };
+                self.transmits.push_back(Outgoing {
+                    transport,
+                    flow,
+                    target,
+                    payload: transmit.payload,
+                    retransmission: transmit.retransmission,
+                });
+            }
+        }
+    }
+}
+
+/// RFC 3261 18.2.1 / RFC 3581 on a bare Via (for salvaged requests).
+fn stamp(via: &mut Via, source: SocketAddr) {
+    let wants_rport = via.rport().is_some();
+    via.params.retain(|p| {
+        !(p.name.eq_ignore_ascii_case("received")
+            || (wants_rport && p.name.eq_ignore_ascii_case("rport")))
+    });
+    via.params.push(super::message::Param {
+        name: "received".into(),
+        value: Some(source.ip().to_canonical().to_string()),
+    });
+    if wants_rport {
+        via.params.push(super::message::Param {
+            name: "rport".into(),
+            value: Some(source.port().to_string()),
+        });
+    }
+}
+
+/// Where a request to `uri` goes: `transport=` decides, else the call's transport; the port
+/// defaults to 5060. SRV/NAPTR (RFC 3263) are not looked up: a host name is resolved to
+/// A/AAAA by the shell.
+fn request_target(uri: &Uri, call_transport: TransportKind) -> (TransportKind, Target) {
+    let transport = uri
+        .params
+        .iter()
+        .find(|p| p.name.eq_ignore_ascii_case("transport"))
+        .and_then(|p| p.value.as_deref())
+        .map_or(call_transport, |t| {
+            if t.eq_ignore_ascii_case("udp") {
+                TransportKind::Udp
+            } else {
+                TransportKind::Tcp
+            }
+        });
+    let host_port = uri.host_port.clone().unwrap_or(HostPort {
+        host: String::new(),
+        port: None,
+    });
+    (transport, host_port_target(&host_port))
+}
+
+/// A To tag for a stateless reply: a hash of Call-ID, From tag and top branch (FNV-1a), so
+/// retransmissions of one request get the same tag and different requests different ones.
+fn stateless_tag(request: &SipMessage) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [
+        request.call_id(),
+        request.from().tag().unwrap_or_default(),
+        request.top_via().branch().unwrap_or_default(),
+    ] {
+        for byte in part.bytes().chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("s{hash:016x}")
+}
+
+fn host_port_target(hp: &HostPort) -> Target {
+    let port = hp.port.unwrap_or(5060);
+    let bare = hp.host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
+        Err(_) => Target::Host(hp.host.clone(), port),
+    }
+}
+
+fn host_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// Appends headers before the final empty line of a response from [`build_response`].
+fn append_headers(bytes: &mut Vec<u8>, extra: &[(&str, String)]) {
+    if extra.is_empty() {
+        return;
+    }
+    const TRAILER: &[u8] = b"Content-Length: 0\r\n\r\n";
+    if bytes.ends_with(TRAILER) {
+        bytes.truncate(bytes.len() - TRAILER.len());
+        for (name, value) in extra {
+            bytes.extend_from_slice(format!("{name}: {}\r\n", sanitize(value)).as_bytes());
+        }
+        bytes.extend_from_slice(TRAILER);
+    }
+}
+
+/// A stateless refusal: status, reason, extra headers.
+type Refusal = (u16, &'static str, Vec<(&'static str, String)>);
+
+/// A new INVITE whose body we cannot read (415, with what we accept) or whose `Accept`
+/// rules out an SDP answer (406).
+fn unacceptable_body(
+    invite: &SipMessage,
+) -> Option<Refusal> {
+    let has_body = !invite.body().is_empty();
+    if has_body {
+        let content_type = invite.content_type().unwrap_or_default();
+        let encoding_ok = invite
+            .header("Content-Encoding")
+            .is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
+        if !content_type.eq_ignore_ascii_case("application/sdp") || !encoding_ok {
+            return Some((
+                415,
+                "Unsupported Media Type",
+                vec![
+                    ("Accept", ACCEPT.to_owned()),
+                    ("Accept-Encoding", "identity".to_owned()),
+                ],
+            ));
+        }
+    }
+    let accepts_sdp = |value: &str| {
+        value.split(',').any(|range| {
+            let media = range.split(';').next().unwrap_or_default().trim();
+            ["application/sdp", "application/*", "*/*"]
+                .iter()
+                .any(|ok| media.eq_ignore_ascii_case(ok))
+        })
+    };
+    let accept: Vec<&str> = invite.header_values("Accept").collect();
+    // An empty Accept header means nothing is acceptable (RFC 3261 20.1); no header means SDP.
+    if !accept.is_empty() && !accept.iter().any(|v| accepts_sdp(v)) {
+        return Some((406, "Not Acceptable", vec![("Accept", ACCEPT.to_owned())]));
+    }
+    None
+}
+
+fn unescape_user(user: &str) -> String {
+    // %-escapes in the user part (RFC 3261 19.1.2); invalid ones kept as they are.
+    let bytes = user.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(decoded) = hex {
+                out.push(decoded);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    sanitize(&String::from_utf8_lossy(&out))
+}
+
+/// The dialed number: the Request-URI user, else the To user.
+pub fn dialed(invite: &SipMessage) -> String {
+    let user = invite
+        .request_uri()
+        .and_then(|u| u.user.clone())
+        .or_else(|| invite.to().uri.user.clone())
+        .unwrap_or_default();
+    unescape_user(&user)
+}
+
+/// The caller: the first P-Asserted-Identity user, else the From user.
+pub fn caller(invite: &SipMessage) -> String {
+    let user = invite
+        .p_asserted_identity()
+        .into_iter()
+        .find_map(|na| na.uri.user)
+        .or_else(|| invite.from().uri.user.clone())
+        .unwrap_or_default();
+    unescape_user(&user)
+}
+
+impl TransportKind {
+    /// The transport's name in a Via.
+    pub fn name(self) -> &'static str {
+        self.via_name()
+    }
+}
