@@ -1,7 +1,7 @@
 //! The SIP transport shell: UDP and TCP sockets around the sans-IO [`Endpoint`].
 //!
 //! One task (the *signalling loop*) owns the endpoint and everything that decides: it reads
-//! the clock (in [`now`], the only place), feeds the endpoint what the socket tasks received,
+//! the clock (in one function, `now`), feeds the endpoint what the socket tasks received,
 //! runs its timers, sends what it asks for, and plays the call logic that is there until the
 //! call issue lands: admit by route and capacity, bind an RTP port, ring and answer at once,
 //! end a call at `limits.max_call_duration`.
