@@ -798,4 +798,4 @@ fn saturating_seconds(s: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -460,3 +460,49 @@ fn dialed_and_caller_come_from_the_right_headers() {
     .unwrap();
     assert_eq!(caller(&without_pai), "anon");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::sip::message::tests::{apply, mutation, torture_messages};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever arrives over UDP, the endpoint does not panic, and every reply goes back to
+        /// the address it came from (the `received` rule): the daemon cannot be used to
+        /// reflect traffic at a third party named in a Via.
+        #[test]
+        fn replies_only_ever_go_back_to_the_source(
+            pick in any::<usize>(),
+            mutations in proptest::collection::vec(mutation(), 0..6),
+            tcp in any::<bool>(),
+        ) {
+            let messages = torture_messages();
+            let bytes = apply(messages[pick % messages.len()].clone(), &mutations);
+            let mut ep = endpoint();
+            let mut policy = Policy::accept();
+            let flow = if tcp { Flow::Tcp(1) } else { Flow::Udp(0) };
+            let now = Instant::now();
+            ep.handle_incoming(
+                now,
+                Incoming { flow, local: addr(LOCAL), remote: addr(PEER), bytes: &bytes },
+                &mut policy,
+            );
+            // Run the call's timers too (2xx retransmissions, a BYE after the ACK timeout).
+            ep.handle_timeout(now + Duration::from_secs(40));
+            while let Some(out) = ep.poll_transmit() {
+                let is_response = parse(&out.payload).map(|m| !m.is_request()).unwrap_or(true);
+                if is_response {
+                    match &out.target {
+                        Target::Addr(a) => prop_assert_eq!(a.ip(), addr(PEER).ip()),
+                        Target::Host(h, _) => prop_assert!(false, "reply to a name: {}", h),
+                    }
+                    prop_assert_eq!(out.flow, Some(flow));
+                }
+            }
+            while ep.poll_event().is_some() {}
+        }
+    }
+}
