@@ -20,6 +20,10 @@
 //!   Allow/Accept/Supported), re-INVITE and UPDATE (new answer, 491 while a re-INVITE waits for
 //!   its ACK, 488 with Warning when the new offer has no common codec), unknown methods (501),
 //!   CSeq regressions (500, RFC 3261 12.2.2), requests for another dialog (481);
+//! - an offer that overlaps one still open (a re-INVITE or an UPDATE with SDP before our answer
+//!   to the INVITE) gets 500 with a Retry-After from 0 to 10 s (RFC 3261 14.2). The RFC wants
+//!   it random; the core derives it from a hash of the Call-ID instead (stable for the call,
+//!   spread across calls);
 //! - RFC 4028 session timers: the 200 echoes Session-Expires with a refresher, 422 below our
 //!   Min-SE, an UPDATE at half the interval when we refresh, BYE when the peer fails to.
 //!
@@ -57,8 +61,9 @@ pub const ACCEPT: &str = "application/sdp";
 pub const DEFAULT_MIN_SE: u32 = 90;
 /// Max-Forwards of the requests we send.
 const MAX_FORWARDS: u32 = 70;
-/// Retry-After of a 500 that refuses an overlapping offer (RFC 3261 14.2, RFC 3311 5.2).
-const RETRY_AFTER_SECS: u32 = 2;
+/// Retry-After of a 500 that refuses an overlapping offer is at most this many seconds (RFC
+/// 3261 14.2: "a randomly chosen value of between 0 and 10 seconds"); see [`retry_after_secs`].
+const RETRY_AFTER_MAX_SECS: u32 = 10;
 /// RFC 4028 section 10: the non-refresher sends BYE `min(32, SE/3)` seconds before expiry.
 const EXPIRY_MARGIN_MAX_SECS: u32 = 32;
 
@@ -740,7 +745,7 @@ impl UasCall {
             CallState::Early => Some((
                 500,
                 "Server Internal Error",
-                vec![("Retry-After", RETRY_AFTER_SECS.to_string())],
+                vec![("Retry-After", retry_after_secs(&self.call_id).to_string())],
             )),
             CallState::Ended => Some((
                 481,
@@ -835,7 +840,7 @@ impl UasCall {
                 None
             };
             if let Some((code, reason)) = refusal {
-                let extra = [("Retry-After", RETRY_AFTER_SECS.to_string())];
+                let extra = [("Retry-After", retry_after_secs(&self.call_id).to_string())];
                 let extra = if code == 500 { &extra[..] } else { &[] };
                 let response = self.response(update, code, reason, extra);
                 self.reply_once(now, key, code, response);
@@ -1486,6 +1491,19 @@ fn schedule_session_timer(
             refresher,
             deadline,
         })
+}
+
+/// The Retry-After of a 500 refusing an overlapping offer (RFC 3261 14.2, RFC 3311 5.2): RFC
+/// 3261 asks for a random value from 0 to 10 seconds, so that two peers refused at the same
+/// moment do not retry in lockstep. A sans-IO core draws no random numbers, so the value is
+/// derived from the Call-ID instead: its 32-bit FNV-1a hash modulo 11, which spreads calls
+/// evenly over 0..=10 s and is stable for one call (every refusal in a dialog names the same
+/// delay).
+fn retry_after_secs(call_id: &str) -> u32 {
+    let hash = call_id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    hash % (RETRY_AFTER_MAX_SECS + 1)
 }
 
 fn wire(bytes: Vec<u8>) -> Wire {

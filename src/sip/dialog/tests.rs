@@ -910,8 +910,33 @@ fn update_with_offer_before_the_answer_gets_500_with_retry_after() {
     rig.request(100, sip(&in_dialog("UPDATE", 11, "z9hG4bKu", ""), OFFER));
     let sent = rig.take();
     reply_for(&sent[0].1, 500, "UPDATE");
-    assert_eq!(sent[0].1.header("Retry-After"), Some("2"));
+    // FNV-1a("call-1@198.51.100.7") % 11.
+    assert_eq!(sent[0].1.header("Retry-After"), Some("10"));
     assert_eq!(rig.call.state(), CallState::Early);
+}
+
+#[test]
+fn retry_after_of_the_500_is_spread_over_0_to_10_s_by_call_id() {
+    // RFC 3261 14.2: random from 0 to 10 s; here a hash of the Call-ID, so that two calls
+    // refused at once do not retry in lockstep, yet one call always names the same delay.
+    let values: Vec<u32> = (0..200)
+        .map(|n| retry_after_secs(&format!("c{n}")))
+        .collect();
+    assert!(values.iter().all(|v| *v <= 10));
+    for expected in 0..=10 {
+        assert!(values.contains(&expected), "{expected} never drawn");
+    }
+    assert_eq!(retry_after_secs("c0"), 9);
+    assert_eq!(retry_after_secs("c6"), 0);
+    assert_eq!(retry_after_secs("c0"), retry_after_secs("c0"));
+
+    // The re-INVITE refused before the answer names the same value.
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.take();
+    rig.request(100, reinvite(11, "z9hG4bKre", OFFER));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 500, "INVITE");
+    assert_eq!(sent[0].1.header("Retry-After"), Some("10"));
 }
 
 #[test]
