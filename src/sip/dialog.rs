@@ -20,6 +20,11 @@
 //!   Allow/Accept/Supported), re-INVITE and UPDATE (new answer, 491 while a re-INVITE waits for
 //!   its ACK, 488 with Warning when the new offer has no common codec), unknown methods (501),
 //!   CSeq regressions (500, RFC 3261 12.2.2), requests for another dialog (481);
+//! - before any method-specific handling of an in-dialog request (ACK and CANCEL aside): 420
+//!   Bad Extension with `Unsupported` when its Require lists an option tag we lack (RFC 3261
+//!   8.2.2.3); then, for a re-INVITE or UPDATE, 415 with `Accept: application/sdp` for a body
+//!   that is not SDP and 406 when its `Accept` rules out the SDP our 2xx would carry
+//!   ([`check_offer_acceptable`], which the endpoint also applies to initial INVITEs);
 //! - an offer that overlaps one still open (a re-INVITE or an UPDATE with SDP before our answer
 //!   to the INVITE) gets 500 with a Retry-After from 0 to 10 s (RFC 3261 14.2). The RFC wants
 //!   it random; the core derives it from a hash of the Call-ID instead (stable for the call,
@@ -569,6 +574,14 @@ impl UasCall {
             }
             _ => {
                 self.remote_cseq = request.cseq().seq;
+                // RFC 3261 8.2.2.3 (extensions), then 8.2.3 (content), before the method.
+                let refusal =
+                    check_required_extensions(request).or_else(|| check_offer_acceptable(request));
+                if let Some(refusal) = refusal {
+                    self.refuse(now, request, key, &refusal);
+                    self.pump(now);
+                    return;
+                }
                 match method.as_str() {
                     "BYE" => self.handle_bye(now, request, key),
                     "INVITE" => self.handle_reinvite(now, request, key),
@@ -734,7 +747,6 @@ impl UasCall {
     }
 
     fn handle_reinvite(&mut self, now: Instant, invite: &SipMessage, key: TransactionKey) {
-        let mut ist = InviteServer::new(now, self.config.timers, self.config.reliable);
         let refusal = match self.state {
             CallState::Confirmed if self.pending_ack.is_some() => {
                 Some((491, "Request Pending", Vec::new()))
@@ -762,15 +774,16 @@ impl UasCall {
                 )
             })
         });
-        if let Some((code, reason, extra)) = refusal {
-            let response = self.response(invite, code, reason, &extra);
-            let _ = ist.send_final(now, code, response);
-            self.push_server(ServerTx {
-                key,
-                machine: ServerMachine::Invite(ist),
-            });
+        if let Some((status, reason, headers)) = refusal {
+            let refusal = Refusal {
+                status,
+                reason,
+                headers,
+            };
+            self.refuse(now, invite, key, &refusal);
             return;
         }
+        let mut ist = InviteServer::new(now, self.config.timers, self.config.reliable);
         self.refresh_target(invite);
         let offered = sdp_body(invite);
         let (code, response, our_offer) = match offered {
@@ -1184,6 +1197,29 @@ impl UasCall {
         });
     }
 
+    /// Refuses an in-dialog request with a final non-2xx: an INVITE through its own INVITE
+    /// server transaction (retransmitted until the caller's ACK), anything else through
+    /// [`Self::reply_once`].
+    fn refuse(
+        &mut self,
+        now: Instant,
+        request: &SipMessage,
+        key: TransactionKey,
+        refusal: &Refusal,
+    ) {
+        let response = self.response(request, refusal.status, refusal.reason, &refusal.headers);
+        if request.method() == Some("INVITE") {
+            let mut ist = InviteServer::new(now, self.config.timers, self.config.reliable);
+            let _ = ist.send_final(now, refusal.status, response);
+            self.push_server(ServerTx {
+                key,
+                machine: ServerMachine::Invite(ist),
+            });
+        } else {
+            self.reply_once(now, key, refusal.status, response);
+        }
+    }
+
     /// Answers a non-INVITE request through its own server transaction, so that its
     /// retransmissions get the same response.
     fn reply_once(&mut self, now: Instant, key: TransactionKey, code: u16, response: Wire) {
@@ -1420,25 +1456,11 @@ pub fn respond_out_of_dialog(request: &SipMessage, local_tag: &str) -> OutOfDial
             None,
         ))
     };
-    // An extension the request requires and we lack is refused before anything else
-    // (RFC 3261 8.2.2.3); ACK and CANCEL are never refused for it.
-    let unsupported: Vec<String> = request
-        .require()
-        .into_iter()
-        .filter(|tag| {
-            !SUPPORTED
-                .split(',')
-                .any(|ours| ours.trim().eq_ignore_ascii_case(tag))
-        })
-        .map(sanitize_token)
-        .collect();
     match request.method() {
         None | Some("ACK") => OutOfDialog::Ignore,
-        Some(method) if method != "CANCEL" && !unsupported.is_empty() => reply(
-            420,
-            "Bad Extension",
-            &[("Unsupported", unsupported.join(", "))],
-        ),
+        Some(_) if let Some(refusal) = check_required_extensions(request) => {
+            reply(refusal.status, refusal.reason, &refusal.headers)
+        }
         Some("INVITE") if request.to().tag().is_none() => OutOfDialog::NewCall,
         Some("OPTIONS") => reply(
             200,
@@ -1463,6 +1485,117 @@ pub fn not_found(request: &SipMessage, local_tag: &str) -> Wire {
         &[],
         None,
     )
+}
+
+/// A response refusing a request before the dialog looks at it: from
+/// [`check_offer_acceptable`] (415, 406) or for an extension we lack (420).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status code.
+    pub status: u16,
+    /// The reason phrase.
+    pub reason: &'static str,
+    /// Headers the response must carry (`Accept` on a 415, `Unsupported` on a 420).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    /// The response to `request`, with `local_tag` as the To tag when the request has none.
+    /// For an INVITE, the shell sends it through the INVITE's server transaction (it is a final
+    /// response that the caller ACKs).
+    pub fn response(&self, request: &SipMessage, local_tag: &str) -> Wire {
+        with_headers(
+            build_response(request, self.status, self.reason, Some(local_tag)),
+            &self.headers,
+            None,
+        )
+    }
+}
+
+/// Whether the body and the `Accept` of an INVITE (initial or re-INVITE) or UPDATE are ones we
+/// can work with; `None` when they are (and for every other method).
+///
+/// - A body whose Content-Type is not `application/sdp` gets 415 Unsupported Media Type with
+///   `Accept: application/sdp` (RFC 3261 8.2.3, 21.4.13). A body without Content-Type is taken
+///   as SDP, like everywhere in this module (some PBXs omit it).
+/// - A request whose response must carry SDP (every INVITE: our 2xx holds an answer or an
+///   offer; an UPDATE with an offer) and whose `Accept` lists neither `application/sdp`, nor
+///   `application/*`, nor `*/*` (a range with `q=0` does not count, an empty Accept accepts
+///   nothing) gets 406 Not Acceptable (RFC 3261 20.1, 21.4.7). No Accept at all means
+///   `application/sdp`.
+///
+/// [`UasCall`] applies it to re-INVITEs and UPDATEs; the endpoint applies it to initial
+/// INVITEs before creating the call, and sends [`Refusal::response`].
+pub fn check_offer_acceptable(request: &SipMessage) -> Option<Refusal> {
+    let has_body = !request.body().is_empty();
+    let needs_sdp_answer = match request.method() {
+        Some("INVITE") => true,
+        Some("UPDATE") => has_body,
+        _ => return None,
+    };
+    if has_body
+        && request
+            .content_type()
+            .is_some_and(|kind| kind != "application/sdp")
+    {
+        return Some(Refusal {
+            status: 415,
+            reason: "Unsupported Media Type",
+            headers: vec![("Accept", ACCEPT.to_owned())],
+        });
+    }
+    let mut accepts = request.header_values("Accept").peekable();
+    if needs_sdp_answer && accepts.peek().is_some() && !accepts.any(accepts_sdp) {
+        return Some(Refusal {
+            status: 406,
+            reason: "Not Acceptable",
+            headers: Vec::new(),
+        });
+    }
+    None
+}
+
+/// 420 Bad Extension, with `Unsupported`, when the request's Require lists an option tag we do
+/// not support (RFC 3261 8.2.2.3). ACK and CANCEL are never refused for it.
+fn check_required_extensions(request: &SipMessage) -> Option<Refusal> {
+    if matches!(request.method(), None | Some("ACK" | "CANCEL")) {
+        return None;
+    }
+    let unsupported: Vec<String> = request
+        .require()
+        .into_iter()
+        .filter(|tag| {
+            !SUPPORTED
+                .split(',')
+                .any(|ours| ours.trim().eq_ignore_ascii_case(tag))
+        })
+        .map(sanitize_token)
+        .collect();
+    (!unsupported.is_empty()).then(|| Refusal {
+        status: 420,
+        reason: "Bad Extension",
+        headers: vec![("Unsupported", unsupported.join(", "))],
+    })
+}
+
+/// Whether one Accept header value admits `application/sdp`.
+fn accepts_sdp(value: &str) -> bool {
+    value.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim();
+        let matches = ["application/sdp", "application/*", "*/*"]
+            .iter()
+            .any(|ok| media.eq_ignore_ascii_case(ok));
+        let refused = parts.any(|param| {
+            param.split_once('=').is_some_and(|(name, q)| {
+                let q = q.trim();
+                name.trim().eq_ignore_ascii_case("q")
+                    && !q.is_empty()
+                    && q.chars().all(|c| c == '0' || c == '.')
+            })
+        });
+        matches && !refused
+    })
 }
 
 // ---- helpers ----

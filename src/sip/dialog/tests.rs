@@ -1204,3 +1204,180 @@ fn a_required_extension_we_lack_gets_420_with_unsupported() {
         OutOfDialog::NewCall
     ));
 }
+
+/// A message from `head` with a body of the given Content-Type (`None`: no Content-Type).
+fn sip_typed(head: &str, body: &str, content_type: Option<&str>) -> SipMessage {
+    let body = body.replace('\n', "\r\n");
+    let mut text = head.replace('\n', "\r\n");
+    if let Some(kind) = content_type {
+        text.push_str(&format!("\r\nContent-Type: {kind}"));
+    }
+    text.push_str(&format!("\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    parse(text.as_bytes()).unwrap()
+}
+
+#[test]
+fn in_dialog_requests_requiring_an_extension_we_lack_get_420() {
+    let mut rig = Rig::confirmed();
+    let head = in_dialog(
+        "INVITE",
+        11,
+        "z9hG4bKreq",
+        "Contact: <sip:alice@198.51.100.7:5060>\nRequire: 100rel, timer, foo",
+    );
+    rig.request(1000, sip(&head, OFFER));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let refusal = &sent[0].1;
+    reply_for(refusal, 420, "INVITE");
+    assert_eq!(status_line(refusal), (420, "Bad Extension".to_owned()));
+    assert_eq!(refusal.header("Unsupported"), Some("100rel, foo"));
+    assert_eq!(refusal.to().tag(), Some("uastag"));
+    assert!(rig.take_events().is_empty(), "the media terms stay");
+    // A final response to an INVITE: retransmitted (Timer G) until the caller's ACK.
+    rig.advance_to(1500);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.status_code(), Some(420));
+    assert!(sent[0].2.retransmission);
+    let ack420 = in_dialog("ACK", 11, "z9hG4bKreq", "");
+    rig.request(1600, sip(&ack420, ""));
+    rig.advance_to(10_000);
+    assert!(rig.take().is_empty());
+
+    let update = in_dialog("UPDATE", 12, "z9hG4bKupd", "Require: precondition");
+    rig.request(11_000, sip(&update, OFFER));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 420, "UPDATE");
+    assert_eq!(sent[0].1.header("Unsupported"), Some("precondition"));
+    assert_eq!(rig.call.state(), CallState::Confirmed);
+    assert!(rig.take_events().is_empty());
+
+    // Requiring only what we support is fine.
+    let update = in_dialog("UPDATE", 13, "z9hG4bKupd2", "Require: timer");
+    rig.request(12_000, sip(&update, ""));
+    reply_for(&rig.take()[0].1, 200, "UPDATE");
+}
+
+#[test]
+fn an_offer_that_is_not_sdp_gets_415_with_accept() {
+    let mut rig = Rig::confirmed();
+    let head = in_dialog(
+        "INVITE",
+        11,
+        "z9hG4bKtxt",
+        "Contact: <sip:alice@198.51.100.7:5060>",
+    );
+    rig.request(1000, sip_typed(&head, "hello", Some("text/plain")));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    reply_for(&sent[0].1, 415, "INVITE");
+    assert_eq!(
+        status_line(&sent[0].1),
+        (415, "Unsupported Media Type".to_owned())
+    );
+    assert_eq!(sent[0].1.header("Accept"), Some("application/sdp"));
+    rig.request(1100, sip(&in_dialog("ACK", 11, "z9hG4bKtxt", ""), ""));
+
+    let update = in_dialog("UPDATE", 12, "z9hG4bKmp", "");
+    rig.request(
+        2000,
+        sip_typed(&update, OFFER, Some("multipart/mixed;boundary=x")),
+    );
+    let sent = rig.take();
+    reply_for(&sent[0].1, 415, "UPDATE");
+    assert_eq!(sent[0].1.header("Accept"), Some("application/sdp"));
+    assert!(rig.take_events().is_empty());
+    assert_eq!(rig.call.state(), CallState::Confirmed);
+
+    // SDP without a Content-Type is still taken (some PBXs omit it).
+    let update = in_dialog("UPDATE", 13, "z9hG4bKnoct", "");
+    let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+    rig.request(3000, sip_typed(&update, &hold, None));
+    reply_for(&rig.take()[0].1, 200, "UPDATE");
+}
+
+#[test]
+fn an_accept_without_sdp_gets_406_when_the_response_must_carry_sdp() {
+    let mut rig = Rig::confirmed();
+    // A re-INVITE without offer: our 2xx would have to carry an offer.
+    let head = in_dialog(
+        "INVITE",
+        11,
+        "z9hG4bKacc",
+        "Contact: <sip:alice@198.51.100.7:5060>\nAccept: application/json, text/*",
+    );
+    rig.request(1000, sip(&head, ""));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    reply_for(&sent[0].1, 406, "INVITE");
+    assert_eq!(status_line(&sent[0].1), (406, "Not Acceptable".to_owned()));
+    rig.request(1100, sip(&in_dialog("ACK", 11, "z9hG4bKacc", ""), ""));
+
+    // An UPDATE with an offer whose answer the caller would not accept.
+    let update = in_dialog(
+        "UPDATE",
+        12,
+        "z9hG4bKacc2",
+        "Accept: application/sdp;q=0, text/plain",
+    );
+    rig.request(2000, sip(&update, OFFER));
+    reply_for(&rig.take()[0].1, 406, "UPDATE");
+    // An UPDATE without an offer gets no SDP back: its Accept does not matter.
+    let update = in_dialog("UPDATE", 13, "z9hG4bKacc3", "Accept: text/plain");
+    rig.request(3000, sip(&update, ""));
+    reply_for(&rig.take()[0].1, 200, "UPDATE");
+    // Wildcards and several Accept lines are fine.
+    let update = in_dialog(
+        "UPDATE",
+        14,
+        "z9hG4bKacc4",
+        "Accept: text/plain\nAccept: Application/*;q=0.5",
+    );
+    rig.request(4000, sip(&update, OFFER));
+    reply_for(&rig.take()[0].1, 200, "UPDATE");
+    assert!(rig.take_events().len() == 1);
+}
+
+#[test]
+fn check_offer_acceptable_for_initial_invites() {
+    let ok = sip(INVITE_HEAD, OFFER);
+    assert_eq!(check_offer_acceptable(&ok), None);
+    let offerless = sip(INVITE_HEAD, "");
+    assert_eq!(check_offer_acceptable(&offerless), None);
+    let star = sip(&format!("{INVITE_HEAD}\nAccept: */*"), OFFER);
+    assert_eq!(check_offer_acceptable(&star), None);
+
+    let text = sip_typed(INVITE_HEAD, "hi", Some("text/plain"));
+    let refusal = check_offer_acceptable(&text).unwrap();
+    assert_eq!(
+        refusal,
+        Refusal {
+            status: 415,
+            reason: "Unsupported Media Type",
+            headers: vec![("Accept", "application/sdp".to_owned())],
+        }
+    );
+    let reply = parse(&refusal.response(&text, "t1")).unwrap();
+    assert_eq!(
+        status_line(&reply),
+        (415, "Unsupported Media Type".to_owned())
+    );
+    assert_eq!(reply.header("Accept"), Some("application/sdp"));
+    assert_eq!(reply.to().tag(), Some("t1"));
+
+    // An offerless INVITE gets our offer in the 2xx: its Accept matters too.
+    let json = sip(&format!("{INVITE_HEAD}\nAccept: application/json"), "");
+    let refusal = check_offer_acceptable(&json).unwrap();
+    assert_eq!((refusal.status, refusal.reason), (406, "Not Acceptable"));
+    let empty = sip(&format!("{INVITE_HEAD}\nAccept: "), OFFER);
+    assert_eq!(check_offer_acceptable(&empty).map(|r| r.status), Some(406));
+
+    // Other methods are not its business.
+    let bye = sip_typed(
+        &in_dialog("BYE", 2, "z9hG4bKb", ""),
+        "x",
+        Some("text/plain"),
+    );
+    assert_eq!(check_offer_acceptable(&bye), None);
+}
