@@ -30,7 +30,11 @@
 //!   it random; the core derives it from a hash of the Call-ID instead (stable for the call,
 //!   spread across calls);
 //! - RFC 4028 session timers: the 200 echoes Session-Expires with a refresher, 422 below our
-//!   Min-SE, an UPDATE at half the interval when we refresh, BYE when the peer fails to.
+//!   Min-SE (to callers that support timers; otherwise the interval is raised), an UPDATE at
+//!   half the interval when we refresh, BYE when the peer fails to. A request without
+//!   Session-Expires gets ours ([`SessionTimerConfig::session_expires`], at least Min-SE) with
+//!   `refresher=uas` (RFC 4028 section 9): we refresh; `Require: timer` only goes to a caller
+//!   that said it supports timers.
 //!
 //! Requests that match no dialog go to [`respond_out_of_dialog`].
 //!
@@ -195,13 +199,21 @@ impl Refresher {
     }
 }
 
+/// RFC 4028's recommended session interval, and our default when the caller asks for none.
+pub const DEFAULT_SESSION_EXPIRES: u32 = 1800;
+
 /// Our session-timer policy (RFC 4028).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionTimerConfig {
-    /// Whether session timers are used at all; when off, Session-Expires is ignored.
+    /// Whether session timers are used at all; when off, Session-Expires is ignored and we
+    /// never ask for one.
     pub enabled: bool,
     /// The shortest interval we accept, in seconds (422 below it).
     pub min_se: u32,
+    /// The interval we ask for, in seconds, when a request has no Session-Expires (RFC 4028
+    /// section 9 lets the UAS insert one; we then refresh). Values below `min_se` (or below the
+    /// request's Min-SE) are raised to it.
+    pub session_expires: u32,
 }
 
 impl Default for SessionTimerConfig {
@@ -209,6 +221,7 @@ impl Default for SessionTimerConfig {
         Self {
             enabled: true,
             min_se: DEFAULT_MIN_SE,
+            session_expires: DEFAULT_SESSION_EXPIRES,
         }
     }
 }
@@ -994,32 +1007,36 @@ impl UasCall {
     }
 
     /// The headers of a 2xx to a session refresh (or the initial INVITE), and the timer they
-    /// start. No Session-Expires in the request: no session timer.
+    /// start. No Session-Expires in the request: we insert ours (RFC 4028 section 9) and
+    /// refresh; session timers disabled: none.
     fn negotiate_session_timer(
         &mut self,
         now: Instant,
         request: &SipMessage,
     ) -> Vec<(&'static str, String)> {
         self.session_timer = None;
-        let Some(expires) = request
-            .session_expires()
-            .filter(|_| self.config.session_timer.enabled)
-        else {
+        let settings = self.config.session_timer;
+        if !settings.enabled {
             return Vec::new();
-        };
+        }
         let supports =
             has_tag(&request.supported(), "timer") || has_tag(&request.require(), "timer");
-        let interval = expires
-            .delta
-            .max(request.min_se().unwrap_or(0))
-            .max(self.config.session_timer.min_se);
-        // The caller's choice stands; without one, the caller refreshes if it can (RFC 4028
-        // section 9).
-        let refresher = match expires.refresher.as_deref() {
-            Some("uas") => Refresher::Uas,
-            Some("uac") if supports => Refresher::Uac,
-            _ if supports => Refresher::Uac,
-            _ => Refresher::Uas,
+        let floor = request.min_se().unwrap_or(0).max(settings.min_se);
+        let (interval, refresher) = match request.session_expires() {
+            Some(expires) => {
+                // The caller's choice stands; without one, the caller refreshes if it can (RFC
+                // 4028 section 9).
+                let refresher = match expires.refresher.as_deref() {
+                    Some("uas") => Refresher::Uas,
+                    Some("uac") if supports => Refresher::Uac,
+                    _ if supports => Refresher::Uac,
+                    _ => Refresher::Uas,
+                };
+                (expires.delta.max(floor), refresher)
+            }
+            // The caller asked for no timer: we want one anyway, and refresh it ourselves (a
+            // caller without timer support could not; one with it did not volunteer).
+            None => (settings.session_expires.max(floor), Refresher::Uas),
         };
         self.session_timer = schedule_session_timer(now, interval, refresher);
         let mut headers = vec![(

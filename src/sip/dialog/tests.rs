@@ -224,7 +224,9 @@ fn basic_call_from_invite_to_remote_bye() {
     assert_eq!(ok.content_type().as_deref(), Some("application/sdp"));
     assert_eq!(ok.header("Allow"), Some(ALLOW));
     assert_eq!(body(ok), ANSWER);
-    assert_eq!(ok.session_expires(), None);
+    // No Session-Expires in the INVITE: we ask for our default interval and refresh it.
+    assert_eq!(ok.header("Session-Expires"), Some("1800;refresher=uas"));
+    assert_eq!(ok.header("Require"), None);
     assert_eq!(ok.record_routes().len(), 2);
     let events = rig.take_events();
     assert!(
@@ -1380,4 +1382,54 @@ fn check_offer_acceptable_for_initial_invites() {
         Some("text/plain"),
     );
     assert_eq!(check_offer_acceptable(&bye), None);
+}
+
+#[test]
+fn without_session_expires_we_insert_ours_and_refresh() {
+    // The caller supports timers but asks for none (RFC 4028 section 9): ours, we refresh,
+    // and the caller is told it must honour the timer.
+    let mut config = config();
+    config.session_timer.session_expires = 300;
+    let head = format!("{INVITE_HEAD}\nSupported: timer\nAllow: INVITE, ACK, BYE, UPDATE");
+    let mut rig = Rig::with_config(sip(&head, OFFER), config.clone());
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), Some("300;refresher=uas"));
+    assert_eq!(ok.require(), vec!["timer"]);
+    rig.request(100, sip(&ack(10), ""));
+    rig.advance_to(149_999);
+    assert!(rig.take().is_empty());
+    rig.advance_to(150_000);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].1.header("Session-Expires"),
+        Some("300;refresher=uas")
+    );
+
+    // A caller without timer support: still ours, we refresh, and no Require: timer.
+    let mut rig = Rig::with_config(sip(INVITE_HEAD, OFFER), config.clone());
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), Some("300;refresher=uas"));
+    assert_eq!(ok.header("Require"), None);
+
+    // The interval is never below our Min-SE, nor below the caller's.
+    config.session_timer.session_expires = 30;
+    let mut rig = Rig::with_config(sip(INVITE_HEAD, OFFER), config.clone());
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), Some("90;refresher=uas"));
+    let head = format!("{INVITE_HEAD}\nMin-SE: 600");
+    let mut rig = Rig::with_config(sip(&head, OFFER), config.clone());
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), Some("600;refresher=uas"));
+
+    // Session timers off: nothing inserted.
+    config.session_timer.enabled = false;
+    let mut rig = Rig::with_config(sip(INVITE_HEAD, OFFER), config);
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), None);
 }
