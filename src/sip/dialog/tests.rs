@@ -29,6 +29,9 @@ Call-ID: call-1@198.51.100.7
 CSeq: 10 INVITE
 Contact: <sip:alice@198.51.100.7:5060>";
 
+/// Headers of a caller that supports session timers and allows UPDATE.
+const TIMER_AND_UPDATE: &str = "Supported: timer\nAllow: INVITE, ACK, CANCEL, BYE, UPDATE";
+
 /// A message from `head` (LF line ends, no Content-Length) and an SDP `body` (LF too).
 fn sip(head: &str, body: &str) -> SipMessage {
     let body = body.replace('\n', "\r\n");
@@ -424,7 +427,7 @@ fn our_bye_uses_next_cseq_route_set_and_remote_target() {
 #[test]
 fn cseq_of_our_requests_increments() {
     // Session timer with us as refresher: the refresh UPDATE takes CSeq 1, the BYE 2.
-    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\nSupported: timer");
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\n{TIMER_AND_UPDATE}");
     let mut rig = Rig::new(sip(&head, OFFER));
     rig.act(0, |c, now| c.answer(now).unwrap());
     rig.request(100, sip(&ack(10), ""));
@@ -943,7 +946,7 @@ fn retry_after_of_the_500_is_spread_over_0_to_10_s_by_call_id() {
 
 #[test]
 fn we_refresh_at_half_the_interval_with_update() {
-    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\nSupported: timer");
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\n{TIMER_AND_UPDATE}");
     let mut rig = Rig::new(sip(&head, OFFER));
     rig.act(0, |c, now| c.answer(now).unwrap());
     let ok = rig.take().pop().unwrap().1;
@@ -1432,4 +1435,413 @@ fn without_session_expires_we_insert_ours_and_refresh() {
     rig.act(0, |c, now| c.answer(now).unwrap());
     let ok = rig.take().pop().unwrap().1;
     assert_eq!(ok.header("Session-Expires"), None);
+}
+
+/// A response to `request`: `headers` (LF-separated) and an SDP `sdp` (LF) added.
+fn respond(request: &SipMessage, code: u16, reason: &str, headers: &str, sdp: &str) -> SipMessage {
+    let base = String::from_utf8(build_response(request, code, reason, None)).unwrap();
+    let mut text = base
+        .strip_suffix("Content-Length: 0\r\n\r\n")
+        .unwrap()
+        .to_owned();
+    for line in headers.lines().filter(|l| !l.is_empty()) {
+        text.push_str(line);
+        text.push_str("\r\n");
+    }
+    let sdp = sdp.replace('\n', "\r\n");
+    if !sdp.is_empty() {
+        text.push_str("Content-Type: application/sdp\r\n");
+    }
+    text.push_str(&format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    parse(text.as_bytes()).unwrap()
+}
+
+/// A confirmed call where we refresh every `interval` seconds (`refresher=uas`); `caller` adds
+/// headers to the INVITE (Allow, Supported).
+fn refreshing(interval: u32, caller: &str) -> Rig {
+    let head = format!("{INVITE_HEAD}\nSession-Expires: {interval};refresher=uas\n{caller}");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.request(100, sip(&ack(10), ""));
+    rig.take();
+    rig.take_events();
+    rig
+}
+
+/// Runs to `ms` and returns the one request sent then (retransmissions aside).
+fn next_request(rig: &mut Rig, ms: u64) -> SipMessage {
+    rig.advance_to(ms);
+    let sent: Vec<_> = rig
+        .take()
+        .into_iter()
+        .filter(|(_, m, t)| m.is_request() && !t.retransmission)
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, ms);
+    sent.into_iter().next().unwrap().1
+}
+
+fn requests_sent(rig: &mut Rig) -> Vec<(u64, String)> {
+    rig.take()
+        .into_iter()
+        .filter(|(_, m, t)| m.is_request() && !t.retransmission)
+        .map(|(ms, m, _)| (ms, m.method().unwrap().to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_refused_refresh_keeps_the_expiry_and_ends_the_session_with_bye() {
+    for code in [500, 488, 403, 503, 480] {
+        let mut rig = refreshing(120, TIMER_AND_UPDATE);
+        let update = next_request(&mut rig, 60_000);
+        assert_eq!(update.method(), Some("UPDATE"));
+        rig.response(60_050, respond(&update, code, "No", "", ""));
+        // No retry; the session still expires 120 - min(32, 120/3) s after the answer.
+        rig.advance_to(87_999);
+        assert!(requests_sent(&mut rig).is_empty(), "{code}");
+        assert_eq!(rig.call.state(), CallState::Confirmed);
+        let bye = next_request(&mut rig, 88_000);
+        assert_eq!(bye.method(), Some("BYE"), "{code}");
+        assert_eq!(bye.cseq().seq, 2);
+        assert_eq!(
+            rig.take_events(),
+            vec![
+                DialogEvent::RefreshDue,
+                DialogEvent::Ended {
+                    by: EndedBy::SessionExpired
+                }
+            ],
+            "{code}"
+        );
+    }
+}
+
+#[test]
+fn a_491_to_our_refresh_is_retried_after_1_s() {
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    rig.response(60_050, respond(&update, 491, "Request Pending", "", ""));
+    rig.advance_to(61_049);
+    assert!(requests_sent(&mut rig).is_empty());
+    let retry = next_request(&mut rig, 61_050);
+    assert_eq!(retry.method(), Some("UPDATE"));
+    assert_eq!(retry.cseq().seq, 2);
+    assert_eq!(retry.header("Session-Expires"), Some("120;refresher=uas"));
+    rig.response(61_100, ok_to(&retry));
+    // The 2xx restarts the interval: next refresh 60 s later, no expiry at 88 s.
+    rig.advance_to(121_099);
+    assert!(requests_sent(&mut rig).is_empty());
+    assert_eq!(next_request(&mut rig, 121_100).method(), Some("UPDATE"));
+    assert_eq!(
+        rig.take_events(),
+        vec![
+            DialogEvent::RefreshDue,
+            DialogEvent::RefreshDue,
+            DialogEvent::RefreshDue
+        ]
+    );
+}
+
+#[test]
+fn a_422_to_our_refresh_is_retried_with_its_min_se() {
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    assert_eq!(update.header("Min-SE"), None);
+    let too_small = respond(
+        &update,
+        422,
+        "Session Interval Too Small",
+        "Min-SE: 300",
+        "",
+    );
+    rig.response(60_050, too_small);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let retry = &sent[0].1;
+    assert_eq!(retry.method(), Some("UPDATE"));
+    assert_eq!(retry.cseq().seq, 2);
+    assert_eq!(retry.header("Session-Expires"), Some("300;refresher=uas"));
+    assert_eq!(retry.min_se(), Some(300));
+    rig.response(
+        60_100,
+        respond(retry, 200, "OK", "Session-Expires: 300;refresher=uas", ""),
+    );
+    // The longer interval holds: no expiry at 88 s, next refresh 150 s after the 2xx.
+    rig.advance_to(210_099);
+    assert!(requests_sent(&mut rig).is_empty());
+    let next = next_request(&mut rig, 210_100);
+    assert_eq!(next.header("Session-Expires"), Some("300;refresher=uas"));
+    assert_eq!(next.min_se(), Some(300));
+
+    // A 422 that does not ask for more is a refusal like any other.
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    rig.response(60_050, respond(&update, 422, "Too Small", "Min-SE: 90", ""));
+    rig.advance_to(87_999);
+    assert!(requests_sent(&mut rig).is_empty());
+    assert_eq!(next_request(&mut rig, 88_000).method(), Some("BYE"));
+}
+
+#[test]
+fn a_refresh_without_response_ends_the_call_with_bye() {
+    let mut rig = refreshing(1800, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 900_000);
+    assert_eq!(update.method(), Some("UPDATE"));
+    // Timer F: 64*T1 = 32 s of retransmissions, then BYE.
+    rig.advance_to(931_999);
+    assert!(requests_sent(&mut rig).is_empty());
+    let bye = next_request(&mut rig, 932_000);
+    assert_eq!(bye.method(), Some("BYE"));
+    assert_eq!(
+        rig.take_events(),
+        vec![
+            DialogEvent::RefreshDue,
+            DialogEvent::Ended {
+                by: EndedBy::RefreshTimeout
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_408_or_481_to_our_refresh_ends_the_call() {
+    // 408: the request timed out downstream; we send BYE.
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    rig.response(60_050, respond(&update, 408, "Request Timeout", "", ""));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.method(), Some("BYE"));
+    assert_eq!(
+        rig.take_events()[1..],
+        [DialogEvent::Ended {
+            by: EndedBy::RefreshTimeout
+        }]
+    );
+    // 481: the dialog is gone at the peer; no BYE for it.
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    rig.response(60_050, respond(&update, 481, "Gone", "", ""));
+    rig.advance_to(200_000);
+    assert!(requests_sent(&mut rig).is_empty());
+    assert_eq!(
+        rig.take_events()[1..],
+        [DialogEvent::Ended {
+            by: EndedBy::DialogGone
+        }]
+    );
+    assert_eq!(rig.call.state(), CallState::Ended);
+    assert!(rig.call.is_finished());
+}
+
+const CALLER_WITHOUT_UPDATE: &str = "Supported: timer\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS";
+
+#[test]
+fn without_update_in_allow_we_refresh_with_a_reinvite_and_ack_its_2xx() {
+    let mut rig = refreshing(120, CALLER_WITHOUT_UPDATE);
+    rig.advance_to(60_000);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let (_, invite, transmit) = &sent[0];
+    assert_eq!(invite.method(), Some("INVITE"));
+    assert_eq!(invite.cseq().seq, 1);
+    assert_eq!(
+        invite.request_uri().unwrap().raw,
+        "sip:alice@198.51.100.7:5060"
+    );
+    assert_eq!(invite.to().tag(), Some("alicetag"));
+    assert_eq!(invite.from().tag(), Some("uastag"));
+    assert_eq!(invite.routes().len(), 2);
+    assert_eq!(
+        transmit.destination,
+        Destination::Uri(Uri::parse("sip:p1.example.com;lr").unwrap())
+    );
+    assert_eq!(invite.header("Session-Expires"), Some("120;refresher=uas"));
+    assert_eq!(
+        invite.header("Contact"),
+        Some("<sip:bridge@192.0.2.1:5060>")
+    );
+    // Our current SDP, unchanged: the same o= version (RFC 3264 section 8).
+    assert_eq!(invite.content_type().as_deref(), Some("application/sdp"));
+    assert_eq!(body(invite), ANSWER);
+    assert_eq!(rig.take_events(), vec![DialogEvent::RefreshDue]);
+    // Timer A retransmits it until a response.
+    rig.advance_to(60_500);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].2.retransmission);
+
+    // The 2xx answers and moves the remote target.
+    let answer = OFFER.replace("o=alice 1 1", "o=alice 1 2");
+    let ok = respond(
+        invite,
+        200,
+        "OK",
+        "Contact: <sip:alice@198.51.100.9:5070>\nSession-Expires: 120;refresher=uas\nRequire: timer",
+        &answer,
+    );
+    rig.response(60_600, ok.clone());
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let (_, ack, transmit) = &sent[0];
+    assert_eq!(ack.method(), Some("ACK"));
+    assert_eq!(ack.cseq().seq, 1);
+    assert_eq!(ack.cseq().method, "ACK");
+    assert_ne!(ack.top_via().branch(), invite.top_via().branch());
+    assert_eq!(
+        ack.request_uri().unwrap().raw,
+        "sip:alice@198.51.100.9:5070"
+    );
+    assert_eq!(ack.to().tag(), Some("alicetag"));
+    assert_eq!(ack.routes().len(), 2);
+    assert!(ack.body().is_empty());
+    assert_eq!(
+        transmit.destination,
+        Destination::Uri(Uri::parse("sip:p1.example.com;lr").unwrap())
+    );
+    // The same terms: nothing to report.
+    assert!(rig.take_events().is_empty());
+    // A retransmitted 2xx gets the same ACK again.
+    rig.response(61_000, ok);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].2.retransmission);
+    assert_eq!(sent[0].2.payload, transmit.payload);
+
+    // The next refresh is 60 s after the 2xx, with the next CSeq and the same SDP.
+    rig.advance_to(120_599);
+    assert!(requests_sent(&mut rig).is_empty());
+    let again = next_request(&mut rig, 120_600);
+    assert_eq!(again.method(), Some("INVITE"));
+    assert_eq!(again.cseq().seq, 2);
+    assert_eq!(
+        again.request_uri().unwrap().raw,
+        "sip:alice@198.51.100.9:5070"
+    );
+    assert_eq!(body(&again), ANSWER);
+}
+
+#[test]
+fn the_refresh_reinvite_carries_the_sdp_we_last_sent() {
+    let mut rig = refreshing(120, CALLER_WITHOUT_UPDATE);
+    // The caller holds the call by UPDATE; our answer is version 2, recvonly.
+    let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+    let update = in_dialog(
+        "UPDATE",
+        11,
+        "z9hG4bKhold",
+        "Session-Expires: 120;refresher=uas\nSupported: timer",
+    );
+    rig.request(10_000, sip(&update, &hold));
+    let answered = rig.take().pop().unwrap().1;
+    reply_for(&answered, 200, "UPDATE");
+    let last = body(&answered);
+    assert!(last.contains("o=- 42 2 "), "{last}");
+    let invite = next_request(&mut rig, 70_000);
+    assert_eq!(invite.method(), Some("INVITE"));
+    assert_eq!(body(&invite), last);
+}
+
+#[test]
+fn the_refresh_method_follows_the_peers_allow_and_supported() {
+    // No Allow at all: re-INVITE (always allowed).
+    let mut rig = refreshing(120, "Supported: timer");
+    assert_eq!(next_request(&mut rig, 60_000).method(), Some("INVITE"));
+    // No Allow, but UPDATE listed in Supported: UPDATE.
+    let mut rig = refreshing(120, "Supported: timer, UPDATE");
+    assert_eq!(next_request(&mut rig, 60_000).method(), Some("UPDATE"));
+    // An Allow in a later request counts: here an OPTIONS that lists UPDATE.
+    let mut rig = refreshing(120, "Supported: timer");
+    let options = in_dialog("OPTIONS", 11, "z9hG4bKo", "Allow: INVITE, ACK, BYE, update");
+    rig.request(1000, sip(&options, ""));
+    rig.take();
+    assert_eq!(next_request(&mut rig, 60_000).method(), Some("UPDATE"));
+    // ...and one without UPDATE takes it back.
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let options = in_dialog("OPTIONS", 11, "z9hG4bKo", "Allow: INVITE, ACK, BYE");
+    rig.request(1000, sip(&options, ""));
+    rig.take();
+    assert_eq!(next_request(&mut rig, 60_000).method(), Some("INVITE"));
+}
+
+#[test]
+fn a_405_to_our_update_refresh_falls_back_to_a_reinvite() {
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    assert_eq!(update.method(), Some("UPDATE"));
+    let refusal = respond(
+        &update,
+        405,
+        "Method Not Allowed",
+        "Allow: INVITE, ACK, BYE",
+        "",
+    );
+    rig.response(60_050, refusal);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.method(), Some("INVITE"));
+    assert_eq!(sent[0].1.cseq().seq, 2);
+    assert_eq!(body(&sent[0].1), ANSWER);
+}
+
+#[test]
+fn a_refused_reinvite_refresh_is_acked_by_its_transaction_and_the_session_expires() {
+    let mut rig = refreshing(120, CALLER_WITHOUT_UPDATE);
+    let invite = next_request(&mut rig, 60_000);
+    let refusal = respond(&invite, 488, "Not Acceptable Here", "", "");
+    rig.response(60_050, refusal.clone());
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let ack = &sent[0].1;
+    assert_eq!(ack.method(), Some("ACK"));
+    // RFC 3261 17.1.1.3: same branch, Request-URI and CSeq number as the INVITE.
+    assert_eq!(ack.top_via().branch(), invite.top_via().branch());
+    assert_eq!(ack.request_uri(), invite.request_uri());
+    assert_eq!(ack.cseq().seq, invite.cseq().seq);
+    assert_eq!(ack.routes().len(), 2);
+    // Its retransmission is ACKed again.
+    rig.response(60_500, refusal);
+    assert_eq!(rig.take()[0].1.method(), Some("ACK"));
+    rig.advance_to(87_999);
+    assert!(requests_sent(&mut rig).is_empty());
+    assert_eq!(next_request(&mut rig, 88_000).method(), Some("BYE"));
+    assert_eq!(
+        rig.take_events().last(),
+        Some(&DialogEvent::Ended {
+            by: EndedBy::SessionExpired
+        })
+    );
+
+    // A 491 to it: ACK, then a new re-INVITE 1 s later.
+    let mut rig = refreshing(120, CALLER_WITHOUT_UPDATE);
+    let invite = next_request(&mut rig, 60_000);
+    rig.response(60_050, respond(&invite, 491, "Request Pending", "", ""));
+    assert_eq!(rig.take()[0].1.method(), Some("ACK"));
+    let retry = next_request(&mut rig, 61_050);
+    assert_eq!(retry.method(), Some("INVITE"));
+    assert_eq!(retry.cseq().seq, 2);
+}
+
+#[test]
+fn offers_from_the_peer_while_our_reinvite_is_pending_get_491() {
+    let mut rig = refreshing(120, CALLER_WITHOUT_UPDATE);
+    let invite = next_request(&mut rig, 60_000);
+    rig.request(60_100, reinvite(11, "z9hG4bKglare", OFFER));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(status_line(&sent[0].1), (491, "Request Pending".to_owned()));
+    rig.request(
+        60_200,
+        sip(&in_dialog("UPDATE", 12, "z9hG4bKgl2", ""), OFFER),
+    );
+    let sent = rig.take();
+    reply_for(&sent[0].1, 491, "UPDATE");
+    // An UPDATE without an offer is fine.
+    rig.request(60_300, sip(&in_dialog("UPDATE", 13, "z9hG4bKgl3", ""), ""));
+    reply_for(&rig.take()[0].1, 200, "UPDATE");
+    // Once ours is answered, the peer's offers are taken again.
+    rig.response(60_400, respond(&invite, 200, "OK", "", OFFER));
+    rig.take();
+    rig.request(60_500, reinvite(14, "z9hG4bKafter", OFFER));
+    reply_for(&rig.take()[0].1, 200, "INVITE");
 }
