@@ -1048,10 +1048,20 @@ fn step() -> impl Strategy<Value = Step> {
 
 proptest! {
     #[test]
-    fn no_panic_on_random_in_dialog_traffic(steps in proptest::collection::vec(step(), 0..40)) {
+    fn no_panic_on_random_in_dialog_traffic(
+        caller in 0usize..3,
+        steps in proptest::collection::vec(step(), 0..40),
+    ) {
         let methods = ["ACK", "BYE", "INVITE", "UPDATE", "OPTIONS", "CANCEL", "INFO", "REFER"];
         let bodies = ["", OFFER, "garbage\n", "v=0\nm=audio 0 RTP/AVP 0\n"];
-        let mut rig = Rig::new(sip(INVITE_HEAD, ""));
+        // Our default timer (refreshed at 900 s), or a 90 s one that we refresh by UPDATE or by
+        // re-INVITE, so that the random responses hit our refreshes too.
+        let heads = [
+            INVITE_HEAD.to_owned(),
+            format!("{INVITE_HEAD}\nSession-Expires: 90;refresher=uas\n{TIMER_AND_UPDATE}"),
+            format!("{INVITE_HEAD}\nSession-Expires: 90;refresher=uas\n{CALLER_WITHOUT_UPDATE}"),
+        ];
+        let mut rig = Rig::new(sip(&heads[caller], ""));
         let mut ms = 0u64;
         let mut last_sent: Option<SipMessage> = None;
         for step in steps {
