@@ -1881,8 +1881,9 @@ impl Refusal {
 /// Whether the body and the `Accept` of an INVITE (initial or re-INVITE) or UPDATE are ones we
 /// can work with; `None` when they are (and for every other method).
 ///
-/// - A body whose Content-Type is not `application/sdp` gets 415 Unsupported Media Type with
-///   `Accept: application/sdp` (RFC 3261 8.2.3, 21.4.13). A body without Content-Type is taken
+/// - A body whose Content-Type is not `application/sdp`, or that has a Content-Encoding
+///   other than `identity`, gets 415 Unsupported Media Type with `Accept: application/sdp`
+///   and `Accept-Encoding: identity` (RFC 3261 8.2.3, 21.4.13). A body without Content-Type is taken
 ///   as SDP, like everywhere in this module (some PBXs omit it).
 /// - A request whose response must carry SDP (every INVITE: our 2xx holds an answer or an
 ///   offer; an UPDATE with an offer) and whose `Accept` lists neither `application/sdp`, nor
@@ -1899,15 +1900,22 @@ pub fn check_offer_acceptable(request: &SipMessage) -> Option<Refusal> {
         Some("UPDATE") => has_body,
         _ => return None,
     };
+    let encoded = request
+        .header("Content-Encoding")
+        .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
     if has_body
-        && request
-            .content_type()
-            .is_some_and(|kind| kind != "application/sdp")
+        && (encoded
+            || request
+                .content_type()
+                .is_some_and(|kind| kind != "application/sdp"))
     {
         return Some(Refusal {
             status: 415,
             reason: "Unsupported Media Type",
-            headers: vec![("Accept", ACCEPT.to_owned())],
+            headers: vec![
+                ("Accept", ACCEPT.to_owned()),
+                ("Accept-Encoding", "identity".to_owned()),
+            ],
         });
     }
     let mut accepts = request.header_values("Accept").peekable();

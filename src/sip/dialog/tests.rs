@@ -1370,9 +1370,16 @@ fn check_offer_acceptable_for_initial_invites() {
         Refusal {
             status: 415,
             reason: "Unsupported Media Type",
-            headers: vec![("Accept", "application/sdp".to_owned())],
+            headers: vec![
+                ("Accept", "application/sdp".to_owned()),
+                ("Accept-Encoding", "identity".to_owned())
+            ],
         }
     );
+    let gzip = sip(&format!("{INVITE_HEAD}\nContent-Encoding: gzip"), OFFER);
+    assert_eq!(check_offer_acceptable(&gzip).map(|r| r.status), Some(415));
+    let identity = sip(&format!("{INVITE_HEAD}\nContent-Encoding: identity"), OFFER);
+    assert_eq!(check_offer_acceptable(&identity), None);
     let reply = parse(&refusal.response(&text, "t1")).unwrap();
     assert_eq!(
         status_line(&reply),
