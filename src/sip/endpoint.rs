@@ -745,9 +745,7 @@ type Refusal = (u16, &'static str, Vec<(&'static str, String)>);
 
 /// A new INVITE whose body we cannot read (415, with what we accept) or whose `Accept`
 /// rules out an SDP answer (406).
-fn unacceptable_body(
-    invite: &SipMessage,
-) -> Option<Refusal> {
+fn unacceptable_body(invite: &SipMessage) -> Option<Refusal> {
     let has_body = !invite.body().is_empty();
     if has_body {
         let content_type = invite.content_type().unwrap_or_default();

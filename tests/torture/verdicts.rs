@@ -367,13 +367,17 @@ pub const CASES: &[Case] = &[
         B,
         "mult-ip-in-sdp",
         Reply(200),
-        "INVITE offering PCMU on an IPv4 c= line (video on IPv6 is declined)",
+        "INVITE offering PCMU on an IPv4 c= line (video on IPv6 is declined). It reuses \
+         ipv6-in-sdp's Call-ID and From tag with a new CSeq and branch: a new INVITE, not a \
+         merged request (RFC 3261 8.2.2.2 needs the CSeq to match too), as when a UAC retries \
+         a refused INVITE (RFC 3261 8.1.3.5, 22.2)",
     ),
     case(
         B,
         "ipv4-mapped-ipv6",
         Reply(488),
-        "only G726-32 offered (488, as ipv6-in-sdp); reply to sent-by port 19823",
+        "only G726-32 offered (488, as ipv6-in-sdp); same Call-ID as ipv6-in-sdp, new CSeq: a \
+         new INVITE; reply to sent-by port 19823",
     ),
     case(
         B,
