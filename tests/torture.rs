@@ -422,7 +422,7 @@ fn is_final(d: &Datagram) -> bool {
 }
 
 /// An OPTIONS the daemon must answer with 200; `Err` says what happened instead.
-fn probe(net: &mut Net, n: usize) -> Result<Duration, String> {
+fn probe(net: &mut Net, n: usize, wait: Duration) -> Result<Duration, String> {
     let call_id = format!("probe-{n}-{}@127.0.0.1", std::process::id());
     let request = format!(
         "OPTIONS sip:probe@127.0.0.1:{DAEMON_PORT} SIP/2.0\r\n\
@@ -436,7 +436,7 @@ fn probe(net: &mut Net, n: usize) -> Result<Duration, String> {
     );
     let sent = Instant::now();
     let since = net.send(request.as_bytes());
-    let found = net.wait(since, sent + REPLY_WAIT, |d| {
+    let found = net.wait(since, sent + wait, |d| {
         is_final(d) && d.head.call_id() == Some(call_id.as_str())
     });
     match found {
@@ -528,7 +528,7 @@ fn run_case(net: &mut Net, case: &'static Case, n: usize) -> Outcome {
         }
         (None, _) => {}
     }
-    let probe = probe(net, n);
+    let probe = probe(net, n, REPLY_WAIT);
     if let Err(e) = &probe {
         failures.push(format!("daemon not healthy after it: {e}"));
     }
@@ -758,7 +758,7 @@ fn inner_torture() {
     let mut n = 0;
     loop {
         n += 1;
-        if probe(&mut net, n).is_ok() {
+        if probe(&mut net, n, Duration::from_millis(100)).is_ok() {
             break;
         }
         assert!(
