@@ -235,6 +235,7 @@ struct Slot {
     /// The initial INVITE's top branch, From tag and CSeq number, to match requests that
     /// come before our tag is known to the caller.
     invite_branch: Option<String>,
+    invite_sent_by: HostPort,
     invite_from_tag: Option<String>,
     invite_cseq: u32,
 }
@@ -454,7 +455,18 @@ impl Endpoint {
                 let Some(mut via) = Via::parse_lenient(first) else {
                     return;
                 };
+                let wanted_rport = via.rport().is_some();
                 stamp(&mut via, incoming.remote);
+                // The text stays the client's own; only the facts are added at its end.
+                let mut stamped = format!(
+                    "{};received={}",
+                    first.trim_end(),
+                    incoming.remote.ip().to_canonical()
+                );
+                if wanted_rport {
+                    stamped.push_str(&format!(";rport={}", incoming.remote.port()));
+                }
+                *first = stamped;
                 via
             }
         };
@@ -616,6 +628,7 @@ impl Endpoint {
                 remote: incoming.remote,
                 deadline: None,
                 invite_branch: invite.top_via().branch().map(str::to_owned),
+                invite_sent_by: invite.top_via().sent_by.clone(),
                 invite_from_tag: invite.from().tag().map(str::to_owned),
                 invite_cseq: invite.cseq().seq,
             },
@@ -690,7 +703,12 @@ impl Endpoint {
                     (Some(ours), Some(theirs))
                         if ours.starts_with(MAGIC_COOKIE) && theirs.starts_with(MAGIC_COOKIE) =>
                     {
+                        // Branch and sent-by (17.2.3); the CSeq number too, which INVITE,
+                        // its CANCEL and its non-2xx ACK share, so a client that reuses a
+                        // branch for a new INVITE still gets a new call.
                         ours.eq_ignore_ascii_case(theirs)
+                            && request.top_via().sent_by == slot.invite_sent_by
+                            && request.cseq().seq == slot.invite_cseq
                     }
                     _ => {
                         request.from().tag() == slot.invite_from_tag.as_deref()

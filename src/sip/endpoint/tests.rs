@@ -539,7 +539,8 @@ fn a_new_invite_may_reuse_the_call_id_of_a_refused_one() {
     feed(&mut ep, now, Flow::Udp(0), &ack, &mut policy);
     assert!(sent(&mut ep).is_empty());
 
-    let pcmu = invite("SIP/2.0/UDP 127.0.0.2:40000;branch=z9hG4bKg2", "retry", "")
+    // RFC 5118's mult-ip-in-sdp even reuses the branch (with another sent-by and CSeq).
+    let pcmu = invite("SIP/2.0/UDP 127.0.0.3:40000;branch=z9hG4bKg1", "retry", "")
         .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE");
     feed(&mut ep, now, Flow::Udp(0), &pcmu, &mut policy);
     assert_eq!(status(&sent(&mut ep)[0].1), 100);
@@ -565,6 +566,11 @@ fn error_replies_are_addressed_even_from_a_via_only_a_lenient_reading_understand
     // (Our own parser refuses the reply too: its Via is the client's SIP/7.0 one.)
     let out = ep.poll_transmit().unwrap();
     assert!(out.payload.starts_with(b"SIP/2.0 505 "));
+    let text = String::from_utf8_lossy(&out.payload).into_owned();
+    assert!(
+        text.contains("Via: SIP/7.0/UDP c.example.com;branch=z9hG4bKv;received=127.0.0.2\r\n"),
+        "{text}"
+    );
     assert_eq!(out.target, Target::Addr(addr("127.0.0.2:5060")));
     // RFC 4475 3.1.2.1: empty Via parameters: 400 at the sent-by's default port.
     let badinv = "INVITE sip:user@example.com SIP/2.0\r\nTo: sip:j.user@example.com\r\n\
