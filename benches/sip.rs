@@ -112,6 +112,7 @@ fn endpoint() -> Endpoint {
             timers: TimerConfig::default(),
             session_timer: SessionTimerConfig::default(),
             contact_user: "bridge".into(),
+            user_agent: "sip-realtime-bridge".into(),
         },
         Box::new(move || {
             n += 1;

@@ -384,6 +384,7 @@ fn endpoint_config(config: &Config) -> EndpointConfig {
             session_expires: config.sip.session_expires,
         },
         contact_user: "bridge".to_owned(),
+        user_agent: config.sip.user_agent.clone(),
     }
 }
 

@@ -295,6 +295,8 @@ pub struct UasConfig {
     pub reliable: bool,
     /// Session-timer policy.
     pub session_timer: SessionTimerConfig,
+    /// `Server` of our responses and `User-Agent` of our requests; empty for none.
+    pub user_agent: String,
 }
 
 /// Where the call stands.
@@ -556,7 +558,11 @@ impl UasCall {
         };
         call.learn_peer_methods(invite);
         let mut ist = InviteServer::new(now, call.config.timers, call.config.reliable);
-        let trying = wire(build_response(invite, 100, "Trying", None));
+        let trying = with_headers(
+            build_response(invite, 100, "Trying", None),
+            &server_header(&call.config.user_agent),
+            None,
+        );
         ist.send_provisional(now, 100, trying)?;
         call.servers.push(ServerTx {
             key: call.invite_key.clone(),
@@ -1425,9 +1431,11 @@ impl UasCall {
         reason: &str,
         extra: &[(&'static str, String)],
     ) -> Wire {
+        let mut headers = server_header(&self.config.user_agent);
+        headers.extend_from_slice(extra);
         with_headers(
             build_response(request, code, reason, Some(&self.config.local_tag)),
-            extra,
+            &headers,
             None,
         )
     }
@@ -1440,9 +1448,11 @@ impl UasCall {
         extra: &[(&'static str, String)],
         sdp: &str,
     ) -> Wire {
+        let mut headers = server_header(&self.config.user_agent);
+        headers.extend_from_slice(extra);
         with_headers(
             build_response(request, code, reason, Some(&self.config.local_tag)),
-            extra,
+            &headers,
             Some(sdp),
         )
     }
@@ -1666,6 +1676,13 @@ impl UasCall {
         }
         if method != "ACK" {
             let _ = write!(text, "Contact: <{}>\r\n", self.config.contact);
+        }
+        if !self.config.user_agent.is_empty() {
+            let _ = write!(
+                text,
+                "User-Agent: {}\r\n",
+                sanitize(&self.config.user_agent)
+            );
         }
         for (name, value) in extra {
             let _ = write!(text, "{name}: {value}\r\n");
@@ -2015,6 +2032,15 @@ fn retry_after_secs(call_id: &str) -> u32 {
         (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
     });
     hash % (RETRY_AFTER_MAX_SECS + 1)
+}
+
+/// The `Server` header for `user_agent`, if any.
+fn server_header(user_agent: &str) -> Vec<(&'static str, String)> {
+    if user_agent.is_empty() {
+        Vec::new()
+    } else {
+        vec![("Server", sanitize(user_agent))]
+    }
 }
 
 fn wire(bytes: Vec<u8>) -> Wire {

@@ -196,6 +196,8 @@ pub struct EndpointConfig {
     pub session_timer: SessionTimerConfig,
     /// The user part of our Contact.
     pub contact_user: String,
+    /// `Server` / `User-Agent` header value; empty for none.
+    pub user_agent: String,
 }
 
 /// Errors of the call commands.
@@ -497,8 +499,15 @@ impl Endpoint {
         self.after_call(handle);
     }
 
-    /// A stateless reply to `request` (stamped), back where it came from.
+    /// A stateless reply to `request` (stamped), back where it came from, with our `Server`.
     fn reply(&mut self, request: &SipMessage, incoming: &Incoming<'_>, payload: Wire) {
+        let payload = if self.config.user_agent.is_empty() {
+            payload
+        } else {
+            let mut bytes = payload.to_vec();
+            append_headers(&mut bytes, &[("Server", self.config.user_agent.clone())]);
+            Arc::from(bytes)
+        };
         self.send_reply(request.top_via(), incoming.flow, payload, false);
     }
 
@@ -591,6 +600,7 @@ impl Endpoint {
             timers: self.config.timers,
             reliable: transport == TransportKind::Tcp,
             session_timer: self.config.session_timer,
+            user_agent: self.config.user_agent.clone(),
         };
         let call = match UasCall::new(now, invite, config) {
             Ok(call) => call,

@@ -74,6 +74,7 @@ fn config() -> UasConfig {
         timers: TimerConfig::default(),
         reliable: false,
         session_timer: SessionTimerConfig::default(),
+        user_agent: String::new(),
     }
 }
 

@@ -56,6 +56,7 @@ fn endpoint() -> Endpoint {
             timers: TimerConfig::default(),
             session_timer: SessionTimerConfig::default(),
             contact_user: "bridge".into(),
+            user_agent: "srb-test".into(),
         },
         Box::new(move || {
             counter += 1;
@@ -136,6 +137,7 @@ fn options_outside_a_dialog_is_answered_where_the_via_says() {
     );
     assert_eq!(m.top_via().received(), Some("127.0.0.2"));
     assert!(m.header("Allow").unwrap().contains("INVITE"));
+    assert_eq!(m.header("Server"), Some("srb-test"));
     // The same request again gets the same To tag (stateless, derived from the request).
     feed(&mut ep, now, Flow::Udp(0), options, &mut policy);
     let again = sent(&mut ep);
@@ -204,6 +206,7 @@ fn a_call_from_invite_to_bye_and_out_of_the_table() {
     let ok = &out[1].1;
     let to_tag = ok.to().tag().unwrap().to_owned();
     assert_eq!(ok.contacts()[0].uri.raw, "sip:bridge@127.0.0.1:5060");
+    assert_eq!(ok.header("Server"), Some("srb-test"));
     assert!(String::from_utf8_lossy(ok.body()).contains("m=audio 30000 RTP/AVP 0"));
 
     // The 200 is retransmitted on T1 until the ACK.
@@ -286,6 +289,7 @@ fn refused_invites_get_a_stateless_final_response() {
     assert_eq!(out.len(), 1);
     assert_eq!(status(&out[0].1), 503);
     assert_eq!(out[0].1.header("Retry-After"), Some("5"));
+    assert_eq!(out[0].1.header("Server"), Some("srb-test"));
     let tag = out[0].1.to().tag().unwrap().to_owned();
     // Same INVITE again: same answer, same tag; no call was created.
     feed(&mut ep, now, Flow::Udp(0), &inv, &mut policy);
@@ -417,6 +421,7 @@ fn tcp_replies_and_our_bye_use_the_calls_connection() {
     let out = sent(&mut ep);
     let (o, bye) = &out[0];
     assert_eq!(bye.method(), Some("BYE"));
+    assert_eq!(bye.header("User-Agent"), Some("srb-test"));
     assert_eq!(o.transport, TransportKind::Tcp);
     assert_eq!(o.flow, Some(Flow::Tcp(7)));
     assert_eq!(o.target, Target::Addr(addr("127.0.0.2:5060")));
