@@ -2043,10 +2043,6 @@ fn server_header(user_agent: &str) -> Vec<(&'static str, String)> {
     }
 }
 
-fn wire(bytes: Vec<u8>) -> Wire {
-    Arc::from(bytes)
-}
-
 /// Adds headers (and a body) to a response from [`build_response`], which always ends with
 /// an empty-body `Content-Length`: that trailer is replaced.
 fn with_headers(base: Vec<u8>, extra: &[(&'static str, String)], sdp: Option<&str>) -> Wire {
