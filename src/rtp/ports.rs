@@ -30,7 +30,7 @@ impl PortPool {
     /// A pool over `first..=last`; `first` is even (the configuration checks it), and only
     /// whole pairs are used.
     pub fn new(first: u16, last: u16, quarantine: Duration) -> Self {
-        let pairs = (u32::from(last).saturating_sub(u32::from(first)) + 1) / 2;
+        let pairs = u32::from(last).saturating_sub(u32::from(first)).div_ceil(2);
         Self {
             first,
             pairs,
