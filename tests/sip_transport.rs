@@ -322,3 +322,49 @@ fn an_exhausted_rtp_range_refuses_with_503_and_ports_rest_after_a_call() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("RTP port range exhausted"), "{stderr}");
 }
+
+#[test]
+fn on_sigterm_calls_get_bye_and_new_invites_503() {
+    let port = free_port();
+    let mut daemon = Daemon::start(&config(&[&format!("udp:127.0.0.1:{port}")], ""));
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_200(to);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let me = socket.local_addr().unwrap();
+    let ok = final_response(&socket, to, &invite("UDP", me, to, "live"));
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let to_header = header(&ok, "To").unwrap().to_owned();
+    let ack = format!(
+        "ACK sip:bridge@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKack2\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=c1\r\nTo: {to_header}\r\nCall-ID: live\r\n\
+         CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    socket.send_to(ack.as_bytes(), to).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let pid = daemon.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    // The live call gets a BYE (left unanswered, so the daemon waits out its grace)...
+    let mut buf = [0u8; 8192];
+    let bye = loop {
+        let (len, _) = socket.recv_from(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+        if text.starts_with("BYE ") {
+            break text;
+        }
+    };
+    assert_eq!(header(&bye, "Call-ID"), Some("live"));
+    // ...and a new call meanwhile is refused.
+    let refused = final_response(&socket, to, &invite("UDP", me, to, "late"));
+    assert!(refused.starts_with("SIP/2.0 503"), "{refused}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("shutting down: 503"), "{stderr}");
+}

@@ -901,10 +901,12 @@ impl Config {
                 Problem::Value("must be at least sip.min_se".into()),
             );
         }
-        if self.limits.max_call_duration.is_zero() {
+        if self.limits.max_call_duration.is_zero()
+            || self.limits.max_call_duration > Duration::from_secs(7 * 24 * 3600)
+        {
             problem(
                 "limits.max_call_duration".into(),
-                Problem::Value("must be longer than 0s".into()),
+                Problem::Value("must be longer than 0s and at most 7 days".into()),
             );
         }
 

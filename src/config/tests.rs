@@ -464,6 +464,11 @@ fn sip_timers_codecs_and_limits_are_checked() {
             "max_call_duration = \"0s\"",
             "limits.max_call_duration",
         ),
+        (
+            "limits",
+            "max_call_duration = \"8days\"",
+            "limits.max_call_duration",
+        ),
     ] {
         let toml = format!("[{section}]\n{body}\n{MINIMAL}");
         assert_eq!(only_problem(&toml).0, key, "{body}");

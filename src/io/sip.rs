@@ -48,8 +48,15 @@ const MAX_DATAGRAM: usize = 65_535;
 /// A TCP connection that has not completed a message within this time after its first byte
 /// (or after connecting, for the first message) is closed.
 const PARTIAL_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
-/// TCP connections at once; beyond it new ones are closed at accept.
+/// TCP connections at once per listener; beyond it new ones are closed at accept.
 const MAX_CONNECTIONS: usize = 4096;
+/// TCP connections at once from one address, so one host cannot take every slot.
+const MAX_CONNECTIONS_PER_IP: usize = 64;
+/// A write that makes no progress for this long (the peer stopped reading) closes the
+/// connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the peer closes its sending side, how long replies may still be written.
+const HALF_CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Outbound TCP connect and DNS lookup limit.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages queued to one connection's writer before it is considered stuck.
@@ -167,6 +174,7 @@ struct ActiveCall {
 struct Admitter<'a> {
     config: &'a Config,
     now: Instant,
+    stopping: bool,
     active: usize,
     ports: &'a mut PortPool,
     public_ip: Option<IpAddr>,
@@ -178,6 +186,14 @@ impl Admission for Admitter<'_> {
     fn admit(&mut self, invite: &SipMessage, local: SocketAddr, _remote: SocketAddr) -> Admit {
         let dialed = crate::sip::endpoint::dialed(invite);
         let caller = crate::sip::endpoint::caller(invite);
+        if self.stopping {
+            tracing::info!(call_id = invite.call_id(), "shutting down: 503");
+            return Admit::Refuse {
+                status: 503,
+                reason: "Service Unavailable",
+                retry_after: Some(BUSY_RETRY_AFTER_SECS),
+            };
+        }
         let Some(route) = self.config.route(&dialed, &caller) else {
             tracing::info!(call_id = invite.call_id(), %dialed, %caller, "no route: 404");
             return Admit::Refuse {
@@ -289,7 +305,24 @@ pub async fn serve(
 
     let public_ip = match &config.sip.public_address {
         Some(PublicAddress::Ip(ip)) => Some(*ip),
-        _ => None,
+        // SDP needs an address: a host name is resolved once, at start.
+        Some(PublicAddress::Name(name)) => {
+            let lookup =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((name.as_str(), 0)))
+                    .await;
+            match lookup.ok().and_then(Result::ok).and_then(|mut a| a.next()) {
+                Some(addr) => {
+                    tracing::info!(public_address = %name, ip = %addr.ip(), "public address resolved for SDP");
+                    Some(addr.ip())
+                }
+                None => {
+                    return Err(io::Error::other(format!(
+                        "sip.public_address {name} does not resolve; SDP needs an address"
+                    )));
+                }
+            }
+        }
+        None => None,
     };
     let mut endpoint = Endpoint::new(endpoint_config(&config), Box::new(random_u64));
     let mut state = Loop {
@@ -309,6 +342,7 @@ pub async fn serve(
         ),
         bound: HashMap::new(),
         public_ip,
+        stopping: false,
     };
     drop(net_tx);
 
@@ -347,6 +381,7 @@ pub async fn serve(
             () = &mut shutdown, if stopping.is_none() => {
                 let calls = state.calls.values().filter(|c| !c.ended).count();
                 tracing::info!(calls, "stopping: hanging up every call");
+                state.stopping = true;
                 state.hang_up_all(&mut endpoint);
                 stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
             }
@@ -399,6 +434,8 @@ struct Loop {
     ports: PortPool,
     bound: HashMap<String, MediaSockets>,
     public_ip: Option<IpAddr>,
+    /// Shutting down: new calls are refused.
+    stopping: bool,
 }
 
 impl Loop {
@@ -465,6 +502,7 @@ impl Loop {
         let mut admitter = Admitter {
             config: &self.config,
             now,
+            stopping: self.stopping,
             active,
             ports: &mut self.ports,
             public_ip: self.public_ip,
@@ -490,10 +528,25 @@ impl Loop {
         if self.local_ips.len() > 10_000 {
             self.local_ips.clear();
         }
-        let ip = *self
-            .local_ips
-            .entry(peer.ip())
-            .or_insert_with(|| route_source(peer).unwrap_or(local.ip()));
+        let ip = match self.local_ips.get(&peer.ip()) {
+            Some(ip) => *ip,
+            None => match route_source(peer) {
+                Some(ip) => {
+                    self.local_ips.insert(peer.ip(), ip);
+                    ip
+                }
+                // No route back (not cached, so a later message tries again): loopback of
+                // the socket's family is wrong too, but never means "hold" like 0.0.0.0.
+                None => {
+                    tracing::warn!(%peer, "no route to the peer: cannot tell our address");
+                    if local.is_ipv4() {
+                        IpAddr::from([127, 0, 0, 1])
+                    } else {
+                        IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+                    }
+                }
+            },
+        };
         SocketAddr::new(ip, local.port())
     }
 
@@ -644,6 +697,17 @@ impl Loop {
                     }
                 }
             }
+            (TransportKind::Tcp, Target::Host(..)) if matches!(out.flow, Some(Flow::Tcp(c)) if self.connections.contains_key(&c)) =>
+            {
+                // The call's own connection: no lookup, no new connection (a caller behind NAT
+                // with a host name in its Contact is only reachable this way).
+                if let Some(Flow::Tcp(c)) = out.flow
+                    && let Some(conn) = self.connections.get(&c)
+                    && conn.writer.try_send(out.payload).is_err()
+                {
+                    tracing::warn!(remote = %conn.remote, "TCP writer stuck or gone: message dropped");
+                }
+            }
             (transport, Target::Host(host, port)) => {
                 let udp = self.udp.clone();
                 let net_tx = self.net_tx.clone();
@@ -740,21 +804,36 @@ async fn udp_receiver(index: usize, socket: Arc<UdpSocket>, net_tx: mpsc::Sender
 }
 
 async fn tcp_acceptor(listener: TcpListener, net_tx: mpsc::Sender<NetEvent>, ids: Arc<AtomicU64>) {
-    let open = Arc::new(AtomicU64::new(0));
+    let per_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
-                if open.load(Ordering::Relaxed) as usize >= MAX_CONNECTIONS {
-                    tracing::warn!(%remote, "too many TCP connections: refused");
-                    continue;
+                let ip = remote.ip();
+                {
+                    let mut counts = per_ip.lock().unwrap_or_else(|e| e.into_inner());
+                    let total: usize = counts.values().sum();
+                    let mine = counts.entry(ip).or_default();
+                    if total >= MAX_CONNECTIONS || *mine >= MAX_CONNECTIONS_PER_IP {
+                        tracing::warn!(%remote, total, from_this_address = *mine, "too many TCP connections: refused");
+                        if *mine == 0 {
+                            counts.remove(&ip);
+                        }
+                        continue;
+                    }
+                    *mine += 1;
                 }
                 let conn = ids.fetch_add(1, Ordering::Relaxed);
-                let open = Arc::clone(&open);
-                open.fetch_add(1, Ordering::Relaxed);
+                let per_ip = Arc::clone(&per_ip);
                 let net_tx = net_tx.clone();
                 tokio::spawn(async move {
                     run_connection(conn, stream, None, net_tx).await;
-                    open.fetch_sub(1, Ordering::Relaxed);
+                    let mut counts = per_ip.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(n) = counts.get_mut(&ip) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            counts.remove(&ip);
+                        }
+                    }
                 });
             }
             Err(error) => {
@@ -820,10 +899,19 @@ async fn serve_stream<S>(
     if net_tx.send(opened).await.is_err() {
         return;
     }
-    let write_task = tokio::spawn(async move {
+    // The writer ends when the loop drops its sender (the connection was removed), or fails:
+    // a write error, or no progress for WRITE_TIMEOUT (a peer that stopped reading). A failed
+    // writer closes the whole connection, so the loop stops queueing to it.
+    let writer_failed = Arc::new(tokio::sync::Notify::new());
+    let failed = Arc::clone(&writer_failed);
+    let mut write_task = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                return;
+            match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    failed.notify_one();
+                    return;
+                }
             }
         }
         let _ = writer.shutdown().await;
@@ -831,29 +919,46 @@ async fn serve_stream<S>(
 
     let mut framer = StreamFramer::new(FramingLimits::default());
     let mut buf = vec![0u8; 16 * 1024];
-    let mut received_any = false;
+    // A message must be complete within PARTIAL_MESSAGE_TIMEOUT of its first octet (and the
+    // first one within that time of the connection opening); the deadline does not move with
+    // each read, so trickling one octet at a time does not keep a partial message alive.
+    let mut deadline = Some(tokio::time::Instant::now() + PARTIAL_MESSAGE_TIMEOUT);
+    let mut peer_closed = false;
     'read: loop {
-        // A message in progress (or none yet on a fresh connection) must complete in time.
-        let limit = (framer.buffered() > 0 || !received_any).then_some(PARTIAL_MESSAGE_TIMEOUT);
-        let read = match limit {
-            Some(limit) => match tokio::time::timeout(limit, reader.read(&mut buf)).await {
-                Ok(read) => read,
-                Err(_) => {
-                    tracing::info!(conn, %remote, buffered = framer.buffered(), "TCP message incomplete too long: closing");
-                    break;
-                }
-            },
-            None => reader.read(&mut buf).await,
+        let read = async {
+            match deadline {
+                Some(at) => tokio::time::timeout_at(at, reader.read(&mut buf))
+                    .await
+                    .ok(),
+                None => Some(reader.read(&mut buf).await),
+            }
+        };
+        let read = tokio::select! {
+            read = read => read,
+            () = writer_failed.notified() => {
+                tracing::info!(conn, %remote, "TCP peer does not take our writes: closing");
+                break 'read;
+            }
         };
         let n = match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+            None => {
+                tracing::info!(conn, %remote, buffered = framer.buffered(), "TCP message incomplete too long: closing");
+                break;
+            }
+            Some(Ok(0)) => {
+                peer_closed = true;
+                break;
+            }
+            Some(Err(_)) => break,
+            Some(Ok(n)) => n,
         };
+        if framer.buffered() == 0 && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + PARTIAL_MESSAGE_TIMEOUT);
+        }
         framer.push(buf.get(..n).unwrap_or_default());
         loop {
             match framer.next_message() {
                 Ok(Some(bytes)) => {
-                    received_any = true;
                     if net_tx
                         .send(NetEvent::Message { conn, bytes })
                         .await
@@ -870,9 +975,22 @@ async fn serve_stream<S>(
                 }
             }
         }
+        deadline = (framer.buffered() > 0).then_some(
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + PARTIAL_MESSAGE_TIMEOUT),
+        );
+    }
+    if peer_closed {
+        // A half-close: the peer may still read our replies to what it sent last.
+        tokio::time::sleep(HALF_CLOSE_LINGER).await;
     }
     let _ = net_tx.send(NetEvent::Closed { conn }).await;
-    write_task.abort();
+    // The loop drops its sender on Closed; give the writer a moment to flush, then stop it.
+    if tokio::time::timeout(Duration::from_millis(500), &mut write_task)
+        .await
+        .is_err()
+    {
+        write_task.abort();
+    }
 }
 
 #[cfg(test)]
@@ -970,6 +1088,87 @@ mod tests {
             Some(NetEvent::Closed { conn: 9 })
         ));
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trickling_octets_does_not_keep_a_partial_message_alive() {
+        let (mut peer, mut rx) = connection().await;
+        let start = tokio::time::Instant::now();
+        // One octet every 10 s: each read would restart a per-read timeout forever.
+        let closed = async {
+            loop {
+                match rx.recv().await {
+                    Some(NetEvent::Closed { .. }) | None => return,
+                    Some(_) => {}
+                }
+            }
+        };
+        let trickle = async {
+            for byte in OPTIONS.bytes() {
+                if peer.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        };
+        tokio::select! {
+            () = closed => {}
+            () = trickle => panic!("the whole message was accepted"),
+        }
+        assert_eq!(start.elapsed(), PARTIAL_MESSAGE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_is_disconnected() {
+        // A pipe with a small buffer that the peer never reads.
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let (tx, mut rx) = mpsc::channel(16);
+        let addr: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        tokio::spawn(serve_stream(4, ours, addr, addr, None, tx));
+        let Some(NetEvent::Opened { writer, .. }) = rx.recv().await else {
+            panic!()
+        };
+        // Keep the reader busy with a valid message so only the writer can close it.
+        let start = tokio::time::Instant::now();
+        writer.send(Arc::from(vec![b'x'; 4096])).await.unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Some(NetEvent::Closed { conn: 4 })
+        ));
+        assert!(start.elapsed() >= WRITE_TIMEOUT && start.elapsed() < PARTIAL_MESSAGE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_still_reach_a_peer_that_half_closed() {
+        let (mut peer, mut rx) = {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let (tx, rx) = mpsc::channel(16);
+            let addr: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+            tokio::spawn(serve_stream(5, ours, addr, addr, None, tx));
+            (theirs, rx)
+        };
+        let Some(NetEvent::Opened { writer, .. }) = rx.recv().await else {
+            panic!()
+        };
+        peer.write_all(OPTIONS.as_bytes()).await.unwrap();
+        peer.shutdown().await.unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Some(NetEvent::Message { conn: 5, .. })
+        ));
+        // The loop answers a moment later; the connection is still there for it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        writer
+            .send(Arc::from(&b"SIP/2.0 200 OK"[..]))
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 14];
+        peer.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, b"SIP/2.0 200 OK");
+        assert!(matches!(
+            rx.recv().await,
+            Some(NetEvent::Closed { conn: 5 })
+        ));
     }
 
     #[tokio::test(start_paused = true)]
