@@ -1,0 +1,594 @@
+//! Interop tests against SIPp (Debian package `sip-tester`): the daemon is started as an operator
+//! would start it, and each scenario in `tests/sipp/*.xml` places one call at it over loopback.
+//!
+//! Each test has its own loopback address 127.0.0.N (Linux routes all of 127.0.0.0/8 to `lo`),
+//! so the tests run in parallel on the same ports: the bridge on N:5060 (UDP and TCP), SIPp on
+//! N:5070. SIPp fails the call (exit status 1) on any unexpected message, a failed content
+//! check or a receive timeout; the harness adds checks on the message trace (no error
+//! responses, one dialog) and that the daemon stops cleanly on SIGTERM. On failure it prints the
+//! SIPp command, its logs and the daemon's debug log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sip-realtime-bridge");
+const BRIDGE_PORT: u16 = 5060;
+const SIPP_PORT: u16 = 5070;
+/// SIPp is killed if it runs longer than this (its own `-timeout` is shorter).
+const SIPP_DEADLINE: Duration = Duration::from_secs(30);
+const READY_DEADLINE: Duration = Duration::from_secs(10);
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sipp")
+        .join(format!("{name}.xml"))
+}
+
+/// Fails (never skips) when SIPp is missing, so CI cannot pass without running these tests.
+fn require_sipp() {
+    match Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "`sipp` is not installed; these interop tests need it: \
+             install sip-tester: apt-get install -y sip-tester"
+        ),
+        Err(e) => panic!("cannot run `sipp -v`: {e}"),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// One interop case: a scenario, the bridge's address, and what differs from the defaults.
+struct Case {
+    scenario: &'static str,
+    ip: Ipv4Addr,
+    transport: Transport,
+    /// Extra `[limits]` lines for the bridge's configuration.
+    limits: &'static str,
+    /// Extra SIPp arguments.
+    sipp_args: &'static [&'static str],
+}
+
+impl Case {
+    fn udp(scenario: &'static str, last_octet: u8) -> Self {
+        Self {
+            scenario,
+            ip: Ipv4Addr::new(127, 0, 0, last_octet),
+            transport: Transport::Udp,
+            limits: "",
+            sipp_args: &[],
+        }
+    }
+}
+
+fn write_config(dir: &Path, ip: Ipv4Addr, limits: &str) -> PathBuf {
+    let body = format!(
+        r#"[sip]
+listen = ["udp:{ip}:{BRIDGE_PORT}", "tcp:{ip}:{BRIDGE_PORT}"]
+# 64*T1 = 6.4 s: the lost-ACK case ends in seconds.
+t1 = "100ms"
+
+[rtp]
+port_range = "30000-30099"
+
+[limits]
+{limits}
+
+[upstreams.fake]
+kind = "fake"
+
+[profiles.echo]
+upstream = "fake"
+
+[[routes]]
+profile = "echo"
+"#
+    );
+    let path = dir.join("bridge.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// The daemon under test; killed on drop if a test panics before stopping it.
+struct Bridge {
+    child: Child,
+    log: PathBuf,
+    ip: Ipv4Addr,
+}
+
+impl Bridge {
+    fn start(dir: &Path, ip: Ipv4Addr, limits: &str) -> Self {
+        let config = write_config(dir, ip, limits);
+        let log = dir.join("bridge.log");
+        let child = Command::new(BIN)
+            .env_clear()
+            .env("RUST_LOG", "debug")
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log, ip }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the daemon answers an OPTIONS over UDP (and, for TCP cases, accepts a
+    /// connection), or fails with its log.
+    fn wait_ready(&mut self, transport: Transport) {
+        let socket = UdpSocket::bind((self.ip, 0)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let local = socket.local_addr().unwrap();
+        let target = SocketAddr::from((self.ip, BRIDGE_PORT));
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        for n in 1u32.. {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("bridge exited early ({status}); its log:\n{}", self.log());
+            }
+            assert!(
+                start.elapsed() < READY_DEADLINE,
+                "bridge did not answer OPTIONS on {target} within {READY_DEADLINE:?}; its log:\n{}",
+                self.log()
+            );
+            let ip = self.ip;
+            let options = format!(
+                "OPTIONS sip:ping@{ip}:{BRIDGE_PORT} SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP {local};branch=z9hG4bK-ready-{n}\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:harness@{ip}>;tag=ready{n}\r\n\
+                 To: <sip:ping@{ip}>\r\n\
+                 Call-ID: ready-{n}-{}@{ip}\r\n\
+                 CSeq: {n} OPTIONS\r\n\
+                 Content-Length: 0\r\n\r\n",
+                std::process::id()
+            );
+            socket.send_to(options.as_bytes(), target).unwrap();
+            if let Ok((len, _)) = socket.recv_from(&mut buf) {
+                let reply = String::from_utf8_lossy(&buf[..len]);
+                let status = reply.lines().next().unwrap_or_default();
+                assert!(
+                    status.starts_with("SIP/2.0 200"),
+                    "OPTIONS got {status:?}; reply:\n{reply}\nbridge log:\n{}",
+                    self.log()
+                );
+                break;
+            }
+        }
+        if transport == Transport::Tcp {
+            while TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err() {
+                assert!(
+                    start.elapsed() < READY_DEADLINE,
+                    "bridge does not accept TCP on {target}; its log:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; `None` if it had to be killed.
+    fn stop(&mut self) -> Option<ExitStatus> {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < STOP_DEADLINE {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What one SIPp run left behind.
+struct SippRun {
+    command: String,
+    /// `None` when SIPp overran [`SIPP_DEADLINE`] and was killed.
+    status: Option<ExitStatus>,
+    /// `-trace_msg`: every message sent and received, with timestamps.
+    messages: String,
+    /// `-trace_logs`: the scenarios' `<log>` actions.
+    actions: String,
+    /// `-trace_err`: unexpected messages, failed checks, timeouts.
+    errors: String,
+    /// SIPp's screen (final statistics).
+    screen: String,
+}
+
+fn run_sipp(dir: &Path, case: &Case) -> SippRun {
+    let ip = case.ip.to_string();
+    let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let mut args: Vec<String> = vec![
+        "-sf".into(),
+        scenario(case.scenario).to_string_lossy().into_owned(),
+        "-t".into(),
+        match case.transport {
+            Transport::Udp => "u1",
+            Transport::Tcp => "t1",
+        }
+        .into(),
+        "-i".into(),
+        ip.clone(),
+        "-p".into(),
+        SIPP_PORT.to_string(),
+        "-mi".into(),
+        ip.clone(),
+        "-m".into(),
+        "1".into(),
+        "-l".into(),
+        "1".into(),
+        "-nostdin".into(),
+        // Whole-run and per-receive limits: a dead bridge fails fast.
+        "-timeout".into(),
+        "25s".into(),
+        "-timeout_error".into(),
+        "-recv_timeout".into(),
+        "5000".into(),
+        "-trace_msg".into(),
+        "-message_file".into(),
+        file("sipp-messages.log"),
+        "-trace_err".into(),
+        "-error_file".into(),
+        file("sipp-errors.log"),
+        "-trace_logs".into(),
+        "-log_file".into(),
+        file("sipp-actions.log"),
+    ];
+    args.extend(case.sipp_args.iter().map(|&a| a.to_owned()));
+    args.push(format!("{ip}:{BRIDGE_PORT}"));
+    let command = format!("sipp {}", args.join(" "));
+
+    let screen_path = dir.join("sipp-screen.log");
+    let mut child = Command::new("sipp")
+        .args(&args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(File::create(&screen_path).unwrap())
+        .stderr(Stdio::from(
+            File::create(dir.join("sipp-stderr.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > SIPP_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    SippRun {
+        command,
+        status,
+        messages: read("sipp-messages.log"),
+        actions: read("sipp-actions.log"),
+        errors: read("sipp-errors.log") + &read("sipp-stderr.log"),
+        screen: std::fs::read_to_string(&screen_path).unwrap_or_default(),
+    }
+}
+
+/// The last `max` bytes of `text` (on a character boundary).
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// Everything needed to diagnose a failure from a CI log.
+fn report(case: &Case, run: &SippRun, bridge_log: &str, bridge_exit: Option<ExitStatus>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "=== scenario {} on {} ===", case.scenario, case.ip);
+    let _ = writeln!(out, "command: {}", run.command);
+    let _ = writeln!(
+        out,
+        "sipp exit: {:?}; bridge exit after SIGTERM: {:?}",
+        run.status, bridge_exit
+    );
+    let _ = writeln!(out, "--- scenario log (-trace_logs) ---\n{}", run.actions);
+    let _ = writeln!(out, "--- SIPp errors (-trace_err) ---\n{}", run.errors);
+    let _ = writeln!(
+        out,
+        "--- SIP messages (-trace_msg), last 20 kB ---\n{}",
+        tail(&run.messages, 20_000)
+    );
+    let _ = writeln!(
+        out,
+        "--- SIPp screen, end ---\n{}",
+        tail(&run.screen, 3_000)
+    );
+    let _ = writeln!(
+        out,
+        "--- bridge log, last 20 kB ---\n{}",
+        tail(bridge_log, 20_000)
+    );
+    out
+}
+
+/// A message from SIPp's `-trace_msg` file.
+struct Traced {
+    received: bool,
+    text: String,
+}
+
+impl Traced {
+    fn start_line(&self) -> &str {
+        self.text.lines().next().unwrap_or_default()
+    }
+
+    /// The response code, for a response.
+    fn status(&self) -> Option<u16> {
+        let rest = self.start_line().strip_prefix("SIP/2.0 ")?;
+        rest.get(..3)?.parse().ok()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.text
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+    }
+
+    fn cseq_method(&self) -> Option<&str> {
+        self.header("CSeq")?.split_whitespace().nth(1)
+    }
+
+    fn to_tag(&self) -> Option<&str> {
+        let to = self.header("To")?;
+        let at = to.find(";tag=")?;
+        to[at + 5..].split([';', ' ', '>']).next()
+    }
+}
+
+fn parse_trace(trace: &str) -> Vec<Traced> {
+    let mut out = Vec::new();
+    for block in trace.split("-----------------------------------------------") {
+        let mut lines = block.lines();
+        // Timestamp rest of the separator line, then "UDP message received [..] bytes :".
+        let _ = lines.next();
+        let Some(kind) = lines.next() else { continue };
+        let received = kind.contains("message received");
+        if !received && !kind.contains("message sent") {
+            continue;
+        }
+        let text: Vec<&str> = lines.skip_while(|l| l.trim().is_empty()).collect();
+        out.push(Traced {
+            received,
+            text: text.join("\n"),
+        });
+    }
+    out
+}
+
+/// What a passing case leaves for case-specific checks.
+struct Outcome {
+    trace: Vec<Traced>,
+    actions: String,
+    report: String,
+}
+
+/// Runs one case end to end and applies the checks every case shares.
+fn interop(case: &Case, allowed_errors: &[u16]) -> Outcome {
+    require_sipp();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), case.ip, case.limits);
+    bridge.wait_ready(case.transport);
+    let run = run_sipp(dir.path(), case);
+    let bridge_exit = bridge.stop();
+    let bridge_log = bridge.log();
+    let report = report(case, &run, &bridge_log, bridge_exit);
+
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "SIPp failed\n{report}"
+    );
+    assert!(
+        bridge_exit.is_some_and(|s| s.success()),
+        "the bridge did not exit cleanly on SIGTERM\n{report}"
+    );
+    assert!(
+        !bridge_log.lines().any(|l| l.contains(" ERROR ")),
+        "the bridge logged an error\n{report}"
+    );
+    let trace = parse_trace(&run.messages);
+    assert!(
+        trace.iter().any(|m| m.received),
+        "no message from the bridge in the trace\n{report}"
+    );
+    for m in trace.iter().filter(|m| m.received) {
+        if let Some(code) = m.status() {
+            assert!(
+                code < 400 || allowed_errors.contains(&code),
+                "unexpected error response {:?}\n{report}",
+                m.start_line()
+            );
+        }
+    }
+    Outcome {
+        trace,
+        actions: run.actions,
+        report,
+    }
+}
+
+/// The received 2xx responses to the initial INVITE.
+fn invite_200s(trace: &[Traced]) -> Vec<&Traced> {
+    trace
+        .iter()
+        .filter(|m| m.received && m.status() == Some(200) && m.cseq_method() == Some("INVITE"))
+        .collect()
+}
+
+/// Every 200 to the INVITE names the same dialog (one To tag): retransmissions, not new calls.
+fn assert_one_dialog(outcome: &Outcome) -> usize {
+    let oks = invite_200s(&outcome.trace);
+    let tags: Vec<Option<&str>> = oks.iter().map(|m| m.to_tag()).collect();
+    assert!(
+        !tags.is_empty() && tags.iter().all(|t| t.is_some() && *t == tags[0]),
+        "200s to the INVITE with To tags {tags:?}: more than one dialog, or none\n{}",
+        outcome.report
+    );
+    oks.len()
+}
+
+#[test]
+fn basic_call_over_udp() {
+    let outcome = interop(&Case::udp("basic_call", 31), &[]);
+    assert_one_dialog(&outcome);
+}
+
+#[test]
+fn basic_call_over_tcp_answers_on_the_callers_connection() {
+    let case = Case {
+        transport: Transport::Tcp,
+        ..Case::udp("tcp_call", 38)
+    };
+    let outcome = interop(&case, &[]);
+    assert_one_dialog(&outcome);
+    let bye_ok = outcome
+        .trace
+        .iter()
+        .any(|m| m.received && m.status() == Some(200) && m.cseq_method() == Some("BYE"));
+    assert!(bye_ok, "no 200 to the BYE\n{}", outcome.report);
+}
+
+#[test]
+fn caller_cancel() {
+    // 481: the CANCEL found no transaction (the answer won); 487: the CANCEL won.
+    let outcome = interop(&Case::udp("cancel", 32), &[481, 487]);
+    let outcomes: Vec<&str> = outcome
+        .actions
+        .lines()
+        .filter(|l| l.contains("outcome: "))
+        .collect();
+    assert_eq!(outcomes.len(), 1, "{}", outcome.report);
+    // Shown with --nocapture: which side of the race this run exercised.
+    println!("caller_cancel: {}", outcomes[0]);
+}
+
+#[test]
+fn bridge_hangs_up_at_max_call_duration() {
+    let case = Case {
+        limits: r#"max_call_duration = "3s""#,
+        sipp_args: &["-set", "min_ms", "2500", "-set", "max_ms", "6000"],
+        ..Case::udp("bye_from_bridge", 33)
+    };
+    let outcome = interop(&case, &[]);
+    assert_one_dialog(&outcome);
+    let bye = outcome
+        .trace
+        .iter()
+        .find(|m| m.received && m.start_line().starts_with("BYE "));
+    assert!(bye.is_some(), "no BYE from the bridge\n{}", outcome.report);
+}
+
+#[test]
+fn reinvite_hold_and_resume() {
+    let outcome = interop(&Case::udp("hold_resume", 34), &[]);
+    assert_one_dialog(&outcome);
+    let answers = outcome
+        .actions
+        .lines()
+        .filter(|l| l.starts_with("hold answer:") || l.starts_with("resume answer:"))
+        .count();
+    assert_eq!(answers, 2, "{}", outcome.report);
+}
+
+#[test]
+fn options_out_of_dialog() {
+    interop(&Case::udp("options", 35), &[]);
+}
+
+#[test]
+fn retransmitted_invite_is_absorbed() {
+    let case = Case {
+        sipp_args: &["-nr"],
+        ..Case::udp("retransmitted_invite", 36)
+    };
+    let outcome = interop(&case, &[]);
+    let oks = assert_one_dialog(&outcome);
+    assert!(
+        oks >= 2,
+        "expected the 200 again after the copy\n{}",
+        outcome.report
+    );
+    let invites_sent = outcome
+        .trace
+        .iter()
+        .filter(|m| !m.received && m.start_line().starts_with("INVITE "))
+        .count();
+    assert_eq!(invites_sent, 2, "{}", outcome.report);
+}
+
+#[test]
+fn lost_ack_retransmits_the_200_then_sends_bye() {
+    // t1 = 100ms: retransmissions at 0.1, 0.3, 0.7, 1.5, 3.1 s...; BYE at 64*T1 = 6.4 s.
+    let case = Case {
+        sipp_args: &["-nr", "-set", "min_ms", "6000", "-set", "max_ms", "9000"],
+        ..Case::udp("lost_ack", 37)
+    };
+    let outcome = interop(&case, &[]);
+    let oks = assert_one_dialog(&outcome);
+    assert!(
+        oks >= 3,
+        "expected the 200 and at least 2 retransmissions, got {oks}\n{}",
+        outcome.report
+    );
+    assert!(
+        !outcome
+            .trace
+            .iter()
+            .any(|m| !m.received && m.start_line().starts_with("ACK ")),
+        "the scenario must never ACK\n{}",
+        outcome.report
+    );
+}
