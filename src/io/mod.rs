@@ -1,6 +1,7 @@
 //! I/O shells: the tokio side of the daemon. Shells own sockets, tasks and timers, and feed the
 //! sans-IO cores; they hold no protocol rules of their own.
 //!
+//! - [`sip`]: the SIP sockets (UDP, TCP) and the signalling loop around the sans-IO endpoint.
 //! - [`ws`]: the WebSocket connection to a realtime service (TLS, auth, handshake errors).
 //! - [`realtime`]: the task that drives one realtime session core over that connection.
 //! - [`probe`]: connect, configure, send a second of silence, report: the `probe` command.

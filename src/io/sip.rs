@@ -1,7 +1,7 @@
 //! The SIP transport shell: UDP and TCP sockets around the sans-IO [`Endpoint`].
 //!
 //! One task (the *signalling loop*) owns the endpoint and everything that decides: it reads
-//! the clock (in [`now`], the only place), feeds the endpoint what the socket tasks received,
+//! the clock (in one function, `now`), feeds the endpoint what the socket tasks received,
 //! runs its timers, sends what it asks for, and plays the call logic that is there until the
 //! call issue lands: admit by route and capacity, bind an RTP port, ring and answer at once,
 //! end a call at `limits.max_call_duration`.
@@ -779,7 +779,21 @@ async fn run_connection(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    serve_stream(conn, stream, local, remote, first, net_tx).await;
+}
+
+/// The connection logic over any byte stream (tests use in-memory pipes).
+async fn serve_stream<S>(
+    conn: u64,
+    stream: S,
+    local: SocketAddr,
+    remote: SocketAddr,
+    first: Option<Wire>,
+    net_tx: mpsc::Sender<NetEvent>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Wire>(WRITER_QUEUE);
     if let Some(first) = first {
         let _ = tx.try_send(first);
@@ -846,4 +860,127 @@ async fn run_connection(
     }
     let _ = net_tx.send(NetEvent::Closed { conn }).await;
     write_task.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    const OPTIONS: &str = "OPTIONS sip:b@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.2:5060;branch=z9hG4bK1\r\n\
+        From: <sip:a@127.0.0.2>;tag=1\r\nTo: <sip:b@127.0.0.1>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\
+        Content-Length: 0\r\n\r\n";
+
+    /// Starts the connection logic on one end of a pipe; returns the other end and the
+    /// events, with the `Opened` already taken.
+    async fn connection() -> (tokio::io::DuplexStream, mpsc::Receiver<NetEvent>) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (tx, mut rx) = mpsc::channel(16);
+        let addr: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        tokio::spawn(serve_stream(9, ours, addr, addr, None, tx));
+        assert!(matches!(
+            rx.recv().await,
+            Some(NetEvent::Opened { conn: 9, .. })
+        ));
+        (theirs, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_messages_are_cut_by_content_length() {
+        let (mut peer, mut rx) = connection().await;
+        // Two messages and half of a third in one write, the rest later.
+        let mut bytes = format!("{OPTIONS}{OPTIONS}").into_bytes();
+        bytes.extend_from_slice(&OPTIONS.as_bytes()[..40]);
+        peer.write_all(&bytes).await.unwrap();
+        for _ in 0..2 {
+            let Some(NetEvent::Message { conn: 9, bytes }) = rx.recv().await else {
+                panic!("expected a message")
+            };
+            assert_eq!(bytes, OPTIONS.as_bytes());
+        }
+        peer.write_all(&OPTIONS.as_bytes()[40..]).await.unwrap();
+        let Some(NetEvent::Message { bytes, .. }) = rx.recv().await else {
+            panic!("expected the third message")
+        };
+        assert_eq!(bytes, OPTIONS.as_bytes());
+        // The connection stays open while idle between messages.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_incomplete_message_closes_the_connection_after_the_timeout() {
+        let (mut peer, mut rx) = connection().await;
+        // RFC 4475 3.1.2.2 over a stream: Content-Length beyond what arrives.
+        peer.write_all(
+            OPTIONS
+                .replace("Content-Length: 0", "Content-Length: 9999")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let start = tokio::time::Instant::now();
+        let Some(NetEvent::Closed { conn: 9 }) = rx.recv().await else {
+            panic!("expected the connection to close")
+        };
+        assert_eq!(start.elapsed(), PARTIAL_MESSAGE_TIMEOUT);
+        // And the peer sees the close.
+        let mut buf = [0u8; 16];
+        assert_eq!(peer.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_sends_a_message_is_closed() {
+        let (_peer, mut rx) = connection().await;
+        let start = tokio::time::Instant::now();
+        assert!(matches!(
+            rx.recv().await,
+            Some(NetEvent::Closed { conn: 9 })
+        ));
+        assert_eq!(start.elapsed(), PARTIAL_MESSAGE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_framing_error_closes_the_connection_at_once() {
+        let (mut peer, mut rx) = connection().await;
+        // RFC 4475 3.1.2.3: a negative Content-Length cannot be framed.
+        peer.write_all(
+            OPTIONS
+                .replace("Content-Length: 0", "Content-Length: -999")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(matches!(
+            rx.recv().await,
+            Some(NetEvent::Closed { conn: 9 })
+        ));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_messages_are_written_in_order() {
+        let (mut peer, _rx) = {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let (tx, mut rx) = mpsc::channel(16);
+            let addr: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+            tokio::spawn(serve_stream(
+                3,
+                ours,
+                addr,
+                addr,
+                Some(Arc::from(&b"first"[..])),
+                tx,
+            ));
+            let Some(NetEvent::Opened { writer, .. }) = rx.recv().await else {
+                panic!()
+            };
+            writer.send(Arc::from(&b"-second"[..])).await.unwrap();
+            (theirs, rx)
+        };
+        let mut buf = vec![0u8; 12];
+        peer.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, b"first-second");
+    }
 }

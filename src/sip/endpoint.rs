@@ -36,7 +36,7 @@ use super::dialog::{
 };
 use super::message::{
     HostPort, ParseError, SipMessage, Uri, Via, build_error_response, build_response, parse,
-    sanitize,
+    sanitize, split_outside,
 };
 use super::sdp::{CodecPrefs, LocalMedia};
 use super::transaction::{TimerConfig, Wire};
@@ -294,7 +294,7 @@ impl Endpoint {
         let mut message = match parse(incoming.bytes) {
             Ok(message) => message,
             Err(error) => {
-                self.malformed(&incoming, &error);
+                self.malformed(&incoming, error);
                 return;
             }
         };
@@ -409,26 +409,37 @@ impl Endpoint {
         format!("{:016x}{:08x}", (self.random)(), (self.random)() as u32)
     }
 
-    fn malformed(&mut self, incoming: &Incoming<'_>, error: &ParseError) {
+    fn malformed(&mut self, incoming: &Incoming<'_>, mut error: ParseError) {
         self.stats.malformed += 1;
         let reason = match error.status_code() {
             505 => "Version Not Supported",
             416 => "Unsupported URI Scheme",
             _ => "Bad Request",
         };
-        let Some(payload) = build_error_response(error, error.status_code(), reason) else {
+        // Address the reply from the salvaged top Via, stamped like a parsed request's, and
+        // copy the stamped value into the reply.
+        let Some(salvage) = error.salvage_mut() else {
             return;
         };
-        // Address the reply from the salvaged top Via, stamped like a parsed request's.
-        let Some(mut via) = error
-            .salvage()
-            .and_then(|s| s.vias.first())
-            .and_then(|v| Via::parse_list(v))
-            .and_then(|vias| vias.into_iter().next())
+        let Some(first_line) = salvage.vias.first_mut() else {
+            return;
+        };
+        let Some(mut elements) = split_outside(first_line, ',')
+            .map(|parts| parts.into_iter().map(str::to_owned).collect::<Vec<_>>())
         else {
             return;
         };
+        let Some(mut via) = elements.first().and_then(|v| Via::parse(v)) else {
+            return;
+        };
         stamp(&mut via, incoming.remote);
+        if let Some(first) = elements.first_mut() {
+            *first = via.to_string();
+        }
+        *first_line = elements.join(",");
+        let Some(payload) = build_error_response(&error, error.status_code(), reason) else {
+            return;
+        };
         self.stats.malformed_answered += 1;
         self.send_reply(&via, incoming.flow, Arc::from(payload), false);
     }
@@ -745,9 +756,7 @@ type Refusal = (u16, &'static str, Vec<(&'static str, String)>);
 
 /// A new INVITE whose body we cannot read (415, with what we accept) or whose `Accept`
 /// rules out an SDP answer (406).
-fn unacceptable_body(
-    invite: &SipMessage,
-) -> Option<Refusal> {
+fn unacceptable_body(invite: &SipMessage) -> Option<Refusal> {
     let has_body = !invite.body().is_empty();
     if has_body {
         let content_type = invite.content_type().unwrap_or_default();

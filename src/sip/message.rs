@@ -32,7 +32,7 @@ use std::fmt;
 
 pub use addr::{HostPort, NameAddr, Uri, Via};
 pub use framing::{Frame, FrameError, FramingLimits, StreamFramer, frame_datagram};
-pub use head::{Param, sanitize};
+pub use head::{Param, sanitize, split_outside};
 pub use reply::{build_bad_request, build_error_response, build_response};
 
 /// Longest text copied from the wire into an error (version strings, schemes).
@@ -216,6 +216,23 @@ impl ParseError {
             | Self::DuplicateHeader { salvage, .. }
             | Self::InvalidHeader { salvage, .. }
             | Self::CSeqMethodMismatch { salvage, .. } => salvage.as_deref(),
+            Self::InvalidStatusCode => None,
+        }
+    }
+
+    /// The salvaged request headers, to stamp the top Via before a reply is built.
+    pub fn salvage_mut(&mut self) -> Option<&mut Salvage> {
+        match self {
+            Self::Framing { salvage, .. }
+            | Self::MalformedStartLine { salvage }
+            | Self::UnsupportedVersion { salvage, .. }
+            | Self::MalformedRequestUri { salvage }
+            | Self::UnsupportedUriScheme { salvage, .. }
+            | Self::MalformedHeaderLine { salvage, .. }
+            | Self::MissingHeader { salvage, .. }
+            | Self::DuplicateHeader { salvage, .. }
+            | Self::InvalidHeader { salvage, .. }
+            | Self::CSeqMethodMismatch { salvage, .. } => salvage.as_deref_mut(),
             Self::InvalidStatusCode => None,
         }
     }
@@ -781,4 +798,4 @@ fn saturating_seconds(s: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -12,9 +12,10 @@
 //!   telephone-event;
 //! - [`dialog`]: the UAS call core: dialog state, 2xx retransmission until the ACK, CANCEL,
 //!   BYE, re-INVITE/UPDATE offer/answer, OPTIONS, RFC 4028 session timers, and the replies to
-//!   requests outside any dialog.
-//!
-//! Still to come with the rest of the SIP issue: the UDP/TCP transport shells in `io/`.
+//!   requests outside any dialog;
+//! - [`endpoint`]: all calls behind one front door: parse, stamp `received`/`rport`, route
+//!   replies per RFC 3261 18.2.2, dispatch to the call by Call-ID, admit new INVITEs, answer
+//!   the rest statelessly. Its tokio shell is `io::sip`.
 
 pub mod dialog;
 pub mod endpoint;

@@ -1,1 +1,508 @@
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::sip::dialog::EndedBy;
+
+const LOCAL: &str = "127.0.0.1:5060";
+const PEER: &str = "127.0.0.2:40000";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Admits everything on port 30000, or refuses with a fixed verdict.
+struct Policy {
+    verdict: Option<Admit>,
+    asked: usize,
+}
+
+impl Policy {
+    fn accept() -> Self {
+        Self {
+            verdict: None,
+            asked: 0,
+        }
+    }
+    fn refuse(status: u16, reason: &'static str, retry_after: Option<u32>) -> Self {
+        Self {
+            verdict: Some(Admit::Refuse {
+                status,
+                reason,
+                retry_after,
+            }),
+            asked: 0,
+        }
+    }
+}
+
+impl Admission for Policy {
+    fn admit(&mut self, _invite: &SipMessage, local: SocketAddr, _remote: SocketAddr) -> Admit {
+        self.asked += 1;
+        self.verdict.clone().unwrap_or(Admit::Accept {
+            media: LocalMedia::new(local.ip(), 30000, 1, 1),
+        })
+    }
+}
+
+fn endpoint() -> Endpoint {
+    let mut counter = 0u64;
+    Endpoint::new(
+        EndpointConfig {
+            public_host: None,
+            codecs: CodecPrefs::default(),
+            timers: TimerConfig::default(),
+            session_timer: SessionTimerConfig::default(),
+            contact_user: "bridge".into(),
+        },
+        Box::new(move || {
+            counter += 1;
+            counter
+        }),
+    )
+}
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n\
+                   m=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+fn invite(via: &str, call_id: &str, extra: &str) -> String {
+    format!(
+        "INVITE sip:100@127.0.0.1 SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+         From: \"Alice\" <sip:alice@127.0.0.2>;tag=a1\r\nTo: <sip:100@127.0.0.1>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.2:40000>\r\n\
+         {extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    )
+}
+
+fn in_dialog(method: &str, call_id: &str, to_tag: &str, cseq: u32, branch: &str) -> String {
+    format!(
+        "{method} sip:bridge@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:40000;rport;branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.2>;tag=a1\r\nTo: <sip:100@127.0.0.1>;tag={to_tag}\r\n\
+         Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+fn feed(ep: &mut Endpoint, now: Instant, flow: Flow, text: &str, policy: &mut Policy) {
+    ep.handle_incoming(
+        now,
+        Incoming {
+            flow,
+            local: addr(LOCAL),
+            remote: addr(PEER),
+            bytes: text.as_bytes(),
+        },
+        policy,
+    );
+}
+
+fn sent(ep: &mut Endpoint) -> Vec<(Outgoing, SipMessage)> {
+    std::iter::from_fn(|| ep.poll_transmit())
+        .map(|o| {
+            let m = parse(&o.payload).unwrap();
+            (o, m)
+        })
+        .collect()
+}
+
+fn events(ep: &mut Endpoint) -> Vec<EndpointEvent> {
+    std::iter::from_fn(|| ep.poll_event()).collect()
+}
+
+fn status(m: &SipMessage) -> u16 {
+    m.status_code().unwrap()
+}
+
+#[test]
+fn options_outside_a_dialog_is_answered_where_the_via_says() {
+    let mut ep = endpoint();
+    let now = Instant::now();
+    let mut policy = Policy::accept();
+    // No rport: the reply goes to the source address at the sent-by port (default 5060).
+    let options = "OPTIONS sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.2;branch=z9hG4bKo1\r\n\
+        Max-Forwards: 70\r\nFrom: <sip:a@192.0.2.2>;tag=1\r\nTo: <sip:100@127.0.0.1>\r\n\
+        Call-ID: opt1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    feed(&mut ep, now, Flow::Udp(0), options, &mut policy);
+    let out = sent(&mut ep);
+    assert_eq!(out.len(), 1);
+    let (o, m) = &out[0];
+    assert_eq!(status(m), 200);
+    assert_eq!(o.target, Target::Addr(addr("127.0.0.2:5060")));
+    assert_eq!(
+        (o.transport, o.flow),
+        (TransportKind::Udp, Some(Flow::Udp(0)))
+    );
+    assert_eq!(m.top_via().received(), Some("127.0.0.2"));
+    assert!(m.header("Allow").unwrap().contains("INVITE"));
+    // The same request again gets the same To tag (stateless, derived from the request).
+    feed(&mut ep, now, Flow::Udp(0), options, &mut policy);
+    let again = sent(&mut ep);
+    assert_eq!(again[0].1.to().tag(), m.to().tag());
+    assert_eq!(policy.asked, 0);
+    assert_eq!(ep.call_count(), 0);
+
+    // With rport: to the source port.
+    let with_rport = options.replace(";branch=z9hG4bKo1", ";rport;branch=z9hG4bKo2");
+    feed(&mut ep, now, Flow::Udp(0), &with_rport, &mut policy);
+    let out = sent(&mut ep);
+    assert_eq!(out[0].0.target, Target::Addr(addr(PEER)));
+    assert_eq!(out[0].1.top_via().rport(), Some(Some(40000)));
+}
+
+#[test]
+fn a_call_from_invite_to_bye_and_out_of_the_table() {
+    let mut ep = endpoint();
+    let t0 = Instant::now();
+    let mut policy = Policy::accept();
+    let inv = invite(
+        "SIP/2.0/UDP 127.0.0.2:40000;rport;branch=z9hG4bKi1",
+        "call1",
+        "",
+    );
+    feed(&mut ep, t0, Flow::Udp(0), &inv, &mut policy);
+    let out = sent(&mut ep);
+    assert_eq!(
+        out.iter().map(|(_, m)| status(m)).collect::<Vec<_>>(),
+        [100]
+    );
+    assert_eq!(out[0].0.target, Target::Addr(addr(PEER)));
+    let evs = events(&mut ep);
+    let EndpointEvent::IncomingCall {
+        call,
+        dialed,
+        caller,
+        transport,
+        ..
+    } = evs[0].clone()
+    else {
+        panic!("{evs:?}")
+    };
+    assert_eq!((dialed.as_str(), caller.as_str()), ("100", "alice"));
+    assert_eq!(transport, TransportKind::Udp);
+
+    // A retransmitted INVITE is absorbed by the call: 100 again, no second call.
+    feed(&mut ep, t0, Flow::Udp(0), &inv, &mut policy);
+    assert_eq!(
+        sent(&mut ep)
+            .iter()
+            .map(|(_, m)| status(m))
+            .collect::<Vec<_>>(),
+        [100]
+    );
+    assert_eq!((ep.call_count(), policy.asked), (1, 1));
+    assert!(events(&mut ep).is_empty());
+
+    ep.ring(t0, call).unwrap();
+    ep.answer(t0, call).unwrap();
+    let out = sent(&mut ep);
+    assert_eq!(
+        out.iter().map(|(_, m)| status(m)).collect::<Vec<_>>(),
+        [180, 200]
+    );
+    let ok = &out[1].1;
+    let to_tag = ok.to().tag().unwrap().to_owned();
+    assert_eq!(ok.contacts()[0].uri.raw, "sip:bridge@127.0.0.1:5060");
+    assert!(String::from_utf8_lossy(ok.body()).contains("m=audio 30000 RTP/AVP 0"));
+
+    // The 200 is retransmitted on T1 until the ACK.
+    ep.handle_timeout(t0 + Duration::from_millis(500));
+    let out = sent(&mut ep);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].0.retransmission);
+    let ack = in_dialog("ACK", "call1", &to_tag, 1, "z9hG4bKa1");
+    feed(
+        &mut ep,
+        t0 + Duration::from_millis(600),
+        Flow::Udp(0),
+        &ack,
+        &mut policy,
+    );
+    assert!(sent(&mut ep).is_empty());
+    assert!(events(&mut ep).iter().any(|e| matches!(
+        e,
+        EndpointEvent::Dialog {
+            event: DialogEvent::Confirmed,
+            ..
+        }
+    )));
+
+    let bye = in_dialog("BYE", "call1", &to_tag, 2, "z9hG4bKb1");
+    let t1 = t0 + Duration::from_secs(5);
+    feed(&mut ep, t1, Flow::Udp(0), &bye, &mut policy);
+    let out = sent(&mut ep);
+    assert_eq!(status(&out[0].1), 200);
+    assert_eq!(out[0].0.target, Target::Addr(addr(PEER)));
+    assert!(events(&mut ep).iter().any(|e| matches!(
+        e,
+        EndpointEvent::Dialog {
+            event: DialogEvent::Ended {
+                by: EndedBy::Remote,
+                ..
+            },
+            ..
+        }
+    )));
+    // A retransmitted BYE is still answered from the transaction...
+    feed(
+        &mut ep,
+        t1 + Duration::from_secs(1),
+        Flow::Udp(0),
+        &bye,
+        &mut policy,
+    );
+    assert_eq!(status(&sent(&mut ep)[0].1), 200);
+    assert_eq!(ep.call_count(), 1);
+    // ...and once Timer J (64*T1) has run, the call leaves the table and a late BYE gets 481.
+    let deadline = ep.poll_timeout().unwrap();
+    assert!(deadline <= t1 + Duration::from_secs(33));
+    ep.handle_timeout(t1 + Duration::from_secs(33));
+    assert_eq!(ep.call_count(), 0);
+    assert_eq!(ep.poll_timeout(), None);
+    assert_eq!(ep.ring(t1, call), Err(EndpointError::UnknownCall(call)));
+    feed(
+        &mut ep,
+        t1 + Duration::from_secs(34),
+        Flow::Udp(0),
+        &bye,
+        &mut policy,
+    );
+    assert_eq!(status(&sent(&mut ep)[0].1), 481);
+}
+
+#[test]
+fn refused_invites_get_a_stateless_final_response() {
+    let mut ep = endpoint();
+    let now = Instant::now();
+    let mut policy = Policy::refuse(503, "Service Unavailable", Some(5));
+    let inv = invite(
+        "SIP/2.0/UDP 127.0.0.2:40000;branch=z9hG4bKr1",
+        "refused",
+        "",
+    );
+    feed(&mut ep, now, Flow::Udp(0), &inv, &mut policy);
+    let out = sent(&mut ep);
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0].1), 503);
+    assert_eq!(out[0].1.header("Retry-After"), Some("5"));
+    let tag = out[0].1.to().tag().unwrap().to_owned();
+    // Same INVITE again: same answer, same tag; no call was created.
+    feed(&mut ep, now, Flow::Udp(0), &inv, &mut policy);
+    assert_eq!(sent(&mut ep)[0].1.to().tag(), Some(tag.as_str()));
+    assert_eq!(ep.call_count(), 0);
+    assert!(events(&mut ep).is_empty());
+    assert_eq!(ep.stats().refused, 2);
+
+    let mut policy = Policy::refuse(404, "Not Found", None);
+    feed(
+        &mut ep,
+        now,
+        Flow::Udp(0),
+        &inv.replace("refused", "nobody"),
+        &mut policy,
+    );
+    let out = sent(&mut ep);
+    assert_eq!(status(&out[0].1), 404);
+    assert_eq!(out[0].1.header("Retry-After"), None);
+}
+
+#[test]
+fn bodies_we_cannot_answer_are_refused_before_admission() {
+    let mut ep = endpoint();
+    let now = Instant::now();
+    let mut policy = Policy::accept();
+    let via = "SIP/2.0/UDP 127.0.0.2:40000;branch=z9hG4bKu1";
+    let unknown_type = invite(via, "ut", "").replace(
+        "Content-Type: application/sdp",
+        "Content-Type: application/x-foo",
+    );
+    feed(&mut ep, now, Flow::Udp(0), &unknown_type, &mut policy);
+    let out = sent(&mut ep);
+    assert_eq!(status(&out[0].1), 415);
+    assert_eq!(out[0].1.header("Accept"), Some("application/sdp"));
+
+    let gzip = invite(via, "gz", "Content-Encoding: gzip\r\n");
+    feed(&mut ep, now, Flow::Udp(0), &gzip, &mut policy);
+    assert_eq!(status(&sent(&mut ep)[0].1), 415);
+
+    let accept_text = invite(via, "acc", "Accept: text/plain\r\n");
+    feed(&mut ep, now, Flow::Udp(0), &accept_text, &mut policy);
+    assert_eq!(status(&sent(&mut ep)[0].1), 406);
+
+    let accept_any = invite(via, "any", "Accept: text/plain, application/*\r\n");
+    feed(&mut ep, now, Flow::Udp(0), &accept_any, &mut policy);
+    assert_eq!(status(&sent(&mut ep)[0].1), 100);
+    assert_eq!((policy.asked, ep.call_count()), (1, 1));
+}
+
+#[test]
+fn malformed_requests_get_400_where_addressable_and_responses_are_dropped() {
+    let mut ep = endpoint();
+    let now = Instant::now();
+    let mut policy = Policy::accept();
+    // Two CSeq headers: does not parse, but From/To/Call-ID/Via can be salvaged.
+    let bad = "OPTIONS sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bKm1\r\n\
+        From: <sip:a@192.0.2.9>;tag=1\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: bad1\r\n\
+        CSeq: 1 OPTIONS\r\nCSeq: 2 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    feed(&mut ep, now, Flow::Udp(0), bad, &mut policy);
+    let out = sent(&mut ep);
+    assert_eq!(status(&out[0].1), 400);
+    assert_eq!(out[0].0.target, Target::Addr(addr("127.0.0.2:5070")));
+    assert_eq!(out[0].1.top_via().received(), Some("127.0.0.2"));
+
+    let bad_version = bad
+        .replace("SIP/2.0\r\nVia", "SIP/7.0\r\nVia")
+        .replace("CSeq: 2 OPTIONS\r\n", "");
+    feed(&mut ep, now, Flow::Udp(0), &bad_version, &mut policy);
+    assert_eq!(status(&sent(&mut ep)[0].1), 505);
+
+    // Garbage and a response for no call: nothing sent.
+    feed(&mut ep, now, Flow::Udp(0), "\x00\x01 hello", &mut policy);
+    let stray = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx\r\n\
+        From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.2>;tag=2\r\nCall-ID: none\r\n\
+        CSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+    feed(&mut ep, now, Flow::Udp(0), stray, &mut policy);
+    assert!(sent(&mut ep).is_empty());
+    let stats = ep.stats();
+    assert_eq!(
+        (
+            stats.malformed,
+            stats.malformed_answered,
+            stats.stray_responses
+        ),
+        (3, 2, 1)
+    );
+}
+
+#[test]
+fn tcp_replies_and_our_bye_use_the_calls_connection() {
+    let mut ep = endpoint();
+    let t0 = Instant::now();
+    let mut policy = Policy::accept();
+    let inv = invite("SIP/2.0/TCP 127.0.0.2:5060;branch=z9hG4bKt1", "tcp1", "").replace(
+        "<sip:alice@127.0.0.2:40000>",
+        "<sip:alice@127.0.0.2:5060;transport=tcp>",
+    );
+    feed(&mut ep, t0, Flow::Tcp(7), &inv, &mut policy);
+    let out = sent(&mut ep);
+    assert_eq!(
+        (out[0].0.transport, out[0].0.flow),
+        (TransportKind::Tcp, Some(Flow::Tcp(7)))
+    );
+    let EndpointEvent::IncomingCall { call, .. } = events(&mut ep)[0].clone() else {
+        panic!()
+    };
+    ep.answer(t0, call).unwrap();
+    let out = sent(&mut ep);
+    let ok = &out[0].1;
+    assert_eq!(
+        ok.contacts()[0].uri.raw,
+        "sip:bridge@127.0.0.1:5060;transport=tcp"
+    );
+    let to_tag = ok.to().tag().unwrap().to_owned();
+    // The 2xx is retransmitted end to end even over TCP (RFC 3261 13.3.1.4: a proxy on the
+    // way may use UDP), over the same connection.
+    ep.handle_timeout(t0 + Duration::from_millis(500));
+    let out = sent(&mut ep);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].0.retransmission);
+    assert_eq!(out[0].0.flow, Some(Flow::Tcp(7)));
+    let ack = in_dialog("ACK", "tcp1", &to_tag, 1, "z9hG4bKta").replace(
+        "SIP/2.0/UDP 127.0.0.2:40000;rport",
+        "SIP/2.0/TCP 127.0.0.2:5060",
+    );
+    feed(&mut ep, t0, Flow::Tcp(7), &ack, &mut policy);
+    ep.hang_up(t0, call).unwrap();
+    let out = sent(&mut ep);
+    let (o, bye) = &out[0];
+    assert_eq!(bye.method(), Some("BYE"));
+    assert_eq!(o.transport, TransportKind::Tcp);
+    assert_eq!(o.flow, Some(Flow::Tcp(7)));
+    assert_eq!(o.target, Target::Addr(addr("127.0.0.2:5060")));
+    assert!(bye.top_via().transport.eq_ignore_ascii_case("TCP"));
+}
+
+#[test]
+fn requests_we_send_follow_the_remote_target_and_its_transport() {
+    let uri = Uri::parse("sip:alice@127.0.0.9:5070;transport=TCP").unwrap();
+    assert_eq!(
+        request_target(&uri, TransportKind::Udp),
+        (TransportKind::Tcp, Target::Addr(addr("127.0.0.9:5070")))
+    );
+    let uri = Uri::parse("sip:alice@pbx.example.com").unwrap();
+    assert_eq!(
+        request_target(&uri, TransportKind::Udp),
+        (
+            TransportKind::Udp,
+            Target::Host("pbx.example.com".into(), 5060)
+        )
+    );
+    let uri = Uri::parse("sip:alice@[::1]:5080").unwrap();
+    assert_eq!(
+        request_target(&uri, TransportKind::Udp).1,
+        Target::Addr(addr("[::1]:5080"))
+    );
+}
+
+#[test]
+fn dialed_and_caller_come_from_the_right_headers() {
+    let text = "INVITE sip:%2B4930123@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2;branch=z9hG4bKd\r\n\
+        From: <sip:anon@127.0.0.2>;tag=1\r\nTo: <sip:other@127.0.0.1>\r\nCall-ID: d\r\nCSeq: 1 INVITE\r\n\
+        P-Asserted-Identity: <sip:+4989555@127.0.0.2>\r\nContent-Length: 0\r\n\r\n";
+    let m = parse(text.as_bytes()).unwrap();
+    assert_eq!(dialed(&m), "+4930123");
+    assert_eq!(caller(&m), "+4989555");
+    let without_pai = parse(
+        text.replace("P-Asserted-Identity: <sip:+4989555@127.0.0.2>\r\n", "")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(caller(&without_pai), "anon");
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::sip::message::tests::{apply, mutation, torture_messages};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever arrives over UDP, the endpoint does not panic, and every reply goes back to
+        /// the address it came from (the `received` rule): the daemon cannot be used to
+        /// reflect traffic at a third party named in a Via.
+        #[test]
+        fn replies_only_ever_go_back_to_the_source(
+            pick in any::<usize>(),
+            mutations in proptest::collection::vec(mutation(), 0..6),
+            tcp in any::<bool>(),
+        ) {
+            let messages = torture_messages();
+            let bytes = apply(messages[pick % messages.len()].clone(), &mutations);
+            let mut ep = endpoint();
+            let mut policy = Policy::accept();
+            let flow = if tcp { Flow::Tcp(1) } else { Flow::Udp(0) };
+            let now = Instant::now();
+            ep.handle_incoming(
+                now,
+                Incoming { flow, local: addr(LOCAL), remote: addr(PEER), bytes: &bytes },
+                &mut policy,
+            );
+            // Run the call's timers too (2xx retransmissions, a BYE after the ACK timeout).
+            ep.handle_timeout(now + Duration::from_secs(40));
+            while let Some(out) = ep.poll_transmit() {
+                let is_response = parse(&out.payload).map(|m| !m.is_request()).unwrap_or(true);
+                if is_response {
+                    match &out.target {
+                        Target::Addr(a) => prop_assert_eq!(a.ip(), addr(PEER).ip()),
+                        Target::Host(h, _) => prop_assert!(false, "reply to a name: {}", h),
+                    }
+                    prop_assert_eq!(out.flow, Some(flow));
+                }
+            }
+            while ep.poll_event().is_some() {}
+        }
+    }
+}

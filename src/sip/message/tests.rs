@@ -543,7 +543,7 @@ fn control_characters_in_addressing_headers_are_rejected() {
     }
 }
 
-fn torture_messages() -> Vec<Vec<u8>> {
+pub(crate) fn torture_messages() -> Vec<Vec<u8>> {
     ["rfc4475", "rfc5118"]
         .iter()
         .flat_map(|set| {
@@ -588,14 +588,14 @@ fn exercise(bytes: &[u8]) {
 }
 
 #[derive(Debug, Clone)]
-enum Mutation {
+pub(crate) enum Mutation {
     Flip(usize, u8),
     Truncate(usize),
     Insert(usize, Vec<u8>),
     Delete(usize, usize),
 }
 
-fn mutation() -> impl Strategy<Value = Mutation> {
+pub(crate) fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
         any::<usize>().prop_map(Mutation::Truncate),
@@ -618,7 +618,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-fn apply(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+pub(crate) fn apply(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
     for m in mutations {
         let len = bytes.len().max(1);
         match m {
