@@ -592,3 +592,278 @@ fn lost_ack_retransmits_the_200_then_sends_bye() {
         outcome.report
     );
 }
+
+// --- baresip: a real softphone, driven over its ctrl_tcp module ---------------------------------
+
+const BARESIP_MODULES: &str = "/usr/lib/baresip/modules";
+
+fn require_baresip() {
+    match Command::new("baresip")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "`baresip` is not installed; this interop test needs it: \
+             apt-get install -y baresip-core"
+        ),
+        Err(e) => panic!("cannot run `baresip -h`: {e}"),
+    }
+    assert!(
+        Path::new(BARESIP_MODULES).join("ctrl_tcp.so").exists(),
+        "baresip's modules are not in {BARESIP_MODULES}: apt-get install -y baresip-core"
+    );
+}
+
+/// A 16-bit mono 8 kHz WAV of `seconds` of a 440 Hz tone: baresip's audio source (`aufile`), as
+/// the machine has no sound card and `ausine` only runs at 48 kHz.
+fn write_tone_wav(path: &Path, seconds: u32) {
+    let rate: u32 = 8000;
+    let samples = rate * seconds;
+    let mut wav = Vec::with_capacity(44 + 2 * samples as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + 2 * samples).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(2 * samples).to_le_bytes());
+    for i in 0..samples {
+        let t = f64::from(i) / f64::from(rate);
+        let v = (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16;
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, wav).unwrap();
+}
+
+/// A client for baresip's ctrl_tcp: netstring-framed JSON commands, responses and events.
+struct Ctrl {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Every message received, for the failure report.
+    seen: Vec<serde_json::Value>,
+}
+
+impl Ctrl {
+    fn connect(addr: SocketAddr) -> Self {
+        let start = Instant::now();
+        let stream = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(
+                        start.elapsed() < READY_DEADLINE,
+                        "baresip's ctrl_tcp on {addr}: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, command: &str, params: &str) {
+        use std::io::Write as _;
+        let json = serde_json::json!({ "command": command, "params": params, "token": command })
+            .to_string();
+        let frame = format!("{}:{json},", json.len());
+        self.stream.write_all(frame.as_bytes()).unwrap();
+    }
+
+    /// The next complete message, if one arrives before `deadline`.
+    fn next(&mut self, deadline: Instant) -> Option<serde_json::Value> {
+        use std::io::Read as _;
+        loop {
+            if let Some(colon) = self.buf.iter().position(|&b| b == b':') {
+                let len: usize = std::str::from_utf8(&self.buf[..colon])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if self.buf.len() > colon + len + 1 {
+                    let body = self.buf[colon + 1..colon + 1 + len].to_vec();
+                    self.buf.drain(..colon + len + 2);
+                    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    self.seen.push(value.clone());
+                    return Some(value);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("ctrl_tcp: {e}"),
+            }
+        }
+    }
+
+    /// Sends a command and waits, within 5 s, for its successful response and (if given) for
+    /// an event of type `event`, in either order.
+    fn command(&mut self, command: &str, params: &str, event: Option<&str>) -> bool {
+        self.send(command, params);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut answered, mut happened) = (false, event.is_none());
+        while !(answered && happened) {
+            let Some(m) = self.next(deadline) else {
+                return false;
+            };
+            if m["response"] == true && m["token"] == command {
+                if m["ok"] != true {
+                    return false;
+                }
+                answered = true;
+            }
+            if event.is_some_and(|e| m["event"] == true && m["type"] == e) {
+                happened = true;
+            }
+        }
+        true
+    }
+}
+
+#[test]
+fn baresip_call_hold_resume_hangup() {
+    require_baresip();
+    let ip = Ipv4Addr::new(127, 0, 0, 39);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), ip, "");
+    bridge.wait_ready(Transport::Udp);
+
+    let conf = dir.path().join("baresip");
+    std::fs::create_dir(&conf).unwrap();
+    let wav = dir.path().join("tone.wav");
+    write_tone_wav(&wav, 10);
+    std::fs::write(
+        conf.join("config"),
+        format!(
+            "poll_method epoll\n\
+             sip_listen {ip}:5080\n\
+             sip_trans_def udp\n\
+             net_interface {ip}\n\
+             audio_source aufile,{wav}\n\
+             audio_alert aufile,{wav}\n\
+             rtp_ports 31000-31099\n\
+             module_path {BARESIP_MODULES}\n\
+             module g711.so\n\
+             module aufile.so\n\
+             module_app account.so\n\
+             module_app menu.so\n\
+             module_app ctrl_tcp.so\n\
+             ctrl_tcp_listen {ip}:4444\n",
+            wav = wav.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("accounts"),
+        format!("<sip:tester@{ip}>;regint=0\n"),
+    )
+    .unwrap();
+    std::fs::write(conf.join("contacts"), "").unwrap();
+
+    let log_path = dir.path().join("baresip.log");
+    let log = File::create(&log_path).unwrap();
+    let mut baresip = Command::new("baresip")
+        .arg("-f")
+        .arg(&conf)
+        .args(["-4", "-s"]) // -s: SIP trace on stdout
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    let mut ctrl = Ctrl::connect(SocketAddr::from((ip, 4444)));
+    let mut steps = Vec::new();
+    let dial = format!("sip:echo@{ip}:{BRIDGE_PORT}");
+    let mut ok = true;
+    // Each re-INVITE's answer arrives as CALL_REMOTE_SDP.
+    for (command, params, event) in [
+        ("dial", dial.as_str(), "CALL_ESTABLISHED"),
+        ("hold", "", "CALL_REMOTE_SDP"),
+        ("resume", "", "CALL_REMOTE_SDP"),
+        ("hangup", "", "CALL_CLOSED"),
+    ] {
+        ok = ok && ctrl.command(command, params, Some(event));
+        steps.push((command, ok));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ctrl.send("quit", "");
+
+    let start = Instant::now();
+    while baresip.try_wait().unwrap().is_none() && start.elapsed() < STOP_DEADLINE {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = baresip.kill();
+    let _ = baresip.wait();
+    let bridge_exit = bridge.stop();
+    let bridge_log = bridge.log();
+    let trace = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let events: Vec<String> = ctrl.seen.iter().map(ToString::to_string).collect();
+    let report = format!(
+        "steps: {steps:?}\nbridge exit: {bridge_exit:?}\n--- ctrl_tcp ---\n{}\n\
+         --- baresip (SIP trace) ---\n{}\n--- bridge log ---\n{}",
+        events.join("\n"),
+        tail(&trace, 20_000),
+        tail(&bridge_log, 20_000)
+    );
+
+    assert!(ok, "baresip did not get through the call\n{report}");
+    assert!(bridge_exit.is_some_and(|s| s.success()), "{report}");
+    // The ladder, from both ends: no error response anywhere, and the SDP directions of hold
+    // (sendonly offered, recvonly answered) and resume (sendrecv) as baresip saw them.
+    let statuses: Vec<u16> = trace
+        .lines()
+        .filter_map(|l| l.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok())
+        .collect();
+    assert!(statuses.iter().all(|&c| c < 400), "{statuses:?}\n{report}");
+    let oks = statuses.iter().filter(|&&c| c == 200).count();
+    assert!(
+        oks >= 4,
+        "INVITE, hold, resume and BYE each want a 200: {statuses:?}\n{report}"
+    );
+    let sent_codes: Vec<&str> = bridge_log
+        .lines()
+        .filter_map(|l| l.split_once("send SIP/2.0 ").map(|(_, r)| r))
+        .collect();
+    assert!(
+        sent_codes
+            .iter()
+            .all(|c| c.starts_with('1') || c.starts_with('2')),
+        "the bridge sent {sent_codes:?}\n{report}"
+    );
+    let directions: Vec<&str> = trace
+        .lines()
+        .filter(|l| ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"].contains(&l.trim()))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        directions,
+        [
+            "a=sendrecv", // INVITE
+            "a=sendrecv", // 200
+            "a=sendonly", // hold re-INVITE
+            "a=recvonly", // its 200
+            "a=sendrecv", // resume re-INVITE
+            "a=sendrecv", // its 200
+        ],
+        "{report}"
+    );
+}
