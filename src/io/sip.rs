@@ -381,8 +381,10 @@ fn endpoint_config(config: &Config) -> EndpointConfig {
         session_timer: SessionTimerConfig {
             enabled: config.sip.session_timers,
             min_se: config.sip.min_se,
+            session_expires: config.sip.session_expires,
         },
         contact_user: "bridge".to_owned(),
+        user_agent: config.sip.user_agent.clone(),
     }
 }
 
@@ -642,6 +644,7 @@ impl Loop {
                 let conn_ids = Arc::clone(&self.conn_ids);
                 let flow = out.flow;
                 let payload = out.payload;
+                let retransmission = out.retransmission;
                 tokio::spawn(async move {
                     let lookup = tokio::time::timeout(
                         CONNECT_TIMEOUT,
@@ -650,7 +653,11 @@ impl Loop {
                     .await;
                     let Some(to) = lookup.ok().and_then(Result::ok).and_then(|mut a| a.next())
                     else {
-                        tracing::warn!(%host, "cannot resolve: message dropped");
+                        if retransmission {
+                            tracing::debug!(%host, "cannot resolve: retransmission dropped");
+                        } else {
+                            tracing::warn!(%host, "cannot resolve: message dropped");
+                        }
                         return;
                     };
                     match transport {

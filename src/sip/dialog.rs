@@ -2,7 +2,8 @@
 //!
 //! [`UasCall`] is created from a parsed initial INVITE and owns everything the call needs on
 //! the SIP side: the INVITE server transaction, the server transactions of later requests, the
-//! client transactions of the requests we send (BYE, session-refresh UPDATE), the dialog state
+//! client transactions of the requests we send (BYE, session-refresh UPDATE or re-INVITE, and
+//! the ACK for a 2xx to that re-INVITE), the dialog state
 //! of RFC 3261 section 12 (tags, Call-ID, CSeq numbers, route set, remote target) and the
 //! offer/answer state of RFC 3264 (through [`super::sdp`]).
 //!
@@ -18,10 +19,55 @@
 //!   since RFC 6026 leaves the transaction in Accepted), BYE after 64*T1 without one;
 //! - CANCEL (200, and 487 to the INVITE while it is unanswered), BYE (200), OPTIONS (200 with
 //!   Allow/Accept/Supported), re-INVITE and UPDATE (new answer, 491 while a re-INVITE waits for
-//!   its ACK, 488 with Warning when the new offer has no common codec), unknown methods (501),
+//!   its ACK or our own re-INVITE waits for its final response, 488 with Warning when the new
+//!   offer has no common codec), unknown methods (501),
 //!   CSeq regressions (500, RFC 3261 12.2.2), requests for another dialog (481);
+//! - before any method-specific handling of an in-dialog request (ACK and CANCEL aside): 420
+//!   Bad Extension with `Unsupported` when its Require lists an option tag we lack (RFC 3261
+//!   8.2.2.3); then, for a re-INVITE or UPDATE, 415 with `Accept: application/sdp` for a body
+//!   that is not SDP and 406 when its `Accept` rules out the SDP our 2xx would carry
+//!   ([`check_offer_acceptable`], which the endpoint also applies to initial INVITEs);
+//! - an offer that overlaps one still open (a re-INVITE or an UPDATE with SDP before our answer
+//!   to the INVITE) gets 500 with a Retry-After from 0 to 10 s (RFC 3261 14.2). The RFC wants
+//!   it random; the core derives it from a hash of the Call-ID instead (stable for the call,
+//!   spread across calls);
 //! - RFC 4028 session timers: the 200 echoes Session-Expires with a refresher, 422 below our
-//!   Min-SE, an UPDATE at half the interval when we refresh, BYE when the peer fails to.
+//!   Min-SE (to callers that support timers; otherwise the interval is raised), a refresh at
+//!   half the interval when we refresh, BYE when the session expires. A request without
+//!   Session-Expires gets ours ([`SessionTimerConfig::session_expires`], at least Min-SE) with
+//!   `refresher=uas` (RFC 4028 section 9): we refresh; `Require: timer` only goes to a caller
+//!   that said it supports timers.
+//!
+//! ## Session refreshes we send
+//!
+//! When we are the refresher, half the interval after the last negotiation or successful
+//! refresh we send ([`DialogEvent::RefreshDue`]):
+//!
+//! - an UPDATE without body when the peer allows UPDATE: its latest `Allow` (in its INVITE, or
+//!   any later request or response) lists it, or, with no `Allow` ever seen, its `Supported`
+//!   does;
+//! - otherwise a re-INVITE (always allowed) carrying the SDP we last sent, unchanged, so with
+//!   the same `o=` version (RFC 3264 section 8). It waits 1 s while another INVITE transaction
+//!   is in progress (RFC 3261 14.1). Its 2xx is ACKed by us (RFC 3261 13.2.2.4: a new
+//!   transaction with the INVITE's CSeq number, to the remote target through the route set,
+//!   again for each 2xx retransmission); its answer updates the media terms if they changed.
+//!   A 3xx-6xx is ACKed by its transaction.
+//!
+//! The session expires (BYE, [`EndedBy::SessionExpired`]) `min(32, SE/3)` seconds before the
+//! interval since the last successful negotiation or refresh runs out, whoever refreshes. The
+//! outcome of our refresh:
+//!
+//! - 2xx: the interval (the 2xx's Session-Expires, else ours) starts again, and the 2xx's
+//!   Contact becomes the remote target;
+//! - 422 with a Min-SE above the interval: retried at once with that interval and Min-SE;
+//! - 491: retried after 1 s (RFC 3261 14.1 gives the side that did not choose the Call-ID a
+//!   random 0-2 s; a core draws no random numbers, so the middle of the range);
+//! - 405 or 501 to an UPDATE: the peer takes no UPDATE after all; retried at once as a
+//!   re-INVITE;
+//! - 408, or no final response (Timer B/F): BYE, [`EndedBy::RefreshTimeout`];
+//! - 481: the dialog is gone at the peer (RFC 3261 12.2.1.2); no BYE, [`EndedBy::DialogGone`];
+//! - a transport error: BYE, [`EndedBy::TransportFailure`];
+//! - any other final response: no retry; the session expires on its deadline.
 //!
 //! Requests that match no dialog go to [`respond_out_of_dialog`].
 //!
@@ -38,8 +84,9 @@ use super::sdp::{
     self, CodecPrefs, LocalMedia, MediaChange, Negotiated, NegotiationError, SessionDescription,
 };
 use super::transaction::{
-    InviteServer, InviteServerState, NonInviteClient, NonInviteServer, RequestFields, TimerConfig,
-    TransactionError, TransactionKey, TxEvent, Wire,
+    InviteClient, InviteClientState, InviteServer, InviteServerState, NonInviteClient,
+    NonInviteClientState, NonInviteServer, RequestFields, TimerConfig, TransactionError,
+    TransactionKey, Transmit as TxTransmit, TxEvent, Wire,
 };
 
 #[cfg(test)]
@@ -57,10 +104,16 @@ pub const ACCEPT: &str = "application/sdp";
 pub const DEFAULT_MIN_SE: u32 = 90;
 /// Max-Forwards of the requests we send.
 const MAX_FORWARDS: u32 = 70;
-/// Retry-After of a 500 that refuses an overlapping offer (RFC 3261 14.2, RFC 3311 5.2).
-const RETRY_AFTER_SECS: u32 = 2;
+/// Retry-After of a 500 that refuses an overlapping offer is at most this many seconds (RFC
+/// 3261 14.2: "a randomly chosen value of between 0 and 10 seconds"); see [`retry_after_secs`].
+const RETRY_AFTER_MAX_SECS: u32 = 10;
 /// RFC 4028 section 10: the non-refresher sends BYE `min(32, SE/3)` seconds before expiry.
 const EXPIRY_MARGIN_MAX_SECS: u32 = 32;
+/// How long after a 491 to our session refresh we try again, and how long a re-INVITE refresh
+/// waits while another INVITE transaction is in progress. RFC 3261 14.1 asks the UAC that does
+/// not own the Call-ID (us: the caller chose it) for a random delay from 0 to 2 s; a sans-IO
+/// core draws no random numbers, and the middle of that range is as good as any draw.
+const GLARE_RETRY: Duration = Duration::from_secs(1);
 
 /// Errors of the dialog layer: commands the call's state does not allow, and requests that are
 /// not this layer's to take.
@@ -130,8 +183,16 @@ pub enum EndedBy {
     Cancelled,
     /// Our 2xx was never acknowledged (64*T1); we sent BYE.
     AckTimeout,
-    /// The session timer ran out without a refresh (RFC 4028); we sent BYE.
+    /// The session timer ran out without a successful refresh (RFC 4028 section 10): the peer
+    /// did not refresh, or it refused ours (any non-2xx but 408, 422 with a usable Min-SE, 481
+    /// and 491) and no later refresh got through; we sent BYE.
     SessionExpired,
+    /// Our session refresh got no final response (Timer B/F) or a 408 Request Timeout (RFC
+    /// 4028 section 10, RFC 3261 12.2.1.2); we sent BYE.
+    RefreshTimeout,
+    /// The peer answered a request of ours (a session refresh) with 481: the dialog no longer
+    /// exists on its side (RFC 3261 12.2.1.2). No BYE was sent: there is no dialog to end.
+    DialogGone,
     /// We refused the INVITE ourselves with this status (422, 488).
     Refused {
         /// The status sent.
@@ -139,7 +200,8 @@ pub enum EndedBy {
     },
     /// The ACK of an offerless INVITE carried no usable answer; we sent BYE.
     BadAnswer,
-    /// A request we sent timed out or could not be delivered.
+    /// The transport could not deliver our session refresh; we sent BYE (which the transport
+    /// may fail to deliver too).
     TransportFailure,
 }
 
@@ -157,8 +219,9 @@ pub enum DialogEvent {
     Cancelled,
     /// Our 2xx was not acknowledged within 64*T1; BYE was sent (followed by `Ended`).
     AckTimeout,
-    /// We are the session-timer refresher and half the interval has passed; an UPDATE has been
-    /// sent.
+    /// We are the session-timer refresher and sent a session refresh: at half the interval, and
+    /// again when the peer asks for a retry (491, 422 with Min-SE, 405/501 to an UPDATE). It is
+    /// an UPDATE when the peer allows UPDATE, else a re-INVITE with our current SDP.
     RefreshDue,
     /// The call is over. Emitted exactly once, last.
     Ended {
@@ -185,13 +248,21 @@ impl Refresher {
     }
 }
 
+/// RFC 4028's recommended session interval, and our default when the caller asks for none.
+pub const DEFAULT_SESSION_EXPIRES: u32 = 1800;
+
 /// Our session-timer policy (RFC 4028).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionTimerConfig {
-    /// Whether session timers are used at all; when off, Session-Expires is ignored.
+    /// Whether session timers are used at all; when off, Session-Expires is ignored and we
+    /// never ask for one.
     pub enabled: bool,
     /// The shortest interval we accept, in seconds (422 below it).
     pub min_se: u32,
+    /// The interval we ask for, in seconds, when a request has no Session-Expires (RFC 4028
+    /// section 9 lets the UAS insert one; we then refresh). Values below `min_se` (or below the
+    /// request's Min-SE) are raised to it.
+    pub session_expires: u32,
 }
 
 impl Default for SessionTimerConfig {
@@ -199,6 +270,7 @@ impl Default for SessionTimerConfig {
         Self {
             enabled: true,
             min_se: DEFAULT_MIN_SE,
+            session_expires: DEFAULT_SESSION_EXPIRES,
         }
     }
 }
@@ -223,6 +295,8 @@ pub struct UasConfig {
     pub reliable: bool,
     /// Session-timer policy.
     pub session_timer: SessionTimerConfig,
+    /// `Server` of our responses and `User-Agent` of our requests; empty for none.
+    pub user_agent: String,
 }
 
 /// Where the call stands.
@@ -266,8 +340,12 @@ struct PendingAck {
 struct SessionTimer {
     interval: u32,
     refresher: Refresher,
-    /// When we refresh (we are refresher) or give up (the peer is).
-    deadline: Instant,
+    /// When we send the next refresh: only when we are the refresher and none is in flight (or
+    /// refused for good).
+    refresh_at: Option<Instant>,
+    /// When the session expires without a successful refresh: BYE (RFC 4028 section 10). Set at
+    /// each negotiation and successful refresh; failed refreshes leave it alone.
+    expires_at: Instant,
 }
 
 #[derive(Debug)]
@@ -302,12 +380,95 @@ enum ClientPurpose {
 }
 
 #[derive(Debug)]
+enum ClientMachine {
+    NonInvite(NonInviteClient<SipMessage>),
+    /// Our re-INVITE, with the ACK its transaction sends for a 3xx-6xx (RFC 3261 17.1.1.3:
+    /// same branch, Request-URI and Route as the INVITE).
+    Invite {
+        machine: InviteClient<SipMessage>,
+        failure_ack: Wire,
+    },
+}
+
+#[derive(Debug)]
 struct ClientTx {
     branch: String,
     method: &'static str,
     purpose: ClientPurpose,
     destination: Destination,
-    machine: NonInviteClient<SipMessage>,
+    machine: ClientMachine,
+}
+
+impl ClientTx {
+    fn handle_response(&mut self, now: Instant, status: u16, response: SipMessage) {
+        match &mut self.machine {
+            ClientMachine::NonInvite(m) => m.handle_response(now, status, response),
+            ClientMachine::Invite {
+                machine,
+                failure_ack,
+            } => {
+                let ack = Arc::clone(failure_ack);
+                machine.handle_response(now, status, response, move |_| ack);
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.machine {
+            ClientMachine::NonInvite(m) => m.handle_timeout(now),
+            ClientMachine::Invite { machine, .. } => machine.handle_timeout(now),
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<TxTransmit> {
+        match &mut self.machine {
+            ClientMachine::NonInvite(m) => m.poll_transmit(),
+            ClientMachine::Invite { machine, .. } => machine.poll_transmit(),
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<TxEvent<SipMessage>> {
+        match &mut self.machine {
+            ClientMachine::NonInvite(m) => m.poll_event(),
+            ClientMachine::Invite { machine, .. } => machine.poll_event(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match &self.machine {
+            ClientMachine::NonInvite(m) => m.poll_timeout(),
+            ClientMachine::Invite { machine, .. } => machine.poll_timeout(),
+        }
+    }
+
+    fn terminated(&self) -> bool {
+        match &self.machine {
+            ClientMachine::NonInvite(m) => m.state() == NonInviteClientState::Terminated,
+            ClientMachine::Invite { machine, .. } => {
+                machine.state() == InviteClientState::Terminated
+            }
+        }
+    }
+
+    /// An INVITE of ours that has no final response yet (RFC 3261 14.1, 14.2: glare).
+    fn is_pending_invite(&self) -> bool {
+        match &self.machine {
+            ClientMachine::NonInvite(_) => false,
+            ClientMachine::Invite { machine, .. } => matches!(
+                machine.state(),
+                InviteClientState::Calling | InviteClientState::Proceeding
+            ),
+        }
+    }
+}
+
+/// Our latest re-INVITE (a session refresh): the offer it carried, to read the answer in its
+/// 2xx, and the ACK for that 2xx, resent for each retransmission of it.
+#[derive(Debug)]
+struct LocalReinvite {
+    cseq: u32,
+    offer: Option<SessionDescription>,
+    ack: Option<(Wire, Destination)>,
 }
 
 /// One inbound call (UAS side): see the module docs.
@@ -331,6 +492,15 @@ pub struct UasCall {
     negotiated: Option<Negotiated>,
     pending_ack: Option<PendingAck>,
     session_timer: Option<SessionTimer>,
+    /// The Min-SE a 422 to our refresh asked for: sent in our later refreshes (RFC 4028 7.4).
+    refresh_min_se: Option<u32>,
+    /// Whether the peer takes UPDATE: its latest Allow lists it (or, with no Allow seen, its
+    /// Supported does). Else our session refreshes are re-INVITEs.
+    peer_allows_update: bool,
+    /// The SDP we last sent (answer or offer): the body of a refresh re-INVITE, unchanged, so
+    /// with the same `o=` version (RFC 3264 section 8).
+    local_sdp: Option<String>,
+    local_reinvite: Option<LocalReinvite>,
     /// A hang-up asked for while our 2xx waits for its ACK: RFC 3261 15 forbids the BYE until
     /// the ACK arrives or the 2xx times out.
     bye_deferred: bool,
@@ -374,6 +544,10 @@ impl UasCall {
             negotiated: None,
             pending_ack: None,
             session_timer: None,
+            refresh_min_se: None,
+            peer_allows_update: false,
+            local_sdp: None,
+            local_reinvite: None,
             bye_deferred: false,
             servers: Vec::new(),
             clients: Vec::new(),
@@ -382,8 +556,13 @@ impl UasCall {
             invite: invite.clone(),
             config,
         };
+        call.learn_peer_methods(invite);
         let mut ist = InviteServer::new(now, call.config.timers, call.config.reliable);
-        let trying = wire(build_response(invite, 100, "Trying", None));
+        let trying = with_headers(
+            build_response(invite, 100, "Trying", None),
+            &server_header(&call.config.user_agent),
+            None,
+        );
         ist.send_provisional(now, 100, trying)?;
         call.servers.push(ServerTx {
             key: call.invite_key.clone(),
@@ -479,6 +658,7 @@ impl UasCall {
         extra.extend(self.negotiate_session_timer(now, &invite));
         let response = self.response_with_sdp(&invite, 200, "OK", &extra, &body);
         self.send_final_invite(now, 200, Arc::clone(&response))?;
+        self.local_sdp = Some(body);
         self.start_pending_ack(now, response, invite.cseq().seq, our_offer);
         self.state = CallState::Answered;
         self.pump(now);
@@ -564,6 +744,15 @@ impl UasCall {
             }
             _ => {
                 self.remote_cseq = request.cseq().seq;
+                self.learn_peer_methods(request);
+                // RFC 3261 8.2.2.3 (extensions), then 8.2.3 (content), before the method.
+                let refusal =
+                    check_required_extensions(request).or_else(|| check_offer_acceptable(request));
+                if let Some(refusal) = refusal {
+                    self.refuse(now, request, key, &refusal);
+                    self.pump(now);
+                    return;
+                }
                 match method.as_str() {
                     "BYE" => self.handle_bye(now, request, key),
                     "INVITE" => self.handle_reinvite(now, request, key),
@@ -589,7 +778,8 @@ impl UasCall {
         self.pump(now);
     }
 
-    /// A response to a request we sent (BYE, UPDATE), matched by its top Via branch.
+    /// A response to a request we sent (BYE, UPDATE, re-INVITE), matched by its top Via branch
+    /// and CSeq method.
     pub fn handle_response(&mut self, now: Instant, response: &SipMessage) {
         let Some(status) = response.status_code() else {
             return;
@@ -598,7 +788,8 @@ impl UasCall {
         if let Some(tx) = self.clients.iter_mut().find(|tx| {
             tx.branch.eq_ignore_ascii_case(branch) && response.cseq().method == tx.method
         }) {
-            tx.machine.handle_response(now, status, response.clone());
+            tx.handle_response(now, status, response.clone());
+            self.learn_peer_methods(response);
         }
         self.pump(now);
     }
@@ -612,7 +803,7 @@ impl UasCall {
             }
         }
         for tx in &mut self.clients {
-            tx.machine.handle_timeout(now);
+            tx.handle_timeout(now);
         }
         self.handle_ack_timers(now);
         self.handle_session_timer(now);
@@ -635,10 +826,7 @@ impl UasCall {
             ServerMachine::Invite(m) => m.poll_timeout(),
             ServerMachine::NonInvite(m) => m.poll_timeout(),
         });
-        let clients = self
-            .clients
-            .iter()
-            .filter_map(|tx| tx.machine.poll_timeout());
+        let clients = self.clients.iter().filter_map(ClientTx::poll_timeout);
         let pending = self
             .pending_ack
             .iter()
@@ -647,7 +835,7 @@ impl UasCall {
             .session_timer
             .iter()
             .filter(|_| self.state != CallState::Ended)
-            .map(|t| t.deadline);
+            .flat_map(|t| t.refresh_at.into_iter().chain([t.expires_at]));
         servers.chain(clients).chain(pending).chain(session).min()
     }
 
@@ -729,9 +917,10 @@ impl UasCall {
     }
 
     fn handle_reinvite(&mut self, now: Instant, invite: &SipMessage, key: TransactionKey) {
-        let mut ist = InviteServer::new(now, self.config.timers, self.config.reliable);
         let refusal = match self.state {
-            CallState::Confirmed if self.pending_ack.is_some() => {
+            // RFC 3261 14.2: our 2xx to the previous INVITE waits for its ACK, or our own
+            // re-INVITE waits for its final response.
+            CallState::Confirmed if self.pending_ack.is_some() || self.local_invite_pending() => {
                 Some((491, "Request Pending", Vec::new()))
             }
             CallState::Confirmed => None,
@@ -740,7 +929,7 @@ impl UasCall {
             CallState::Early => Some((
                 500,
                 "Server Internal Error",
-                vec![("Retry-After", RETRY_AFTER_SECS.to_string())],
+                vec![("Retry-After", retry_after_secs(&self.call_id).to_string())],
             )),
             CallState::Ended => Some((
                 481,
@@ -757,28 +946,26 @@ impl UasCall {
                 )
             })
         });
-        if let Some((code, reason, extra)) = refusal {
-            let response = self.response(invite, code, reason, &extra);
-            let _ = ist.send_final(now, code, response);
-            self.push_server(ServerTx {
-                key,
-                machine: ServerMachine::Invite(ist),
-            });
+        if let Some((status, reason, headers)) = refusal {
+            let refusal = Refusal {
+                status,
+                reason,
+                headers,
+            };
+            self.refuse(now, invite, key, &refusal);
             return;
         }
+        let mut ist = InviteServer::new(now, self.config.timers, self.config.reliable);
         self.refresh_target(invite);
         let offered = sdp_body(invite);
-        let (code, response, our_offer) = match offered {
+        let (code, response, our_offer, sent_sdp) = match offered {
             Some(text) => match self.answer_offer(&text) {
                 Ok(body) => {
                     let extra = self.success_headers(now, invite);
-                    (
-                        200,
-                        self.response_with_sdp(invite, 200, "OK", &extra, &body),
-                        None,
-                    )
+                    let response = self.response_with_sdp(invite, 200, "OK", &extra, &body);
+                    (200, response, None, Some(body))
                 }
-                Err(error) => (488, self.not_acceptable(invite, &error), None),
+                Err(error) => (488, self.not_acceptable(invite, &error), None, None),
             },
             None => {
                 // A re-INVITE without an offer: our 2xx offers, the ACK answers.
@@ -786,11 +973,8 @@ impl UasCall {
                 let text = sdp::offer(&self.config.media, &self.config.codecs);
                 let parsed = sdp::parse(&text).ok();
                 let extra = self.success_headers(now, invite);
-                (
-                    200,
-                    self.response_with_sdp(invite, 200, "OK", &extra, &text),
-                    parsed,
-                )
+                let response = self.response_with_sdp(invite, 200, "OK", &extra, &text);
+                (200, response, parsed, Some(text))
             }
         };
         let _ = ist.send_final(now, code, Arc::clone(&response));
@@ -799,6 +983,7 @@ impl UasCall {
             machine: ServerMachine::Invite(ist),
         });
         if code == 200 {
+            self.local_sdp = sent_sdp;
             self.start_pending_ack(now, response, invite.cseq().seq, our_offer);
         }
     }
@@ -829,13 +1014,14 @@ impl UasCall {
                 .pending_ack
                 .as_ref()
                 .is_some_and(|p| p.our_offer.is_some())
+                || self.local_invite_pending()
             {
                 Some((491, "Request Pending"))
             } else {
                 None
             };
             if let Some((code, reason)) = refusal {
-                let extra = [("Retry-After", RETRY_AFTER_SECS.to_string())];
+                let extra = [("Retry-After", retry_after_secs(&self.call_id).to_string())];
                 let extra = if code == 500 { &extra[..] } else { &[] };
                 let response = self.response(update, code, reason, extra);
                 self.reply_once(now, key, code, response);
@@ -847,7 +1033,9 @@ impl UasCall {
             Some(text) => match self.answer_offer(&text) {
                 Ok(body) => {
                     let extra = self.success_headers(now, update);
-                    self.response_with_sdp(update, 200, "OK", &extra, &body)
+                    let response = self.response_with_sdp(update, 200, "OK", &extra, &body);
+                    self.local_sdp = Some(body);
+                    response
                 }
                 Err(error) => {
                     let response = self.not_acceptable(update, &error);
@@ -930,34 +1118,212 @@ impl UasCall {
         let Some(timer) = self.session_timer else {
             return;
         };
-        if now < timer.deadline || self.state == CallState::Ended {
+        if self.state == CallState::Ended {
             return;
         }
-        match timer.refresher {
-            Refresher::Uas => {
-                // Refresh by UPDATE without a body (RFC 4028 section 9 allows either method);
-                // if this one fails, the peer's own timer ends the call.
-                self.session_timer = None;
-                self.events.push_back(DialogEvent::RefreshDue);
-                let extra = vec![
-                    (
-                        "Session-Expires",
-                        format!("{};refresher=uas", timer.interval),
-                    ),
-                    ("Supported", SUPPORTED.to_owned()),
-                ];
-                self.send_request(
-                    now,
-                    "UPDATE",
-                    ClientPurpose::Refresh(timer.interval),
-                    &extra,
-                );
+        if now >= timer.expires_at {
+            // No refresh got through in time, whoever's job it was (RFC 4028 section 10).
+            self.send_bye(now);
+            self.end(EndedBy::SessionExpired);
+        } else if timer.refresh_at.is_some_and(|at| now >= at) {
+            self.send_refresh(now);
+        }
+    }
+
+    // ---- session refreshes we send (RFC 4028 sections 7.4 and 10) ----
+
+    /// Sends a session refresh for the current interval: an UPDATE without body when the peer
+    /// allows UPDATE, else a re-INVITE with the SDP we last sent (unchanged, same `o=` version:
+    /// RFC 3264 section 8). A re-INVITE waits [`GLARE_RETRY`] while another INVITE transaction
+    /// is in progress (RFC 3261 14.1). The session's expiry is not touched: only a 2xx moves it.
+    fn send_refresh(&mut self, now: Instant) {
+        let use_update = self.peer_allows_update;
+        let busy = !use_update && (self.pending_ack.is_some() || self.local_invite_pending());
+        let Some(timer) = self
+            .session_timer
+            .as_mut()
+            .filter(|t| t.refresher == Refresher::Uas)
+        else {
+            return;
+        };
+        if self.state == CallState::Ended {
+            return;
+        }
+        if busy {
+            timer.refresh_at = Some(after(now, GLARE_RETRY));
+            return;
+        }
+        timer.refresh_at = None;
+        let interval = timer.interval;
+        self.events.push_back(DialogEvent::RefreshDue);
+        let mut extra = vec![("Session-Expires", format!("{interval};refresher=uas"))];
+        if let Some(min_se) = self.refresh_min_se {
+            extra.push(("Min-SE", min_se.to_string()));
+        }
+        extra.push(("Supported", SUPPORTED.to_owned()));
+        let purpose = ClientPurpose::Refresh(interval);
+        if use_update {
+            self.send_request(now, "UPDATE", purpose, &extra, None);
+            return;
+        }
+        extra.push(("Allow", ALLOW.to_owned()));
+        let body = self
+            .local_sdp
+            .clone()
+            .unwrap_or_else(|| sdp::offer(&self.config.media, &self.config.codecs));
+        let offer = sdp::parse(&body).ok();
+        let cseq = self.send_request(now, "INVITE", purpose, &extra, Some(&body));
+        self.local_reinvite = Some(LocalReinvite {
+            cseq,
+            offer,
+            ack: None,
+        });
+    }
+
+    /// Acts on the outcome of our session refresh for `interval` seconds, sent as `method`.
+    fn handle_refresh_outcome(
+        &mut self,
+        now: Instant,
+        method: &'static str,
+        interval: u32,
+        event: TxEvent<SipMessage>,
+    ) {
+        if let TxEvent::Response { status, message } = &event
+            && (200..300).contains(status)
+            && method == "INVITE"
+        {
+            // Every 2xx to our re-INVITE is ACKed, even after the call ended (RFC 3261
+            // 13.2.2.4); only the first one refreshes anything.
+            if !self.ack_reinvite_2xx(message) {
+                return;
             }
-            Refresher::Uac => {
-                self.session_timer = None;
+        }
+        if self.state == CallState::Ended {
+            return;
+        }
+        match event {
+            TxEvent::Response { status, message } if (200..300).contains(&status) => {
+                // Both are target refresh requests (RFC 3261 12.2.1.2, RFC 3311 5.1); the ACK
+                // of a re-INVITE already took the new target.
+                if method == "INVITE" {
+                    self.adopt_refresh_answer(&message);
+                } else {
+                    self.refresh_target(&message);
+                }
+                self.restart_refresh_timer(now, &message, interval);
+            }
+            TxEvent::Response { status, .. } if status < 200 => {}
+            // The dialog is gone at the peer (RFC 3261 12.2.1.2): nothing to send BYE for.
+            TxEvent::Response { status: 481, .. } => self.end(EndedBy::DialogGone),
+            TxEvent::Response { status: 408, .. } | TxEvent::Timeout => {
                 self.send_bye(now);
-                self.end(EndedBy::SessionExpired);
+                self.end(EndedBy::RefreshTimeout);
             }
+            TxEvent::TransportError => {
+                self.send_bye(now);
+                self.end(EndedBy::TransportFailure);
+            }
+            TxEvent::Response {
+                status: 422,
+                message,
+            } => {
+                // RFC 4028 7.4: retry at once with at least the Min-SE asked for. A 422
+                // without a larger Min-SE is a refusal like any other.
+                if let Some(min_se) = message.min_se().filter(|min| *min > interval)
+                    && let Some(timer) = self.session_timer.as_mut()
+                {
+                    timer.interval = timer.interval.max(min_se);
+                    self.refresh_min_se = Some(min_se);
+                    self.send_refresh(now);
+                }
+            }
+            // Glare (RFC 3261 14.1): try again shortly.
+            TxEvent::Response { status: 491, .. } => {
+                if let Some(timer) = self.session_timer.as_mut() {
+                    timer.refresh_at = Some(after(now, GLARE_RETRY));
+                }
+            }
+            // The peer does not take UPDATE after all: re-INVITE, which it must.
+            TxEvent::Response {
+                status: 405 | 501, ..
+            } if method == "UPDATE" => {
+                self.peer_allows_update = false;
+                self.send_refresh(now);
+            }
+            // Any other refusal: no more refreshes from us; the session expires on the
+            // deadline of the last successful one, with BYE (RFC 4028 section 10).
+            TxEvent::Response { .. } | TxEvent::AckReceived(_) | TxEvent::Terminated => {}
+        }
+    }
+
+    /// ACKs a 2xx to our re-INVITE (RFC 3261 13.2.2.4: a new transaction, same CSeq number,
+    /// to the dialog's remote target through its route set, which that 2xx may refresh);
+    /// a retransmitted 2xx gets the same ACK again. Returns whether this was the first 2xx.
+    fn ack_reinvite_2xx(&mut self, response: &SipMessage) -> bool {
+        let cseq = response.cseq().seq;
+        let Some(reinvite) = self.local_reinvite.as_ref().filter(|r| r.cseq == cseq) else {
+            return false;
+        };
+        if let Some((ack, destination)) = &reinvite.ack {
+            self.transmits.push_back(Transmit {
+                payload: Arc::clone(ack),
+                destination: destination.clone(),
+                retransmission: true,
+            });
+            return false;
+        }
+        if self.state != CallState::Ended {
+            self.refresh_target(response);
+        }
+        let branch = format!(
+            "z9hG4bK{}-{cseq}-ack",
+            sanitize_token(&self.config.local_tag)
+        );
+        let (ack, destination) = self.build_request("ACK", cseq, &branch, &[], None);
+        self.transmits.push_back(Transmit {
+            payload: Arc::clone(&ack),
+            destination: destination.clone(),
+            retransmission: false,
+        });
+        if let Some(reinvite) = self.local_reinvite.as_mut() {
+            reinvite.ack = Some((ack, destination));
+        }
+        true
+    }
+
+    /// The answer in the 2xx to our refresh re-INVITE: new terms are adopted (and reported);
+    /// an answer that is missing or unusable keeps the current ones.
+    fn adopt_refresh_answer(&mut self, response: &SipMessage) {
+        let terms = self
+            .local_reinvite
+            .as_ref()
+            .and_then(|r| r.offer.as_ref())
+            .zip(sdp_body(response).and_then(|text| sdp::parse(&text).ok()))
+            .and_then(|(offer, answer)| sdp::negotiate_answer(offer, &answer).ok());
+        if let Some(terms) = terms
+            && self.negotiated.as_ref() != Some(&terms)
+        {
+            self.adopt_media(terms);
+        }
+    }
+
+    /// Whether a re-INVITE of ours still waits for its final response.
+    fn local_invite_pending(&self) -> bool {
+        self.clients.iter().any(ClientTx::is_pending_invite)
+    }
+
+    /// Learns from the peer's Allow (or, lacking any, its Supported) whether it takes UPDATE.
+    fn learn_peer_methods(&mut self, message: &SipMessage) {
+        let mut allow = message
+            .header_values("Allow")
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|method| !method.is_empty())
+            .peekable();
+        if allow.peek().is_some() {
+            self.peer_allows_update = allow.any(|method| method.eq_ignore_ascii_case("UPDATE"));
+        } else if has_tag(&message.supported(), "UPDATE") {
+            self.peer_allows_update = true;
         }
     }
 
@@ -976,32 +1342,36 @@ impl UasCall {
     }
 
     /// The headers of a 2xx to a session refresh (or the initial INVITE), and the timer they
-    /// start. No Session-Expires in the request: no session timer.
+    /// start. No Session-Expires in the request: we insert ours (RFC 4028 section 9) and
+    /// refresh; session timers disabled: none.
     fn negotiate_session_timer(
         &mut self,
         now: Instant,
         request: &SipMessage,
     ) -> Vec<(&'static str, String)> {
         self.session_timer = None;
-        let Some(expires) = request
-            .session_expires()
-            .filter(|_| self.config.session_timer.enabled)
-        else {
+        let settings = self.config.session_timer;
+        if !settings.enabled {
             return Vec::new();
-        };
+        }
         let supports =
             has_tag(&request.supported(), "timer") || has_tag(&request.require(), "timer");
-        let interval = expires
-            .delta
-            .max(request.min_se().unwrap_or(0))
-            .max(self.config.session_timer.min_se);
-        // The caller's choice stands; without one, the caller refreshes if it can (RFC 4028
-        // section 9).
-        let refresher = match expires.refresher.as_deref() {
-            Some("uas") => Refresher::Uas,
-            Some("uac") if supports => Refresher::Uac,
-            _ if supports => Refresher::Uac,
-            _ => Refresher::Uas,
+        let floor = request.min_se().unwrap_or(0).max(settings.min_se);
+        let (interval, refresher) = match request.session_expires() {
+            Some(expires) => {
+                // The caller's choice stands; without one, the caller refreshes if it can (RFC
+                // 4028 section 9).
+                let refresher = match expires.refresher.as_deref() {
+                    Some("uas") => Refresher::Uas,
+                    Some("uac") if supports => Refresher::Uac,
+                    _ if supports => Refresher::Uac,
+                    _ => Refresher::Uas,
+                };
+                (expires.delta.max(floor), refresher)
+            }
+            // The caller asked for no timer: we want one anyway, and refresh it ourselves (a
+            // caller without timer support could not; one with it did not volunteer).
+            None => (settings.session_expires.max(floor), Refresher::Uas),
         };
         self.session_timer = schedule_session_timer(now, interval, refresher);
         let mut headers = vec![(
@@ -1061,9 +1431,11 @@ impl UasCall {
         reason: &str,
         extra: &[(&'static str, String)],
     ) -> Wire {
+        let mut headers = server_header(&self.config.user_agent);
+        headers.extend_from_slice(extra);
         with_headers(
             build_response(request, code, reason, Some(&self.config.local_tag)),
-            extra,
+            &headers,
             None,
         )
     }
@@ -1076,9 +1448,11 @@ impl UasCall {
         extra: &[(&'static str, String)],
         sdp: &str,
     ) -> Wire {
+        let mut headers = server_header(&self.config.user_agent);
+        headers.extend_from_slice(extra);
         with_headers(
             build_response(request, code, reason, Some(&self.config.local_tag)),
-            extra,
+            &headers,
             Some(sdp),
         )
     }
@@ -1179,6 +1553,29 @@ impl UasCall {
         });
     }
 
+    /// Refuses an in-dialog request with a final non-2xx: an INVITE through its own INVITE
+    /// server transaction (retransmitted until the caller's ACK), anything else through
+    /// [`Self::reply_once`].
+    fn refuse(
+        &mut self,
+        now: Instant,
+        request: &SipMessage,
+        key: TransactionKey,
+        refusal: &Refusal,
+    ) {
+        let response = self.response(request, refusal.status, refusal.reason, &refusal.headers);
+        if request.method() == Some("INVITE") {
+            let mut ist = InviteServer::new(now, self.config.timers, self.config.reliable);
+            let _ = ist.send_final(now, refusal.status, response);
+            self.push_server(ServerTx {
+                key,
+                machine: ServerMachine::Invite(ist),
+            });
+        } else {
+            self.reply_once(now, key, refusal.status, response);
+        }
+    }
+
     /// Answers a non-INVITE request through its own server transaction, so that its
     /// retransmissions get the same response.
     fn reply_once(&mut self, now: Instant, key: TransactionKey, code: u16, response: Wire) {
@@ -1205,29 +1602,59 @@ impl UasCall {
 
     fn send_bye(&mut self, now: Instant) {
         if !self.clients.iter().any(|c| c.purpose == ClientPurpose::Bye) {
-            self.send_request(now, "BYE", ClientPurpose::Bye, &[]);
+            self.send_request(now, "BYE", ClientPurpose::Bye, &[], None);
         }
         self.pending_ack = None;
         self.session_timer = None;
     }
 
-    /// Sends an in-dialog request (RFC 3261 12.2.1.1): next CSeq, route set, remote target.
+    /// Sends an in-dialog request (RFC 3261 12.2.1.1) in its own client transaction: next
+    /// CSeq, route set, remote target. Returns the CSeq number.
     fn send_request(
         &mut self,
         now: Instant,
         method: &'static str,
         purpose: ClientPurpose,
         extra: &[(&'static str, String)],
-    ) {
+        sdp: Option<&str>,
+    ) -> u32 {
         self.local_cseq = self.local_cseq.wrapping_add(1).max(1);
-        let branch = format!(
-            "z9hG4bK{}-{}",
-            sanitize_token(&self.config.local_tag),
-            self.local_cseq
-        );
+        let cseq = self.local_cseq;
+        let branch = format!("z9hG4bK{}-{cseq}", sanitize_token(&self.config.local_tag));
+        let (request, destination) = self.build_request(method, cseq, &branch, extra, sdp);
+        let (timers, reliable) = (self.config.timers, self.config.reliable);
+        let machine = if method == "INVITE" {
+            let (failure_ack, _) = self.build_request("ACK", cseq, &branch, &[], None);
+            ClientMachine::Invite {
+                machine: InviteClient::new(now, timers, reliable, request),
+                failure_ack,
+            }
+        } else {
+            ClientMachine::NonInvite(NonInviteClient::new(now, timers, reliable, request))
+        };
+        self.clients.push(ClientTx {
+            branch,
+            method,
+            purpose,
+            destination,
+            machine,
+        });
+        cseq
+    }
+
+    /// Encodes an in-dialog request from the dialog state, and where it goes. An ACK carries
+    /// no Contact.
+    fn build_request(
+        &self,
+        method: &str,
+        cseq: u32,
+        branch: &str,
+        extra: &[(&'static str, String)],
+        sdp: Option<&str>,
+    ) -> (Wire, Destination) {
         let (request_uri, routes, destination) = self.next_hop();
-        let transport = self.invite.top_via().transport.clone();
-        let mut text = String::with_capacity(512);
+        let transport = &self.invite.top_via().transport;
+        let mut text = String::with_capacity(512 + sdp.map_or(0, str::len));
         let _ = write!(text, "{method} {} SIP/2.0\r\n", request_uri.raw);
         let _ = write!(
             text,
@@ -1243,24 +1670,34 @@ impl UasCall {
         );
         let _ = write!(text, "To: {}\r\n", self.remote_party);
         let _ = write!(text, "Call-ID: {}\r\n", self.call_id);
-        let _ = write!(text, "CSeq: {} {method}\r\n", self.local_cseq);
+        let _ = write!(text, "CSeq: {cseq} {method}\r\n");
         for route in routes {
             let _ = write!(text, "Route: {route}\r\n");
         }
-        let _ = write!(text, "Contact: <{}>\r\n", self.config.contact);
+        if method != "ACK" {
+            let _ = write!(text, "Contact: <{}>\r\n", self.config.contact);
+        }
+        if !self.config.user_agent.is_empty() {
+            let _ = write!(
+                text,
+                "User-Agent: {}\r\n",
+                sanitize(&self.config.user_agent)
+            );
+        }
         for (name, value) in extra {
             let _ = write!(text, "{name}: {value}\r\n");
         }
-        text.push_str("Content-Length: 0\r\n\r\n");
-        let request: Wire = Arc::from(text.into_bytes());
-        let machine = NonInviteClient::new(now, self.config.timers, self.config.reliable, request);
-        self.clients.push(ClientTx {
-            branch,
-            method,
-            purpose,
-            destination,
-            machine,
-        });
+        match sdp {
+            Some(body) => {
+                let _ = write!(
+                    text,
+                    "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            None => text.push_str("Content-Length: 0\r\n\r\n"),
+        }
+        (Arc::from(text.into_bytes()), destination)
     }
 
     /// Request-URI, Route values and destination of an in-dialog request (RFC 3261 12.2.1.1):
@@ -1294,52 +1731,39 @@ impl UasCall {
     }
 
     /// Moves what the sub-machines produced into our queues, acts on their events and drops
-    /// the finished ones.
+    /// the finished ones. Acting on an event may start a transaction (a BYE, a refresh retry),
+    /// whose first transmission is collected on the next round.
     fn pump(&mut self, now: Instant) {
-        self.pump_servers();
-        let mut outcomes = Vec::new();
-        for tx in &mut self.clients {
-            while let Some(transmit) = tx.machine.poll_transmit() {
-                self.transmits.push_back(Transmit {
-                    payload: transmit.payload,
-                    destination: tx.destination.clone(),
-                    retransmission: transmit.retransmission,
-                });
-            }
-            while let Some(event) = tx.machine.poll_event() {
-                outcomes.push((tx.purpose, event));
-            }
-        }
-        self.clients.retain(|tx| {
-            tx.machine.state() != super::transaction::NonInviteClientState::Terminated
-        });
-        for (purpose, event) in outcomes {
-            self.handle_client_outcome(now, purpose, event);
-        }
-    }
-
-    fn handle_client_outcome(
-        &mut self,
-        now: Instant,
-        purpose: ClientPurpose,
-        event: TxEvent<SipMessage>,
-    ) {
-        match (purpose, event) {
-            (ClientPurpose::Refresh(interval), TxEvent::Response { status, message })
-                if status >= 200 =>
-            {
-                if (200..300).contains(&status) {
-                    self.restart_refresh_timer(now, &message, interval);
-                } else if status == 481 || status == 408 {
-                    // The dialog is gone at the peer (RFC 3261 12.2.1.2).
-                    self.end(EndedBy::TransportFailure);
+        // Two rounds suffice (a new transaction has transmissions but no events yet); the cap
+        // only guards against a loop: anything left is collected by the next pump.
+        for _ in 0..4 {
+            self.pump_servers();
+            let mut outcomes = Vec::new();
+            for tx in &mut self.clients {
+                while let Some(transmit) = tx.poll_transmit() {
+                    self.transmits.push_back(Transmit {
+                        payload: transmit.payload,
+                        destination: tx.destination.clone(),
+                        retransmission: transmit.retransmission,
+                    });
+                }
+                while let Some(event) = tx.poll_event() {
+                    outcomes.push((tx.purpose, tx.method, event));
                 }
             }
-            (ClientPurpose::Refresh(_), TxEvent::Timeout | TxEvent::TransportError) => {
-                self.end(EndedBy::TransportFailure);
+            self.clients.retain(|tx| !tx.terminated());
+            if outcomes.is_empty() {
+                break;
             }
-            // The BYE's outcome changes nothing: the call ended when it was sent.
-            _ => {}
+            for (purpose, method, event) in outcomes {
+                match purpose {
+                    ClientPurpose::Refresh(interval) => {
+                        self.handle_refresh_outcome(now, method, interval, event);
+                    }
+                    // The BYE's outcome changes nothing: the call ended when it was sent.
+                    ClientPurpose::Bye => {}
+                }
+            }
         }
     }
 
@@ -1415,25 +1839,11 @@ pub fn respond_out_of_dialog(request: &SipMessage, local_tag: &str) -> OutOfDial
             None,
         ))
     };
-    // An extension the request requires and we lack is refused before anything else
-    // (RFC 3261 8.2.2.3); ACK and CANCEL are never refused for it.
-    let unsupported: Vec<String> = request
-        .require()
-        .into_iter()
-        .filter(|tag| {
-            !SUPPORTED
-                .split(',')
-                .any(|ours| ours.trim().eq_ignore_ascii_case(tag))
-        })
-        .map(sanitize_token)
-        .collect();
     match request.method() {
         None | Some("ACK") => OutOfDialog::Ignore,
-        Some(method) if method != "CANCEL" && !unsupported.is_empty() => reply(
-            420,
-            "Bad Extension",
-            &[("Unsupported", unsupported.join(", "))],
-        ),
+        Some(_) if let Some(refusal) = check_required_extensions(request) => {
+            reply(refusal.status, refusal.reason, &refusal.headers)
+        }
         Some("INVITE") if request.to().tag().is_none() => OutOfDialog::NewCall,
         Some("OPTIONS") => reply(
             200,
@@ -1460,6 +1870,125 @@ pub fn not_found(request: &SipMessage, local_tag: &str) -> Wire {
     )
 }
 
+/// A response refusing a request before the dialog looks at it: from
+/// [`check_offer_acceptable`] (415, 406) or for an extension we lack (420).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status code.
+    pub status: u16,
+    /// The reason phrase.
+    pub reason: &'static str,
+    /// Headers the response must carry (`Accept` on a 415, `Unsupported` on a 420).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    /// The response to `request`, with `local_tag` as the To tag when the request has none.
+    /// For an INVITE, the shell sends it through the INVITE's server transaction (it is a final
+    /// response that the caller ACKs).
+    pub fn response(&self, request: &SipMessage, local_tag: &str) -> Wire {
+        with_headers(
+            build_response(request, self.status, self.reason, Some(local_tag)),
+            &self.headers,
+            None,
+        )
+    }
+}
+
+/// Whether the body and the `Accept` of an INVITE (initial or re-INVITE) or UPDATE are ones we
+/// can work with; `None` when they are (and for every other method).
+///
+/// - A body whose Content-Type is not `application/sdp`, or that has a Content-Encoding
+///   other than `identity`, gets 415 Unsupported Media Type with `Accept: application/sdp`
+///   and `Accept-Encoding: identity` (RFC 3261 8.2.3, 21.4.13). A body without Content-Type is taken
+///   as SDP, like everywhere in this module (some PBXs omit it).
+/// - A request whose response must carry SDP (every INVITE: our 2xx holds an answer or an
+///   offer; an UPDATE with an offer) and whose `Accept` lists neither `application/sdp`, nor
+///   `application/*`, nor `*/*` (a range with `q=0` does not count, an empty Accept accepts
+///   nothing) gets 406 Not Acceptable (RFC 3261 20.1, 21.4.7). No Accept at all means
+///   `application/sdp`.
+///
+/// [`UasCall`] applies it to re-INVITEs and UPDATEs; the endpoint applies it to initial
+/// INVITEs before creating the call, and sends [`Refusal::response`].
+pub fn check_offer_acceptable(request: &SipMessage) -> Option<Refusal> {
+    let has_body = !request.body().is_empty();
+    let needs_sdp_answer = match request.method() {
+        Some("INVITE") => true,
+        Some("UPDATE") => has_body,
+        _ => return None,
+    };
+    let encoded = request
+        .header("Content-Encoding")
+        .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    if has_body
+        && (encoded
+            || request
+                .content_type()
+                .is_some_and(|kind| kind != "application/sdp"))
+    {
+        return Some(Refusal {
+            status: 415,
+            reason: "Unsupported Media Type",
+            headers: vec![
+                ("Accept", ACCEPT.to_owned()),
+                ("Accept-Encoding", "identity".to_owned()),
+            ],
+        });
+    }
+    let mut accepts = request.header_values("Accept").peekable();
+    if needs_sdp_answer && accepts.peek().is_some() && !accepts.any(accepts_sdp) {
+        return Some(Refusal {
+            status: 406,
+            reason: "Not Acceptable",
+            headers: Vec::new(),
+        });
+    }
+    None
+}
+
+/// 420 Bad Extension, with `Unsupported`, when the request's Require lists an option tag we do
+/// not support (RFC 3261 8.2.2.3). ACK and CANCEL are never refused for it.
+fn check_required_extensions(request: &SipMessage) -> Option<Refusal> {
+    if matches!(request.method(), None | Some("ACK" | "CANCEL")) {
+        return None;
+    }
+    let unsupported: Vec<String> = request
+        .require()
+        .into_iter()
+        .filter(|tag| {
+            !SUPPORTED
+                .split(',')
+                .any(|ours| ours.trim().eq_ignore_ascii_case(tag))
+        })
+        .map(sanitize_token)
+        .collect();
+    (!unsupported.is_empty()).then(|| Refusal {
+        status: 420,
+        reason: "Bad Extension",
+        headers: vec![("Unsupported", unsupported.join(", "))],
+    })
+}
+
+/// Whether one Accept header value admits `application/sdp`.
+fn accepts_sdp(value: &str) -> bool {
+    value.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim();
+        let matches = ["application/sdp", "application/*", "*/*"]
+            .iter()
+            .any(|ok| media.eq_ignore_ascii_case(ok));
+        let refused = parts.any(|param| {
+            param.split_once('=').is_some_and(|(name, q)| {
+                let q = q.trim();
+                name.trim().eq_ignore_ascii_case("q")
+                    && !q.is_empty()
+                    && q.chars().all(|c| c == '0' || c == '.')
+            })
+        });
+        matches && !refused
+    })
+}
+
 // ---- helpers ----
 
 /// `now + delay`, never panicking: timer values come from configuration, and a delay too large
@@ -1469,27 +1998,49 @@ fn after(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay.min(YEAR)).unwrap_or(now)
 }
 
-/// The session timer after a (re)negotiation: the refresher acts at half the interval (RFC
-/// 4028 section 10); the other side gives up `min(32, SE/3)` seconds before the end.
+/// The session timer after a (re)negotiation or a successful refresh: when we refresh, we do
+/// it at half the interval (RFC 4028 section 10); either way the session ends with BYE
+/// `min(32, SE/3)` seconds before the interval runs out, unless a refresh succeeds first.
 fn schedule_session_timer(
     now: Instant,
     interval: u32,
     refresher: Refresher,
 ) -> Option<SessionTimer> {
-    let wait = match refresher {
-        Refresher::Uas => interval / 2,
-        Refresher::Uac => interval - (interval / 3).min(EXPIRY_MARGIN_MAX_SECS),
+    let secs = |s: u32| Duration::from_secs(u64::from(s.max(1)));
+    let expires_at =
+        now.checked_add(secs(interval - (interval / 3).min(EXPIRY_MARGIN_MAX_SECS)))?;
+    let refresh_at = match refresher {
+        Refresher::Uas => Some(now.checked_add(secs(interval / 2))?),
+        Refresher::Uac => None,
     };
-    now.checked_add(Duration::from_secs(u64::from(wait.max(1))))
-        .map(|deadline| SessionTimer {
-            interval,
-            refresher,
-            deadline,
-        })
+    Some(SessionTimer {
+        interval,
+        refresher,
+        refresh_at,
+        expires_at,
+    })
 }
 
-fn wire(bytes: Vec<u8>) -> Wire {
-    Arc::from(bytes)
+/// The Retry-After of a 500 refusing an overlapping offer (RFC 3261 14.2, RFC 3311 5.2): RFC
+/// 3261 asks for a random value from 0 to 10 seconds, so that two peers refused at the same
+/// moment do not retry in lockstep. A sans-IO core draws no random numbers, so the value is
+/// derived from the Call-ID instead: its 32-bit FNV-1a hash modulo 11, which spreads calls
+/// evenly over 0..=10 s and is stable for one call (every refusal in a dialog names the same
+/// delay).
+fn retry_after_secs(call_id: &str) -> u32 {
+    let hash = call_id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    hash % (RETRY_AFTER_MAX_SECS + 1)
+}
+
+/// The `Server` header for `user_agent`, if any.
+fn server_header(user_agent: &str) -> Vec<(&'static str, String)> {
+    if user_agent.is_empty() {
+        Vec::new()
+    } else {
+        vec![("Server", sanitize(user_agent))]
+    }
 }
 
 /// Adds headers (and a body) to a response from [`build_response`], which always ends with

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::dialog::{
-    ACCEPT, Destination, DialogError, DialogEvent, OutOfDialog, SessionTimerConfig, Transmit,
-    UasCall, UasConfig, respond_out_of_dialog,
+    Destination, DialogError, DialogEvent, OutOfDialog, SessionTimerConfig, Transmit, UasCall,
+    UasConfig, check_offer_acceptable, respond_out_of_dialog,
 };
 use super::message::{
     HostPort, ParseError, SipMessage, Uri, Via, build_error_response, build_response, parse,
@@ -196,6 +196,8 @@ pub struct EndpointConfig {
     pub session_timer: SessionTimerConfig,
     /// The user part of our Contact.
     pub contact_user: String,
+    /// `Server` / `User-Agent` header value; empty for none.
+    pub user_agent: String,
 }
 
 /// Errors of the call commands.
@@ -226,22 +228,34 @@ pub struct EndpointStats {
 
 #[derive(Debug)]
 struct Slot {
-    handle: CallHandle,
     call: UasCall,
     /// The flow of the latest request from the peer (responses go back over it).
     flow: Flow,
     /// The peer's address on that flow.
     remote: SocketAddr,
     deadline: Option<Instant>,
+    /// The initial INVITE's top branch, From tag and CSeq number, to match requests that
+    /// come before our tag is known to the caller.
+    invite_branch: Option<String>,
+    invite_sent_by: HostPort,
+    invite_from_tag: Option<String>,
+    invite_cseq: u32,
 }
+
+/// RFC 3261's branch prefix: a branch that starts with it is unique per transaction.
+const MAGIC_COOKIE: &str = "z9hG4bK";
 
 /// See the module docs.
 pub struct Endpoint {
     config: EndpointConfig,
     random: Box<dyn FnMut() -> u64 + Send>,
     next_handle: u64,
-    calls: HashMap<String, Slot>,
-    by_handle: HashMap<CallHandle, String>,
+    /// Calls by handle.
+    slots: HashMap<CallHandle, Slot>,
+    /// Handles by Call-ID: several calls can share one (a UAC that retries a refused INVITE
+    /// with the same Call-ID and a new CSeq, RFC 3261 8.1.3.5, while the refused one is still
+    /// absorbing retransmissions).
+    calls: HashMap<String, Vec<CallHandle>>,
     deadlines: BTreeSet<(Instant, CallHandle)>,
     transmits: VecDeque<Outgoing>,
     events: VecDeque<EndpointEvent>,
@@ -251,7 +265,7 @@ pub struct Endpoint {
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
-            .field("calls", &self.calls.len())
+            .field("calls", &self.slots.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -265,8 +279,8 @@ impl Endpoint {
             config,
             random,
             next_handle: 1,
+            slots: HashMap::new(),
             calls: HashMap::new(),
-            by_handle: HashMap::new(),
             deadlines: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -276,7 +290,7 @@ impl Endpoint {
 
     /// Calls in the table (including ended ones still finishing their transactions).
     pub fn call_count(&self) -> usize {
-        self.calls.len()
+        self.slots.len()
     }
 
     /// Counters.
@@ -303,12 +317,13 @@ impl Endpoint {
             return;
         }
         message.stamp_received(incoming.remote);
-        if let Some(slot) = self.calls.get_mut(message.call_id()) {
+        if let Some(handle) = self.find_for_request(&message)
+            && let Some(slot) = self.slots.get_mut(&handle)
+        {
             slot.flow = incoming.flow;
             slot.remote = incoming.remote;
             let wire: Wire = Arc::from(incoming.bytes);
             slot.call.handle_request(now, &message, wire);
-            let handle = slot.handle;
             self.after_call(handle);
             return;
         }
@@ -381,8 +396,7 @@ impl Endpoint {
 
     /// The dialog of a call, for inspection.
     pub fn call(&self, call: CallHandle) -> Option<&UasCall> {
-        let call_id = self.by_handle.get(&call)?;
-        self.calls.get(call_id).map(|slot| &slot.call)
+        self.slots.get(&call).map(|slot| &slot.call)
     }
 
     // ---- internals ----
@@ -401,8 +415,7 @@ impl Endpoint {
     }
 
     fn slot_mut(&mut self, call: CallHandle) -> Option<&mut Slot> {
-        let call_id = self.by_handle.get(&call)?;
-        self.calls.get_mut(call_id)
+        self.slots.get_mut(&call)
     }
 
     fn new_tag(&mut self) -> String {
@@ -429,13 +442,36 @@ impl Endpoint {
         else {
             return;
         };
-        let Some(mut via) = elements.first().and_then(|v| Via::parse(v)) else {
+        let Some(first) = elements.first_mut() else {
             return;
         };
-        stamp(&mut via, incoming.remote);
-        if let Some(first) = elements.first_mut() {
-            *first = via.to_string();
-        }
+        let via = match Via::parse(first) {
+            Some(mut via) => {
+                stamp(&mut via, incoming.remote);
+                *first = via.to_string();
+                via
+            }
+            // A Via only a lenient reading understands (another SIP version, empty
+            // parameters): address the reply from it, copy it unchanged.
+            None => {
+                let Some(mut via) = Via::parse_lenient(first) else {
+                    return;
+                };
+                let wanted_rport = via.rport().is_some();
+                stamp(&mut via, incoming.remote);
+                // The text stays the client's own; only the facts are added at its end.
+                let mut stamped = format!(
+                    "{};received={}",
+                    first.trim_end(),
+                    incoming.remote.ip().to_canonical()
+                );
+                if wanted_rport {
+                    stamped.push_str(&format!(";rport={}", incoming.remote.port()));
+                }
+                *first = stamped;
+                via
+            }
+        };
         *first_line = elements.join(",");
         let Some(payload) = build_error_response(&error, error.status_code(), reason) else {
             return;
@@ -445,17 +481,33 @@ impl Endpoint {
     }
 
     fn handle_response(&mut self, now: Instant, response: &SipMessage) {
-        let Some(slot) = self.calls.get_mut(response.call_id()) else {
+        // Responses answer our requests, whose From tag is the call's local tag.
+        let found = self.calls.get(response.call_id()).and_then(|handles| {
+            handles.iter().copied().find(|h| {
+                self.slots
+                    .get(h)
+                    .is_some_and(|slot| response.from().tag() == Some(slot.call.local_tag()))
+            })
+        });
+        let Some((handle, slot)) =
+            found.and_then(|handle| self.slots.get_mut(&handle).map(|slot| (handle, slot)))
+        else {
             self.stats.stray_responses += 1;
             return;
         };
         slot.call.handle_response(now, response);
-        let handle = slot.handle;
         self.after_call(handle);
     }
 
-    /// A stateless reply to `request` (stamped), back where it came from.
+    /// A stateless reply to `request` (stamped), back where it came from, with our `Server`.
     fn reply(&mut self, request: &SipMessage, incoming: &Incoming<'_>, payload: Wire) {
+        let payload = if self.config.user_agent.is_empty() {
+            payload
+        } else {
+            let mut bytes = payload.to_vec();
+            append_headers(&mut bytes, &[("Server", self.config.user_agent.clone())]);
+            Arc::from(bytes)
+        };
         self.send_reply(request.top_via(), incoming.flow, payload, false);
     }
 
@@ -472,7 +524,13 @@ impl Endpoint {
         } else {
             flow.transport()
         };
-        let target = host_port_target(&via.reply_address());
+        let mut address = via.reply_address();
+        if via.rport().flatten().is_none() && via.sent_by.port.is_none() {
+            // The default port is the transport's we answer over (we have no TLS), not the
+            // one the Via names: a `SIP/2.0/TLS` Via that came over UDP gets 5060.
+            address.port = Some(5060);
+        }
+        let target = host_port_target(&address);
         self.transmits.push_back(Outgoing {
             transport,
             flow: Some(flow),
@@ -491,8 +549,16 @@ impl Endpoint {
         admission: &mut dyn Admission,
     ) {
         let tag = &stateless_tag;
-        if let Some((code, reason, extra)) = unacceptable_body(invite) {
-            self.stateless(invite, incoming, tag, code, reason, &extra);
+        if let Some(refusal) = check_offer_acceptable(invite) {
+            let extra = refusal.headers.clone();
+            self.stateless(
+                invite,
+                incoming,
+                tag,
+                refusal.status,
+                refusal.reason,
+                &extra,
+            );
             return;
         }
         let media = match admission.admit(invite, incoming.local, incoming.remote) {
@@ -534,6 +600,7 @@ impl Endpoint {
             timers: self.config.timers,
             reliable: transport == TransportKind::Tcp,
             session_timer: self.config.session_timer,
+            user_agent: self.config.user_agent.clone(),
         };
         let call = match UasCall::new(now, invite, config) {
             Ok(call) => call,
@@ -562,15 +629,18 @@ impl Endpoint {
             remote: incoming.remote,
             transport,
         });
-        self.by_handle.insert(handle, call_id.clone());
-        self.calls.insert(
-            call_id,
+        self.calls.entry(call_id).or_default().push(handle);
+        self.slots.insert(
+            handle,
             Slot {
-                handle,
                 call,
                 flow: incoming.flow,
                 remote: incoming.remote,
                 deadline: None,
+                invite_branch: invite.top_via().branch().map(str::to_owned),
+                invite_sent_by: invite.top_via().sent_by.clone(),
+                invite_from_tag: invite.from().tag().map(str::to_owned),
+                invite_cseq: invite.cseq().seq,
             },
         );
         self.after_call(handle);
@@ -594,10 +664,7 @@ impl Endpoint {
     /// Drains a call after anything touched it: transmits, events, its deadline, and removes
     /// it once finished.
     fn after_call(&mut self, handle: CallHandle) {
-        let Some(call_id) = self.by_handle.get(&handle).cloned() else {
-            return;
-        };
-        let Some(mut slot) = self.calls.remove(&call_id) else {
+        let Some(mut slot) = self.slots.remove(&handle) else {
             return;
         };
         while let Some(transmit) = slot.call.poll_transmit() {
@@ -613,14 +680,53 @@ impl Endpoint {
             self.deadlines.remove(&(old, handle));
         }
         if slot.call.is_finished() {
-            self.by_handle.remove(&handle);
+            let call_id = slot.call.call_id();
+            if let Some(handles) = self.calls.get_mut(call_id) {
+                handles.retain(|h| *h != handle);
+                if handles.is_empty() {
+                    self.calls.remove(call_id);
+                }
+            }
             return;
         }
         slot.deadline = slot.call.poll_timeout();
         if let Some(at) = slot.deadline {
             self.deadlines.insert((at, handle));
         }
-        self.calls.insert(call_id, slot);
+        self.slots.insert(handle, slot);
+    }
+
+    /// The call a request belongs to: by our To tag once it has one; before that by the
+    /// INVITE's transaction (RFC 3261 17.2.3: the branch with the magic cookie, else the
+    /// RFC 2543 fields), which catches retransmissions, CANCEL and the ACK of a non-2xx.
+    /// `None` for a new INVITE that merely reuses a Call-ID.
+    fn find_for_request(&self, request: &SipMessage) -> Option<CallHandle> {
+        let handles = self.calls.get(request.call_id())?;
+        let to_tag = request.to().tag();
+        handles.iter().copied().find(|h| {
+            let Some(slot) = self.slots.get(h) else {
+                return false;
+            };
+            match to_tag {
+                Some(tag) => tag == slot.call.local_tag(),
+                None => match (request.top_via().branch(), slot.invite_branch.as_deref()) {
+                    (Some(ours), Some(theirs))
+                        if ours.starts_with(MAGIC_COOKIE) && theirs.starts_with(MAGIC_COOKIE) =>
+                    {
+                        // Branch and sent-by (17.2.3); the CSeq number too, which INVITE,
+                        // its CANCEL and its non-2xx ACK share, so a client that reuses a
+                        // branch for a new INVITE still gets a new call.
+                        ours.eq_ignore_ascii_case(theirs)
+                            && request.top_via().sent_by == slot.invite_sent_by
+                            && request.cseq().seq == slot.invite_cseq
+                    }
+                    _ => {
+                        request.from().tag() == slot.invite_from_tag.as_deref()
+                            && request.cseq().seq == slot.invite_cseq
+                    }
+                },
+            }
+        })
     }
 
     fn route_call_transmit(&mut self, slot: &Slot, transmit: Transmit) {
@@ -749,45 +855,6 @@ fn append_headers(bytes: &mut Vec<u8>, extra: &[(&str, String)]) {
         }
         bytes.extend_from_slice(TRAILER);
     }
-}
-
-/// A stateless refusal: status, reason, extra headers.
-type Refusal = (u16, &'static str, Vec<(&'static str, String)>);
-
-/// A new INVITE whose body we cannot read (415, with what we accept) or whose `Accept`
-/// rules out an SDP answer (406).
-fn unacceptable_body(invite: &SipMessage) -> Option<Refusal> {
-    let has_body = !invite.body().is_empty();
-    if has_body {
-        let content_type = invite.content_type().unwrap_or_default();
-        let encoding_ok = invite
-            .header("Content-Encoding")
-            .is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
-        if !content_type.eq_ignore_ascii_case("application/sdp") || !encoding_ok {
-            return Some((
-                415,
-                "Unsupported Media Type",
-                vec![
-                    ("Accept", ACCEPT.to_owned()),
-                    ("Accept-Encoding", "identity".to_owned()),
-                ],
-            ));
-        }
-    }
-    let accepts_sdp = |value: &str| {
-        value.split(',').any(|range| {
-            let media = range.split(';').next().unwrap_or_default().trim();
-            ["application/sdp", "application/*", "*/*"]
-                .iter()
-                .any(|ok| media.eq_ignore_ascii_case(ok))
-        })
-    };
-    let accept: Vec<&str> = invite.header_values("Accept").collect();
-    // An empty Accept header means nothing is acceptable (RFC 3261 20.1); no header means SDP.
-    if !accept.is_empty() && !accept.iter().any(|v| accepts_sdp(v)) {
-        return Some((406, "Not Acceptable", vec![("Accept", ACCEPT.to_owned())]));
-    }
-    None
 }
 
 fn unescape_user(user: &str) -> String {

@@ -29,6 +29,9 @@ Call-ID: call-1@198.51.100.7
 CSeq: 10 INVITE
 Contact: <sip:alice@198.51.100.7:5060>";
 
+/// Headers of a caller that supports session timers and allows UPDATE.
+const TIMER_AND_UPDATE: &str = "Supported: timer\nAllow: INVITE, ACK, CANCEL, BYE, UPDATE";
+
 /// A message from `head` (LF line ends, no Content-Length) and an SDP `body` (LF too).
 fn sip(head: &str, body: &str) -> SipMessage {
     let body = body.replace('\n', "\r\n");
@@ -71,6 +74,7 @@ fn config() -> UasConfig {
         timers: TimerConfig::default(),
         reliable: false,
         session_timer: SessionTimerConfig::default(),
+        user_agent: String::new(),
     }
 }
 
@@ -224,7 +228,9 @@ fn basic_call_from_invite_to_remote_bye() {
     assert_eq!(ok.content_type().as_deref(), Some("application/sdp"));
     assert_eq!(ok.header("Allow"), Some(ALLOW));
     assert_eq!(body(ok), ANSWER);
-    assert_eq!(ok.session_expires(), None);
+    // No Session-Expires in the INVITE: we ask for our default interval and refresh it.
+    assert_eq!(ok.header("Session-Expires"), Some("1800;refresher=uas"));
+    assert_eq!(ok.header("Require"), None);
     assert_eq!(ok.record_routes().len(), 2);
     let events = rig.take_events();
     assert!(
@@ -422,7 +428,7 @@ fn our_bye_uses_next_cseq_route_set_and_remote_target() {
 #[test]
 fn cseq_of_our_requests_increments() {
     // Session timer with us as refresher: the refresh UPDATE takes CSeq 1, the BYE 2.
-    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\nSupported: timer");
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\n{TIMER_AND_UPDATE}");
     let mut rig = Rig::new(sip(&head, OFFER));
     rig.act(0, |c, now| c.answer(now).unwrap());
     rig.request(100, sip(&ack(10), ""));
@@ -910,13 +916,38 @@ fn update_with_offer_before_the_answer_gets_500_with_retry_after() {
     rig.request(100, sip(&in_dialog("UPDATE", 11, "z9hG4bKu", ""), OFFER));
     let sent = rig.take();
     reply_for(&sent[0].1, 500, "UPDATE");
-    assert_eq!(sent[0].1.header("Retry-After"), Some("2"));
+    // FNV-1a("call-1@198.51.100.7") % 11.
+    assert_eq!(sent[0].1.header("Retry-After"), Some("10"));
     assert_eq!(rig.call.state(), CallState::Early);
 }
 
 #[test]
+fn retry_after_of_the_500_is_spread_over_0_to_10_s_by_call_id() {
+    // RFC 3261 14.2: random from 0 to 10 s; here a hash of the Call-ID, so that two calls
+    // refused at once do not retry in lockstep, yet one call always names the same delay.
+    let values: Vec<u32> = (0..200)
+        .map(|n| retry_after_secs(&format!("c{n}")))
+        .collect();
+    assert!(values.iter().all(|v| *v <= 10));
+    for expected in 0..=10 {
+        assert!(values.contains(&expected), "{expected} never drawn");
+    }
+    assert_eq!(retry_after_secs("c0"), 9);
+    assert_eq!(retry_after_secs("c6"), 0);
+    assert_eq!(retry_after_secs("c0"), retry_after_secs("c0"));
+
+    // The re-INVITE refused before the answer names the same value.
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.take();
+    rig.request(100, reinvite(11, "z9hG4bKre", OFFER));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 500, "INVITE");
+    assert_eq!(sent[0].1.header("Retry-After"), Some("10"));
+}
+
+#[test]
 fn we_refresh_at_half_the_interval_with_update() {
-    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\nSupported: timer");
+    let head = format!("{INVITE_HEAD}\nSession-Expires: 120;refresher=uas\n{TIMER_AND_UPDATE}");
     let mut rig = Rig::new(sip(&head, OFFER));
     rig.act(0, |c, now| c.answer(now).unwrap());
     let ok = rig.take().pop().unwrap().1;
@@ -1018,10 +1049,20 @@ fn step() -> impl Strategy<Value = Step> {
 
 proptest! {
     #[test]
-    fn no_panic_on_random_in_dialog_traffic(steps in proptest::collection::vec(step(), 0..40)) {
+    fn no_panic_on_random_in_dialog_traffic(
+        caller in 0usize..3,
+        steps in proptest::collection::vec(step(), 0..40),
+    ) {
         let methods = ["ACK", "BYE", "INVITE", "UPDATE", "OPTIONS", "CANCEL", "INFO", "REFER"];
         let bodies = ["", OFFER, "garbage\n", "v=0\nm=audio 0 RTP/AVP 0\n"];
-        let mut rig = Rig::new(sip(INVITE_HEAD, ""));
+        // Our default timer (refreshed at 900 s), or a 90 s one that we refresh by UPDATE or by
+        // re-INVITE, so that the random responses hit our refreshes too.
+        let heads = [
+            INVITE_HEAD.to_owned(),
+            format!("{INVITE_HEAD}\nSession-Expires: 90;refresher=uas\n{TIMER_AND_UPDATE}"),
+            format!("{INVITE_HEAD}\nSession-Expires: 90;refresher=uas\n{CALLER_WITHOUT_UPDATE}"),
+        ];
+        let mut rig = Rig::new(sip(&heads[caller], ""));
         let mut ms = 0u64;
         let mut last_sent: Option<SipMessage> = None;
         for step in steps {
@@ -1178,4 +1219,647 @@ fn a_required_extension_we_lack_gets_420_with_unsupported() {
         respond_out_of_dialog(&invite, "t1"),
         OutOfDialog::NewCall
     ));
+}
+
+/// A message from `head` with a body of the given Content-Type (`None`: no Content-Type).
+fn sip_typed(head: &str, body: &str, content_type: Option<&str>) -> SipMessage {
+    let body = body.replace('\n', "\r\n");
+    let mut text = head.replace('\n', "\r\n");
+    if let Some(kind) = content_type {
+        text.push_str(&format!("\r\nContent-Type: {kind}"));
+    }
+    text.push_str(&format!("\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    parse(text.as_bytes()).unwrap()
+}
+
+#[test]
+fn in_dialog_requests_requiring_an_extension_we_lack_get_420() {
+    let mut rig = Rig::confirmed();
+    let head = in_dialog(
+        "INVITE",
+        11,
+        "z9hG4bKreq",
+        "Contact: <sip:alice@198.51.100.7:5060>\nRequire: 100rel, timer, foo",
+    );
+    rig.request(1000, sip(&head, OFFER));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let refusal = &sent[0].1;
+    reply_for(refusal, 420, "INVITE");
+    assert_eq!(status_line(refusal), (420, "Bad Extension".to_owned()));
+    assert_eq!(refusal.header("Unsupported"), Some("100rel, foo"));
+    assert_eq!(refusal.to().tag(), Some("uastag"));
+    assert!(rig.take_events().is_empty(), "the media terms stay");
+    // A final response to an INVITE: retransmitted (Timer G) until the caller's ACK.
+    rig.advance_to(1500);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.status_code(), Some(420));
+    assert!(sent[0].2.retransmission);
+    let ack420 = in_dialog("ACK", 11, "z9hG4bKreq", "");
+    rig.request(1600, sip(&ack420, ""));
+    rig.advance_to(10_000);
+    assert!(rig.take().is_empty());
+
+    let update = in_dialog("UPDATE", 12, "z9hG4bKupd", "Require: precondition");
+    rig.request(11_000, sip(&update, OFFER));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 420, "UPDATE");
+    assert_eq!(sent[0].1.header("Unsupported"), Some("precondition"));
+    assert_eq!(rig.call.state(), CallState::Confirmed);
+    assert!(rig.take_events().is_empty());
+
+    // Requiring only what we support is fine.
+    let update = in_dialog("UPDATE", 13, "z9hG4bKupd2", "Require: timer");
+    rig.request(12_000, sip(&update, ""));
+    reply_for(&rig.take()[0].1, 200, "UPDATE");
+}
+
+#[test]
+fn an_offer_that_is_not_sdp_gets_415_with_accept() {
+    let mut rig = Rig::confirmed();
+    let head = in_dialog(
+        "INVITE",
+        11,
+        "z9hG4bKtxt",
+        "Contact: <sip:alice@198.51.100.7:5060>",
+    );
+    rig.request(1000, sip_typed(&head, "hello", Some("text/plain")));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    reply_for(&sent[0].1, 415, "INVITE");
+    assert_eq!(
+        status_line(&sent[0].1),
+        (415, "Unsupported Media Type".to_owned())
+    );
+    assert_eq!(sent[0].1.header("Accept"), Some("application/sdp"));
+    rig.request(1100, sip(&in_dialog("ACK", 11, "z9hG4bKtxt", ""), ""));
+
+    let update = in_dialog("UPDATE", 12, "z9hG4bKmp", "");
+    rig.request(
+        2000,
+        sip_typed(&update, OFFER, Some("multipart/mixed;boundary=x")),
+    );
+    let sent = rig.take();
+    reply_for(&sent[0].1, 415, "UPDATE");
+    assert_eq!(sent[0].1.header("Accept"), Some("application/sdp"));
+    assert!(rig.take_events().is_empty());
+    assert_eq!(rig.call.state(), CallState::Confirmed);
+
+    // SDP without a Content-Type is still taken (some PBXs omit it).
+    let update = in_dialog("UPDATE", 13, "z9hG4bKnoct", "");
+    let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+    rig.request(3000, sip_typed(&update, &hold, None));
+    reply_for(&rig.take()[0].1, 200, "UPDATE");
+}
+
+#[test]
+fn an_accept_without_sdp_gets_406_when_the_response_must_carry_sdp() {
+    let mut rig = Rig::confirmed();
+    // A re-INVITE without offer: our 2xx would have to carry an offer.
+    let head = in_dialog(
+        "INVITE",
+        11,
+        "z9hG4bKacc",
+        "Contact: <sip:alice@198.51.100.7:5060>\nAccept: application/json, text/*",
+    );
+    rig.request(1000, sip(&head, ""));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    reply_for(&sent[0].1, 406, "INVITE");
+    assert_eq!(status_line(&sent[0].1), (406, "Not Acceptable".to_owned()));
+    rig.request(1100, sip(&in_dialog("ACK", 11, "z9hG4bKacc", ""), ""));
+
+    // An UPDATE with an offer whose answer the caller would not accept.
+    let update = in_dialog(
+        "UPDATE",
+        12,
+        "z9hG4bKacc2",
+        "Accept: application/sdp;q=0, text/plain",
+    );
+    rig.request(2000, sip(&update, OFFER));
+    reply_for(&rig.take()[0].1, 406, "UPDATE");
+    // An UPDATE without an offer gets no SDP back: its Accept does not matter.
+    let update = in_dialog("UPDATE", 13, "z9hG4bKacc3", "Accept: text/plain");
+    rig.request(3000, sip(&update, ""));
+    reply_for(&rig.take()[0].1, 200, "UPDATE");
+    // Wildcards and several Accept lines are fine.
+    let update = in_dialog(
+        "UPDATE",
+        14,
+        "z9hG4bKacc4",
+        "Accept: text/plain\nAccept: Application/*;q=0.5",
+    );
+    rig.request(4000, sip(&update, OFFER));
+    reply_for(&rig.take()[0].1, 200, "UPDATE");
+    assert!(rig.take_events().len() == 1);
+}
+
+#[test]
+fn check_offer_acceptable_for_initial_invites() {
+    let ok = sip(INVITE_HEAD, OFFER);
+    assert_eq!(check_offer_acceptable(&ok), None);
+    let offerless = sip(INVITE_HEAD, "");
+    assert_eq!(check_offer_acceptable(&offerless), None);
+    let star = sip(&format!("{INVITE_HEAD}\nAccept: */*"), OFFER);
+    assert_eq!(check_offer_acceptable(&star), None);
+
+    let text = sip_typed(INVITE_HEAD, "hi", Some("text/plain"));
+    let refusal = check_offer_acceptable(&text).unwrap();
+    assert_eq!(
+        refusal,
+        Refusal {
+            status: 415,
+            reason: "Unsupported Media Type",
+            headers: vec![
+                ("Accept", "application/sdp".to_owned()),
+                ("Accept-Encoding", "identity".to_owned())
+            ],
+        }
+    );
+    let gzip = sip(&format!("{INVITE_HEAD}\nContent-Encoding: gzip"), OFFER);
+    assert_eq!(check_offer_acceptable(&gzip).map(|r| r.status), Some(415));
+    let identity = sip(&format!("{INVITE_HEAD}\nContent-Encoding: identity"), OFFER);
+    assert_eq!(check_offer_acceptable(&identity), None);
+    let reply = parse(&refusal.response(&text, "t1")).unwrap();
+    assert_eq!(
+        status_line(&reply),
+        (415, "Unsupported Media Type".to_owned())
+    );
+    assert_eq!(reply.header("Accept"), Some("application/sdp"));
+    assert_eq!(reply.to().tag(), Some("t1"));
+
+    // An offerless INVITE gets our offer in the 2xx: its Accept matters too.
+    let json = sip(&format!("{INVITE_HEAD}\nAccept: application/json"), "");
+    let refusal = check_offer_acceptable(&json).unwrap();
+    assert_eq!((refusal.status, refusal.reason), (406, "Not Acceptable"));
+    let empty = sip(&format!("{INVITE_HEAD}\nAccept: "), OFFER);
+    assert_eq!(check_offer_acceptable(&empty).map(|r| r.status), Some(406));
+
+    // Other methods are not its business.
+    let bye = sip_typed(
+        &in_dialog("BYE", 2, "z9hG4bKb", ""),
+        "x",
+        Some("text/plain"),
+    );
+    assert_eq!(check_offer_acceptable(&bye), None);
+}
+
+#[test]
+fn without_session_expires_we_insert_ours_and_refresh() {
+    // The caller supports timers but asks for none (RFC 4028 section 9): ours, we refresh,
+    // and the caller is told it must honour the timer.
+    let mut config = config();
+    config.session_timer.session_expires = 300;
+    let head = format!("{INVITE_HEAD}\nSupported: timer\nAllow: INVITE, ACK, BYE, UPDATE");
+    let mut rig = Rig::with_config(sip(&head, OFFER), config.clone());
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), Some("300;refresher=uas"));
+    assert_eq!(ok.require(), vec!["timer"]);
+    rig.request(100, sip(&ack(10), ""));
+    rig.advance_to(149_999);
+    assert!(rig.take().is_empty());
+    rig.advance_to(150_000);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].1.header("Session-Expires"),
+        Some("300;refresher=uas")
+    );
+
+    // A caller without timer support: still ours, we refresh, and no Require: timer.
+    let mut rig = Rig::with_config(sip(INVITE_HEAD, OFFER), config.clone());
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), Some("300;refresher=uas"));
+    assert_eq!(ok.header("Require"), None);
+
+    // The interval is never below our Min-SE, nor below the caller's.
+    config.session_timer.session_expires = 30;
+    let mut rig = Rig::with_config(sip(INVITE_HEAD, OFFER), config.clone());
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), Some("90;refresher=uas"));
+    let head = format!("{INVITE_HEAD}\nMin-SE: 600");
+    let mut rig = Rig::with_config(sip(&head, OFFER), config.clone());
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), Some("600;refresher=uas"));
+
+    // Session timers off: nothing inserted.
+    config.session_timer.enabled = false;
+    let mut rig = Rig::with_config(sip(INVITE_HEAD, OFFER), config);
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    let ok = rig.take().pop().unwrap().1;
+    assert_eq!(ok.header("Session-Expires"), None);
+}
+
+/// A response to `request`: `headers` (LF-separated) and an SDP `sdp` (LF) added.
+fn respond(request: &SipMessage, code: u16, reason: &str, headers: &str, sdp: &str) -> SipMessage {
+    let base = String::from_utf8(build_response(request, code, reason, None)).unwrap();
+    let mut text = base
+        .strip_suffix("Content-Length: 0\r\n\r\n")
+        .unwrap()
+        .to_owned();
+    for line in headers.lines().filter(|l| !l.is_empty()) {
+        text.push_str(line);
+        text.push_str("\r\n");
+    }
+    let sdp = sdp.replace('\n', "\r\n");
+    if !sdp.is_empty() {
+        text.push_str("Content-Type: application/sdp\r\n");
+    }
+    text.push_str(&format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    parse(text.as_bytes()).unwrap()
+}
+
+/// A confirmed call where we refresh every `interval` seconds (`refresher=uas`); `caller` adds
+/// headers to the INVITE (Allow, Supported).
+fn refreshing(interval: u32, caller: &str) -> Rig {
+    let head = format!("{INVITE_HEAD}\nSession-Expires: {interval};refresher=uas\n{caller}");
+    let mut rig = Rig::new(sip(&head, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.request(100, sip(&ack(10), ""));
+    rig.take();
+    rig.take_events();
+    rig
+}
+
+/// Runs to `ms` and returns the one request sent then (retransmissions aside).
+fn next_request(rig: &mut Rig, ms: u64) -> SipMessage {
+    rig.advance_to(ms);
+    let sent: Vec<_> = rig
+        .take()
+        .into_iter()
+        .filter(|(_, m, t)| m.is_request() && !t.retransmission)
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, ms);
+    sent.into_iter().next().unwrap().1
+}
+
+fn requests_sent(rig: &mut Rig) -> Vec<(u64, String)> {
+    rig.take()
+        .into_iter()
+        .filter(|(_, m, t)| m.is_request() && !t.retransmission)
+        .map(|(ms, m, _)| (ms, m.method().unwrap().to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_refused_refresh_keeps_the_expiry_and_ends_the_session_with_bye() {
+    for code in [500, 488, 403, 503, 480] {
+        let mut rig = refreshing(120, TIMER_AND_UPDATE);
+        let update = next_request(&mut rig, 60_000);
+        assert_eq!(update.method(), Some("UPDATE"));
+        rig.response(60_050, respond(&update, code, "No", "", ""));
+        // No retry; the session still expires 120 - min(32, 120/3) s after the answer.
+        rig.advance_to(87_999);
+        assert!(requests_sent(&mut rig).is_empty(), "{code}");
+        assert_eq!(rig.call.state(), CallState::Confirmed);
+        let bye = next_request(&mut rig, 88_000);
+        assert_eq!(bye.method(), Some("BYE"), "{code}");
+        assert_eq!(bye.cseq().seq, 2);
+        assert_eq!(
+            rig.take_events(),
+            vec![
+                DialogEvent::RefreshDue,
+                DialogEvent::Ended {
+                    by: EndedBy::SessionExpired
+                }
+            ],
+            "{code}"
+        );
+    }
+}
+
+#[test]
+fn a_491_to_our_refresh_is_retried_after_1_s() {
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    rig.response(60_050, respond(&update, 491, "Request Pending", "", ""));
+    rig.advance_to(61_049);
+    assert!(requests_sent(&mut rig).is_empty());
+    let retry = next_request(&mut rig, 61_050);
+    assert_eq!(retry.method(), Some("UPDATE"));
+    assert_eq!(retry.cseq().seq, 2);
+    assert_eq!(retry.header("Session-Expires"), Some("120;refresher=uas"));
+    rig.response(61_100, ok_to(&retry));
+    // The 2xx restarts the interval: next refresh 60 s later, no expiry at 88 s.
+    rig.advance_to(121_099);
+    assert!(requests_sent(&mut rig).is_empty());
+    assert_eq!(next_request(&mut rig, 121_100).method(), Some("UPDATE"));
+    assert_eq!(
+        rig.take_events(),
+        vec![
+            DialogEvent::RefreshDue,
+            DialogEvent::RefreshDue,
+            DialogEvent::RefreshDue
+        ]
+    );
+}
+
+#[test]
+fn a_422_to_our_refresh_is_retried_with_its_min_se() {
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    assert_eq!(update.header("Min-SE"), None);
+    let too_small = respond(
+        &update,
+        422,
+        "Session Interval Too Small",
+        "Min-SE: 300",
+        "",
+    );
+    rig.response(60_050, too_small);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let retry = &sent[0].1;
+    assert_eq!(retry.method(), Some("UPDATE"));
+    assert_eq!(retry.cseq().seq, 2);
+    assert_eq!(retry.header("Session-Expires"), Some("300;refresher=uas"));
+    assert_eq!(retry.min_se(), Some(300));
+    rig.response(
+        60_100,
+        respond(retry, 200, "OK", "Session-Expires: 300;refresher=uas", ""),
+    );
+    // The longer interval holds: no expiry at 88 s, next refresh 150 s after the 2xx.
+    rig.advance_to(210_099);
+    assert!(requests_sent(&mut rig).is_empty());
+    let next = next_request(&mut rig, 210_100);
+    assert_eq!(next.header("Session-Expires"), Some("300;refresher=uas"));
+    assert_eq!(next.min_se(), Some(300));
+
+    // A 422 that does not ask for more is a refusal like any other.
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    rig.response(60_050, respond(&update, 422, "Too Small", "Min-SE: 90", ""));
+    rig.advance_to(87_999);
+    assert!(requests_sent(&mut rig).is_empty());
+    assert_eq!(next_request(&mut rig, 88_000).method(), Some("BYE"));
+}
+
+#[test]
+fn a_refresh_without_response_ends_the_call_with_bye() {
+    let mut rig = refreshing(1800, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 900_000);
+    assert_eq!(update.method(), Some("UPDATE"));
+    // Timer F: 64*T1 = 32 s of retransmissions, then BYE.
+    rig.advance_to(931_999);
+    assert!(requests_sent(&mut rig).is_empty());
+    let bye = next_request(&mut rig, 932_000);
+    assert_eq!(bye.method(), Some("BYE"));
+    assert_eq!(
+        rig.take_events(),
+        vec![
+            DialogEvent::RefreshDue,
+            DialogEvent::Ended {
+                by: EndedBy::RefreshTimeout
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_408_or_481_to_our_refresh_ends_the_call() {
+    // 408: the request timed out downstream; we send BYE.
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    rig.response(60_050, respond(&update, 408, "Request Timeout", "", ""));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.method(), Some("BYE"));
+    assert_eq!(
+        rig.take_events()[1..],
+        [DialogEvent::Ended {
+            by: EndedBy::RefreshTimeout
+        }]
+    );
+    // 481: the dialog is gone at the peer; no BYE for it.
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    rig.response(60_050, respond(&update, 481, "Gone", "", ""));
+    rig.advance_to(200_000);
+    assert!(requests_sent(&mut rig).is_empty());
+    assert_eq!(
+        rig.take_events()[1..],
+        [DialogEvent::Ended {
+            by: EndedBy::DialogGone
+        }]
+    );
+    assert_eq!(rig.call.state(), CallState::Ended);
+    assert!(rig.call.is_finished());
+}
+
+const CALLER_WITHOUT_UPDATE: &str = "Supported: timer\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS";
+
+#[test]
+fn without_update_in_allow_we_refresh_with_a_reinvite_and_ack_its_2xx() {
+    let mut rig = refreshing(120, CALLER_WITHOUT_UPDATE);
+    rig.advance_to(60_000);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let (_, invite, transmit) = &sent[0];
+    assert_eq!(invite.method(), Some("INVITE"));
+    assert_eq!(invite.cseq().seq, 1);
+    assert_eq!(
+        invite.request_uri().unwrap().raw,
+        "sip:alice@198.51.100.7:5060"
+    );
+    assert_eq!(invite.to().tag(), Some("alicetag"));
+    assert_eq!(invite.from().tag(), Some("uastag"));
+    assert_eq!(invite.routes().len(), 2);
+    assert_eq!(
+        transmit.destination,
+        Destination::Uri(Uri::parse("sip:p1.example.com;lr").unwrap())
+    );
+    assert_eq!(invite.header("Session-Expires"), Some("120;refresher=uas"));
+    assert_eq!(
+        invite.header("Contact"),
+        Some("<sip:bridge@192.0.2.1:5060>")
+    );
+    // Our current SDP, unchanged: the same o= version (RFC 3264 section 8).
+    assert_eq!(invite.content_type().as_deref(), Some("application/sdp"));
+    assert_eq!(body(invite), ANSWER);
+    assert_eq!(rig.take_events(), vec![DialogEvent::RefreshDue]);
+    // Timer A retransmits it until a response.
+    rig.advance_to(60_500);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].2.retransmission);
+
+    // The 2xx answers and moves the remote target.
+    let answer = OFFER.replace("o=alice 1 1", "o=alice 1 2");
+    let ok = respond(
+        invite,
+        200,
+        "OK",
+        "Contact: <sip:alice@198.51.100.9:5070>\nSession-Expires: 120;refresher=uas\nRequire: timer",
+        &answer,
+    );
+    rig.response(60_600, ok.clone());
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let (_, ack, transmit) = &sent[0];
+    assert_eq!(ack.method(), Some("ACK"));
+    assert_eq!(ack.cseq().seq, 1);
+    assert_eq!(ack.cseq().method, "ACK");
+    assert_ne!(ack.top_via().branch(), invite.top_via().branch());
+    assert_eq!(
+        ack.request_uri().unwrap().raw,
+        "sip:alice@198.51.100.9:5070"
+    );
+    assert_eq!(ack.to().tag(), Some("alicetag"));
+    assert_eq!(ack.routes().len(), 2);
+    assert!(ack.body().is_empty());
+    assert_eq!(
+        transmit.destination,
+        Destination::Uri(Uri::parse("sip:p1.example.com;lr").unwrap())
+    );
+    // The same terms: nothing to report.
+    assert!(rig.take_events().is_empty());
+    // A retransmitted 2xx gets the same ACK again.
+    rig.response(61_000, ok);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].2.retransmission);
+    assert_eq!(sent[0].2.payload, transmit.payload);
+
+    // The next refresh is 60 s after the 2xx, with the next CSeq and the same SDP.
+    rig.advance_to(120_599);
+    assert!(requests_sent(&mut rig).is_empty());
+    let again = next_request(&mut rig, 120_600);
+    assert_eq!(again.method(), Some("INVITE"));
+    assert_eq!(again.cseq().seq, 2);
+    assert_eq!(
+        again.request_uri().unwrap().raw,
+        "sip:alice@198.51.100.9:5070"
+    );
+    assert_eq!(body(&again), ANSWER);
+}
+
+#[test]
+fn the_refresh_reinvite_carries_the_sdp_we_last_sent() {
+    let mut rig = refreshing(120, CALLER_WITHOUT_UPDATE);
+    // The caller holds the call by UPDATE; our answer is version 2, recvonly.
+    let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+    let update = in_dialog(
+        "UPDATE",
+        11,
+        "z9hG4bKhold",
+        "Session-Expires: 120;refresher=uas\nSupported: timer",
+    );
+    rig.request(10_000, sip(&update, &hold));
+    let answered = rig.take().pop().unwrap().1;
+    reply_for(&answered, 200, "UPDATE");
+    let last = body(&answered);
+    assert!(last.contains("o=- 42 2 "), "{last}");
+    let invite = next_request(&mut rig, 70_000);
+    assert_eq!(invite.method(), Some("INVITE"));
+    assert_eq!(body(&invite), last);
+}
+
+#[test]
+fn the_refresh_method_follows_the_peers_allow_and_supported() {
+    // No Allow at all: re-INVITE (always allowed).
+    let mut rig = refreshing(120, "Supported: timer");
+    assert_eq!(next_request(&mut rig, 60_000).method(), Some("INVITE"));
+    // No Allow, but UPDATE listed in Supported: UPDATE.
+    let mut rig = refreshing(120, "Supported: timer, UPDATE");
+    assert_eq!(next_request(&mut rig, 60_000).method(), Some("UPDATE"));
+    // An Allow in a later request counts: here an OPTIONS that lists UPDATE.
+    let mut rig = refreshing(120, "Supported: timer");
+    let options = in_dialog("OPTIONS", 11, "z9hG4bKo", "Allow: INVITE, ACK, BYE, update");
+    rig.request(1000, sip(&options, ""));
+    rig.take();
+    assert_eq!(next_request(&mut rig, 60_000).method(), Some("UPDATE"));
+    // ...and one without UPDATE takes it back.
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let options = in_dialog("OPTIONS", 11, "z9hG4bKo", "Allow: INVITE, ACK, BYE");
+    rig.request(1000, sip(&options, ""));
+    rig.take();
+    assert_eq!(next_request(&mut rig, 60_000).method(), Some("INVITE"));
+}
+
+#[test]
+fn a_405_to_our_update_refresh_falls_back_to_a_reinvite() {
+    let mut rig = refreshing(120, TIMER_AND_UPDATE);
+    let update = next_request(&mut rig, 60_000);
+    assert_eq!(update.method(), Some("UPDATE"));
+    let refusal = respond(
+        &update,
+        405,
+        "Method Not Allowed",
+        "Allow: INVITE, ACK, BYE",
+        "",
+    );
+    rig.response(60_050, refusal);
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.method(), Some("INVITE"));
+    assert_eq!(sent[0].1.cseq().seq, 2);
+    assert_eq!(body(&sent[0].1), ANSWER);
+}
+
+#[test]
+fn a_refused_reinvite_refresh_is_acked_by_its_transaction_and_the_session_expires() {
+    let mut rig = refreshing(120, CALLER_WITHOUT_UPDATE);
+    let invite = next_request(&mut rig, 60_000);
+    let refusal = respond(&invite, 488, "Not Acceptable Here", "", "");
+    rig.response(60_050, refusal.clone());
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let ack = &sent[0].1;
+    assert_eq!(ack.method(), Some("ACK"));
+    // RFC 3261 17.1.1.3: same branch, Request-URI and CSeq number as the INVITE.
+    assert_eq!(ack.top_via().branch(), invite.top_via().branch());
+    assert_eq!(ack.request_uri(), invite.request_uri());
+    assert_eq!(ack.cseq().seq, invite.cseq().seq);
+    assert_eq!(ack.routes().len(), 2);
+    // Its retransmission is ACKed again.
+    rig.response(60_500, refusal);
+    assert_eq!(rig.take()[0].1.method(), Some("ACK"));
+    rig.advance_to(87_999);
+    assert!(requests_sent(&mut rig).is_empty());
+    assert_eq!(next_request(&mut rig, 88_000).method(), Some("BYE"));
+    assert_eq!(
+        rig.take_events().last(),
+        Some(&DialogEvent::Ended {
+            by: EndedBy::SessionExpired
+        })
+    );
+
+    // A 491 to it: ACK, then a new re-INVITE 1 s later.
+    let mut rig = refreshing(120, CALLER_WITHOUT_UPDATE);
+    let invite = next_request(&mut rig, 60_000);
+    rig.response(60_050, respond(&invite, 491, "Request Pending", "", ""));
+    assert_eq!(rig.take()[0].1.method(), Some("ACK"));
+    let retry = next_request(&mut rig, 61_050);
+    assert_eq!(retry.method(), Some("INVITE"));
+    assert_eq!(retry.cseq().seq, 2);
+}
+
+#[test]
+fn offers_from_the_peer_while_our_reinvite_is_pending_get_491() {
+    let mut rig = refreshing(120, CALLER_WITHOUT_UPDATE);
+    let invite = next_request(&mut rig, 60_000);
+    rig.request(60_100, reinvite(11, "z9hG4bKglare", OFFER));
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(status_line(&sent[0].1), (491, "Request Pending".to_owned()));
+    rig.request(
+        60_200,
+        sip(&in_dialog("UPDATE", 12, "z9hG4bKgl2", ""), OFFER),
+    );
+    let sent = rig.take();
+    reply_for(&sent[0].1, 491, "UPDATE");
+    // An UPDATE without an offer is fine.
+    rig.request(60_300, sip(&in_dialog("UPDATE", 13, "z9hG4bKgl3", ""), ""));
+    reply_for(&rig.take()[0].1, 200, "UPDATE");
+    // Once ours is answered, the peer's offers are taken again.
+    rig.response(60_400, respond(&invite, 200, "OK", "", OFFER));
+    rig.take();
+    rig.request(60_500, reinvite(14, "z9hG4bKafter", OFFER));
+    reply_for(&rig.take()[0].1, 200, "INVITE");
 }

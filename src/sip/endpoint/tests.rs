@@ -56,6 +56,7 @@ fn endpoint() -> Endpoint {
             timers: TimerConfig::default(),
             session_timer: SessionTimerConfig::default(),
             contact_user: "bridge".into(),
+            user_agent: "srb-test".into(),
         },
         Box::new(move || {
             counter += 1;
@@ -136,6 +137,7 @@ fn options_outside_a_dialog_is_answered_where_the_via_says() {
     );
     assert_eq!(m.top_via().received(), Some("127.0.0.2"));
     assert!(m.header("Allow").unwrap().contains("INVITE"));
+    assert_eq!(m.header("Server"), Some("srb-test"));
     // The same request again gets the same To tag (stateless, derived from the request).
     feed(&mut ep, now, Flow::Udp(0), options, &mut policy);
     let again = sent(&mut ep);
@@ -204,6 +206,7 @@ fn a_call_from_invite_to_bye_and_out_of_the_table() {
     let ok = &out[1].1;
     let to_tag = ok.to().tag().unwrap().to_owned();
     assert_eq!(ok.contacts()[0].uri.raw, "sip:bridge@127.0.0.1:5060");
+    assert_eq!(ok.header("Server"), Some("srb-test"));
     assert!(String::from_utf8_lossy(ok.body()).contains("m=audio 30000 RTP/AVP 0"));
 
     // The 200 is retransmitted on T1 until the ACK.
@@ -286,6 +289,7 @@ fn refused_invites_get_a_stateless_final_response() {
     assert_eq!(out.len(), 1);
     assert_eq!(status(&out[0].1), 503);
     assert_eq!(out[0].1.header("Retry-After"), Some("5"));
+    assert_eq!(out[0].1.header("Server"), Some("srb-test"));
     let tag = out[0].1.to().tag().unwrap().to_owned();
     // Same INVITE again: same answer, same tag; no call was created.
     feed(&mut ep, now, Flow::Udp(0), &inv, &mut policy);
@@ -417,6 +421,7 @@ fn tcp_replies_and_our_bye_use_the_calls_connection() {
     let out = sent(&mut ep);
     let (o, bye) = &out[0];
     assert_eq!(bye.method(), Some("BYE"));
+    assert_eq!(bye.header("User-Agent"), Some("srb-test"));
     assert_eq!(o.transport, TransportKind::Tcp);
     assert_eq!(o.flow, Some(Flow::Tcp(7)));
     assert_eq!(o.target, Target::Addr(addr("127.0.0.2:5060")));
@@ -505,4 +510,90 @@ mod properties {
             while ep.poll_event().is_some() {}
         }
     }
+}
+
+#[test]
+fn a_new_invite_may_reuse_the_call_id_of_a_refused_one() {
+    // RFC 3261 8.1.3.5: after a 488 (or 422, 401...) a UAC retries with the same Call-ID and
+    // a higher CSeq; it is a new call, not a request for the refused one.
+    let mut ep = endpoint();
+    let now = Instant::now();
+    let mut policy = Policy::accept();
+    let g726 = invite("SIP/2.0/UDP 127.0.0.2:40000;branch=z9hG4bKg1", "retry", "")
+        .replace("RTP/AVP 0 101", "RTP/AVP 2 101");
+    feed(&mut ep, now, Flow::Udp(0), &g726, &mut policy);
+    let EndpointEvent::IncomingCall { call: first, .. } = events(&mut ep)[0].clone() else {
+        panic!()
+    };
+    assert!(ep.answer(now, first).is_err());
+    events(&mut ep);
+    let refused = sent(&mut ep);
+    assert_eq!(status(&refused.last().unwrap().1), 488);
+    let tag = refused.last().unwrap().1.to().tag().unwrap().to_owned();
+    // The ACK of the 488 (same branch) still goes to the refused call and is not answered.
+    let ack = g726
+        .replace(
+            "INVITE sip:100@127.0.0.1 SIP/2.0",
+            "ACK sip:100@127.0.0.1 SIP/2.0",
+        )
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace(
+            "To: <sip:100@127.0.0.1>",
+            &format!("To: <sip:100@127.0.0.1>;tag={tag}"),
+        );
+    feed(&mut ep, now, Flow::Udp(0), &ack, &mut policy);
+    assert!(sent(&mut ep).is_empty());
+
+    // RFC 5118's mult-ip-in-sdp even reuses the branch (with another sent-by and CSeq).
+    let pcmu = invite("SIP/2.0/UDP 127.0.0.3:40000;branch=z9hG4bKg1", "retry", "")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE");
+    feed(&mut ep, now, Flow::Udp(0), &pcmu, &mut policy);
+    assert_eq!(status(&sent(&mut ep)[0].1), 100);
+    let EndpointEvent::IncomingCall { call: second, .. } = events(&mut ep)[0].clone() else {
+        panic!()
+    };
+    assert_ne!(first, second);
+    ep.answer(now, second).unwrap();
+    assert_eq!(status(&sent(&mut ep)[0].1), 200);
+    assert_eq!(ep.call_count(), 2);
+}
+
+#[test]
+fn error_replies_are_addressed_even_from_a_via_only_a_lenient_reading_understands() {
+    let mut ep = endpoint();
+    let now = Instant::now();
+    let mut policy = Policy::accept();
+    // RFC 4475 3.1.2.16: SIP/7.0 in the request line and in the Via: 505.
+    let badvers = "OPTIONS sip:t.watson@example.org SIP/7.0\r\nVia: SIP/7.0/UDP c.example.com;branch=z9hG4bKv\r\n\
+        Max-Forwards: 70\r\nFrom: A. Bell <sip:a.g.bell@example.com>;tag=qweoiqpe\r\n\
+        To: T. Watson <sip:t.watson@example.org>\r\nCall-ID: badvers01\r\nCSeq: 8 OPTIONS\r\n\r\n";
+    feed(&mut ep, now, Flow::Udp(0), badvers, &mut policy);
+    // (Our own parser refuses the reply too: its Via is the client's SIP/7.0 one.)
+    let out = ep.poll_transmit().unwrap();
+    assert!(out.payload.starts_with(b"SIP/2.0 505 "));
+    let text = String::from_utf8_lossy(&out.payload).into_owned();
+    assert!(
+        text.contains("Via: SIP/7.0/UDP c.example.com;branch=z9hG4bKv;received=127.0.0.2\r\n"),
+        "{text}"
+    );
+    assert_eq!(out.target, Target::Addr(addr("127.0.0.2:5060")));
+    // RFC 4475 3.1.2.1: empty Via parameters: 400 at the sent-by's default port.
+    let badinv = "INVITE sip:user@example.com SIP/2.0\r\nTo: sip:j.user@example.com\r\n\
+        From: sip:caller@example.net;tag=134161461246\r\nMax-Forwards: 7\r\nCall-ID: badinv01\r\n\
+        CSeq: 8 INVITE\r\nVia: SIP/2.0/UDP 192.0.2.15;;,;,,\r\nContent-Length: 0\r\n\r\n";
+    feed(&mut ep, now, Flow::Udp(0), badinv, &mut policy);
+    let out = ep.poll_transmit().unwrap();
+    assert!(out.payload.starts_with(b"SIP/2.0 400 "));
+    assert_eq!(out.target, Target::Addr(addr("127.0.0.2:5060")));
+    // A TLS Via that came over UDP: answered over UDP at 5060, not TLS's 5061.
+    let tls = "OPTIONS sip:u@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.7;branch=z9hG4bKtls\r\n\
+        From: <sip:a@192.0.2.7>;tag=1\r\nTo: <sip:u@127.0.0.1>\r\nCall-ID: tls\r\nCSeq: 1 OPTIONS\r\n\
+        Content-Length: 0\r\n\r\n";
+    feed(&mut ep, now, Flow::Udp(0), tls, &mut policy);
+    let out = sent(&mut ep);
+    assert_eq!(status(&out[0].1), 200);
+    assert_eq!(
+        (out[0].0.transport, &out[0].0.target),
+        (TransportKind::Udp, &Target::Addr(addr("127.0.0.2:5060")))
+    );
 }

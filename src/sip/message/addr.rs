@@ -262,6 +262,33 @@ impl Via {
         })
     }
 
+    /// Reads what a reply needs from a Via that [`Via::parse`] refuses: any `SIP/x.y`
+    /// version, empty parameters skipped. Only for addressing the error response to a request
+    /// that did not parse (RFC 4475 3.1.2.1 and 3.1.2.16 still want a 400 or 505).
+    pub fn parse_lenient(s: &str) -> Option<Self> {
+        let s = s.trim_matches([' ', '\t']);
+        if s.chars().any(|c| c.is_control() && c != '\t') {
+            return None;
+        }
+        let (protocol_and_host, params) = s.split_once(';').unwrap_or((s, ""));
+        let mut parts = protocol_and_host.splitn(3, '/');
+        let name = parts.next()?.trim_matches([' ', '\t']);
+        let _version = parts.next()?;
+        let rest = parts.next()?.trim_start_matches([' ', '\t']);
+        if !name.eq_ignore_ascii_case("SIP") {
+            return None;
+        }
+        let (transport, sent_by) = rest.split_once([' ', '\t'])?;
+        if !head::is_token(transport) {
+            return None;
+        }
+        Some(Self {
+            transport: transport.to_ascii_uppercase(),
+            sent_by: HostPort::parse(sent_by)?,
+            params: head::params(params, true).unwrap_or_default(),
+        })
+    }
+
     /// Parses every Via value of one header line; `None` if any element is invalid or
     /// empty.
     pub fn parse_list(s: &str) -> Option<Vec<Self>> {
