@@ -7,6 +7,10 @@
 //! check or a receive timeout; the harness adds checks on the message trace (no error
 //! responses, one dialog) and that the daemon stops cleanly on SIGTERM. On failure it prints the
 //! SIPp command, its logs and the daemon's debug log.
+//!
+//! The last test drives baresip, a real softphone, through its `ctrl_tcp` module: dial, hold,
+//! resume, hang up. SIPp and baresip are required: without them the tests fail with the
+//! package to install, they do not skip.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::fmt::Write as _;
@@ -480,6 +484,16 @@ fn assert_one_dialog(outcome: &Outcome) -> usize {
     oks.len()
 }
 
+/// The bridge sent exactly one BYE: our 200 ended its transaction (no retransmission).
+fn assert_one_bye_from_bridge(outcome: &Outcome) {
+    let byes = outcome
+        .trace
+        .iter()
+        .filter(|m| m.received && m.start_line().starts_with("BYE "))
+        .count();
+    assert_eq!(byes, 1, "BYEs from the bridge\n{}", outcome.report);
+}
+
 #[test]
 fn basic_call_over_udp() {
     let outcome = interop(&Case::udp("basic_call", 31), &[]);
@@ -515,6 +529,59 @@ fn caller_cancel() {
     println!("caller_cancel: {}", outcomes[0]);
 }
 
+/// The CANCEL scenario's other branch (CANCEL wins: 200 to the CANCEL and 487 to the INVITE,
+/// in either order), which the bridge cannot show while it answers at once, checked against a
+/// SIPp UAS stand-in that never answers. This tests the scenario, not the bridge.
+#[test]
+fn cancel_scenario_handles_the_cancel_winning() {
+    require_sipp();
+    for (order, last_octet) in [("0", 41), ("1", 42)] {
+        let case = Case::udp("cancel", last_octet);
+        let dir = tempfile::tempdir().unwrap();
+        let ip = case.ip.to_string();
+        let mut uas = Command::new("sipp")
+            .arg("-sf")
+            .arg(scenario("uas_cancel_stand_in"))
+            .args(["-set", "order", order, "-i", &ip, "-p"])
+            .arg(BRIDGE_PORT.to_string())
+            .args(["-m", "1", "-nostdin", "-timeout", "15s", "-timeout_error"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The INVITE is retransmitted after 500 ms if the stand-in is not listening yet.
+        std::thread::sleep(Duration::from_millis(200));
+        let run = run_sipp(dir.path(), &case);
+        let start = Instant::now();
+        let uas_status = loop {
+            if let Some(status) = uas.try_wait().unwrap() {
+                break Some(status);
+            }
+            if start.elapsed() > STOP_DEADLINE {
+                let _ = uas.kill();
+                let _ = uas.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let report = report(&case, &run, "(no bridge: SIPp stand-in)", None);
+        assert!(
+            run.status.is_some_and(|s| s.success()),
+            "order {order}\n{report}"
+        );
+        assert!(
+            uas_status.is_some_and(|s| s.success()),
+            "stand-in, order {order}\n{report}"
+        );
+        assert!(
+            run.actions.contains("outcome: CANCEL won the race"),
+            "order {order}\n{report}"
+        );
+    }
+}
+
 #[test]
 fn bridge_hangs_up_at_max_call_duration() {
     let case = Case {
@@ -524,11 +591,7 @@ fn bridge_hangs_up_at_max_call_duration() {
     };
     let outcome = interop(&case, &[]);
     assert_one_dialog(&outcome);
-    let bye = outcome
-        .trace
-        .iter()
-        .find(|m| m.received && m.start_line().starts_with("BYE "));
-    assert!(bye.is_some(), "no BYE from the bridge\n{}", outcome.report);
+    assert_one_bye_from_bridge(&outcome);
 }
 
 #[test]
@@ -591,6 +654,7 @@ fn lost_ack_retransmits_the_200_then_sends_bye() {
         "the scenario must never ACK\n{}",
         outcome.report
     );
+    assert_one_bye_from_bridge(&outcome);
 }
 
 // --- baresip: a real softphone, driven over its ctrl_tcp module ---------------------------------
