@@ -464,7 +464,7 @@ fn interop(case: &Case, allowed_errors: &[u16]) -> Outcome {
     }
 }
 
-/// The received 2xx responses to the initial INVITE.
+/// The received 200s to INVITEs (the initial one and any re-INVITE: all in one dialog).
 fn invite_200s(trace: &[Traced]) -> Vec<&Traced> {
     trace
         .iter()
