@@ -42,4 +42,5 @@ pub mod fake_realtime;
 pub mod io;
 pub mod logging;
 pub mod realtime;
+pub mod rtp;
 pub mod sip;

@@ -272,3 +272,53 @@ fn an_address_in_use_is_a_clear_error() {
     );
     drop(taken);
 }
+
+/// Sends `message` and returns the first final response (status >= 200).
+fn final_response(socket: &UdpSocket, to: SocketAddr, message: &str) -> String {
+    socket.send_to(message.as_bytes(), to).unwrap();
+    let mut buf = [0u8; 8192];
+    loop {
+        let (len, _) = socket.recv_from(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+        if !text.starts_with("SIP/2.0 1") {
+            return text;
+        }
+    }
+}
+
+#[test]
+fn an_exhausted_rtp_range_refuses_with_503_and_ports_rest_after_a_call() {
+    let port = free_port();
+    // One RTP port pair only.
+    let daemon = Daemon::start(
+        &config(&[&format!("udp:127.0.0.1:{port}")], "").replace("31000-31099", "31100-31101"),
+    );
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_200(to);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let me = socket.local_addr().unwrap();
+    let ok = final_response(&socket, to, &invite("UDP", me, to, "first"));
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(ok.contains("m=audio 31100 RTP/AVP"), "{ok}");
+    let busy = final_response(&socket, to, &invite("UDP", me, to, "second"));
+    assert!(busy.starts_with("SIP/2.0 503"), "{busy}");
+    assert_eq!(header(&busy, "Retry-After"), Some("5"));
+
+    // End the first call; its port rests (30 s), so a new call is still refused.
+    let tag = header(&ok, "To").unwrap().to_owned();
+    let bye = format!(
+        "BYE sip:bridge@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbye1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=c1\r\nTo: {tag}\r\nCall-ID: first\r\n\
+         CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let bye_ok = final_response(&socket, to, &bye);
+    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    let again = final_response(&socket, to, &invite("UDP", me, to, "third"));
+    assert!(again.starts_with("SIP/2.0 503"), "{again}");
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("RTP port range exhausted"), "{stderr}");
+}

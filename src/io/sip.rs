@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::config::{CodecName, Config, PublicAddress, Transport};
+use crate::rtp::ports::{DEFAULT_QUARANTINE, PortPool};
 use crate::sip::dialog::{DialogEvent, SessionTimerConfig};
 use crate::sip::endpoint::{
     Admission, Admit, CallHandle, Endpoint, EndpointConfig, EndpointEvent, Flow, Incoming,
@@ -157,8 +158,7 @@ struct Connection {
 /// A call the interim call logic keeps: its RTP socket and when it must end.
 struct ActiveCall {
     call_id: String,
-    /// Held so no one else takes the port; media lands with the media issue.
-    _rtp: Option<std::net::UdpSocket>,
+    media: Option<MediaSockets>,
     deadline: Instant,
     ended: bool,
 }
@@ -166,11 +166,12 @@ struct ActiveCall {
 /// Admission: routes, capacity, RTP ports.
 struct Admitter<'a> {
     config: &'a Config,
+    now: Instant,
     active: usize,
-    ports: &'a mut RtpPorts,
+    ports: &'a mut PortPool,
     public_ip: Option<IpAddr>,
-    /// RTP sockets bound for admitted INVITEs, by Call-ID, until their call is registered.
-    bound: &'a mut HashMap<String, std::net::UdpSocket>,
+    /// Media sockets bound for admitted INVITEs, by Call-ID, until their call is registered.
+    bound: &'a mut HashMap<String, MediaSockets>,
 }
 
 impl Admission for Admitter<'_> {
@@ -197,7 +198,7 @@ impl Admission for Admitter<'_> {
                 retry_after: Some(BUSY_RETRY_AFTER_SECS),
             };
         }
-        let Some(socket) = self.ports.bind(local.ip()) else {
+        let Some(media) = bind_media(self.ports, self.now, local.ip()) else {
             tracing::warn!(call_id = invite.call_id(), "RTP port range exhausted: 503");
             return Admit::Refuse {
                 status: 503,
@@ -205,8 +206,8 @@ impl Admission for Admitter<'_> {
                 retry_after: Some(BUSY_RETRY_AFTER_SECS),
             };
         };
-        let port = socket.local_addr().map(|a| a.port()).unwrap_or_default();
-        self.bound.insert(invite.call_id().to_owned(), socket);
+        let port = media.port;
+        self.bound.insert(invite.call_id().to_owned(), media);
         tracing::debug!(
             call_id = invite.call_id(),
             route = route.label(),
@@ -220,43 +221,35 @@ impl Admission for Admitter<'_> {
     }
 }
 
-/// RTP port pairs from the configured range, bound round-robin.
-struct RtpPorts {
-    first: u16,
-    last: u16,
-    next: u16,
+/// A call's media sockets: RTP on an even port, RTCP on the one above (held so no one else
+/// takes them; media lands with the media issue).
+#[derive(Debug)]
+struct MediaSockets {
+    port: u16,
+    _rtp: std::net::UdpSocket,
+    _rtcp: std::net::UdpSocket,
 }
 
-impl RtpPorts {
-    fn new(config: &Config) -> Self {
-        let (first, last) = (config.rtp.port_range.first(), config.rtp.port_range.last());
-        Self {
-            first,
-            last,
-            next: first,
-        }
-    }
-
-    /// Binds the next free even port on `ip` whose odd neighbour is free too (checked by
-    /// binding it briefly: RTCP lands with the media issue).
-    fn bind(&mut self, ip: IpAddr) -> Option<std::net::UdpSocket> {
-        let pairs = (u32::from(self.last) - u32::from(self.first)).div_ceil(2);
-        for _ in 0..pairs {
-            let port = self.next;
-            self.next = if u32::from(port) + 3 > u32::from(self.last) {
-                self.first
-            } else {
-                port + 2
-            };
-            let Ok(rtp) = std::net::UdpSocket::bind(SocketAddr::new(ip, port)) else {
-                continue;
-            };
-            if std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1)).is_ok() {
-                return Some(rtp);
+/// Takes a port pair from the pool and binds it on `ip`; ports another process holds are
+/// skipped. `None` when the range is exhausted.
+fn bind_media(pool: &mut PortPool, now: Instant, ip: IpAddr) -> Option<MediaSockets> {
+    // A few attempts: each failed port rests in the pool, so the next one differs.
+    for _ in 0..16 {
+        let port = pool.allocate(now)?;
+        let rtp = std::net::UdpSocket::bind(SocketAddr::new(ip, port));
+        let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port.wrapping_add(1)));
+        match (rtp, rtcp) {
+            (Ok(rtp), Ok(rtcp)) => {
+                return Some(MediaSockets {
+                    port,
+                    _rtp: rtp,
+                    _rtcp: rtcp,
+                });
             }
+            _ => pool.unbindable(now, port),
         }
-        None
     }
+    None
 }
 
 fn random_u64() -> u64 {
@@ -309,7 +302,11 @@ pub async fn serve(
         local_ips: HashMap::new(),
         calls: HashMap::new(),
         deadlines: BTreeSet::new(),
-        ports: RtpPorts::new(&config),
+        ports: PortPool::new(
+            config.rtp.port_range.first(),
+            config.rtp.port_range.last(),
+            DEFAULT_QUARANTINE,
+        ),
         bound: HashMap::new(),
         public_ip,
     };
@@ -399,8 +396,8 @@ struct Loop {
     local_ips: HashMap<IpAddr, IpAddr>,
     calls: HashMap<CallHandle, ActiveCall>,
     deadlines: BTreeSet<(Instant, CallHandle)>,
-    ports: RtpPorts,
-    bound: HashMap<String, std::net::UdpSocket>,
+    ports: PortPool,
+    bound: HashMap<String, MediaSockets>,
     public_ip: Option<IpAddr>,
 }
 
@@ -464,15 +461,17 @@ impl Loop {
         bytes: &[u8],
     ) {
         let active = self.calls.values().filter(|c| !c.ended).count();
+        let now = now();
         let mut admitter = Admitter {
             config: &self.config,
+            now,
             active,
             ports: &mut self.ports,
             public_ip: self.public_ip,
             bound: &mut self.bound,
         };
         endpoint.handle_incoming(
-            now(),
+            now,
             Incoming {
                 flow,
                 local,
@@ -546,7 +545,10 @@ impl Loop {
             }
             // Admitted INVITEs that produced no call (not expected) must not hold ports.
             if !busy {
-                self.bound.clear();
+                let now = now();
+                for (_, media) in self.bound.drain() {
+                    self.ports.release(now, media.port);
+                }
                 return;
             }
         }
@@ -571,7 +573,7 @@ impl Loop {
                 self.calls.insert(
                     call,
                     ActiveCall {
-                        _rtp: self.bound.remove(&call_id),
+                        media: self.bound.remove(&call_id),
                         call_id,
                         deadline,
                         ended: false,
@@ -590,6 +592,10 @@ impl Loop {
                     tracing::info!(call = %call, ?event, "call ended");
                     if let Some(active) = self.calls.remove(&call) {
                         self.deadlines.remove(&(active.deadline, call));
+                        if let Some(media) = active.media {
+                            // The sockets close now; the port rests before the next call.
+                            self.ports.release(now, media.port);
+                        }
                     }
                 }
                 DialogEvent::MediaNegotiated(ref n) | DialogEvent::MediaChanged(ref n, _) => {

@@ -224,6 +224,8 @@ pub struct EndpointStats {
     pub refused: u64,
     /// Calls admitted.
     pub admitted: u64,
+    /// Requests of ours not sent because their target is unreachable (`sips:`, TLS...).
+    pub unreachable: u64,
 }
 
 #[derive(Debug)]
@@ -240,6 +242,8 @@ struct Slot {
     invite_sent_by: HostPort,
     invite_from_tag: Option<String>,
     invite_cseq: u32,
+    /// Whether an ACK has confirmed the dialog (see [`Endpoint::route_call_transmit`]).
+    confirmed: bool,
 }
 
 /// RFC 3261's branch prefix: a branch that starts with it is unique per transaction.
@@ -320,8 +324,12 @@ impl Endpoint {
         if let Some(handle) = self.find_for_request(&message)
             && let Some(slot) = self.slots.get_mut(&handle)
         {
-            slot.flow = incoming.flow;
-            slot.remote = incoming.remote;
+            // Only the caller's own requests move where the call's messages go (a request
+            // with the wrong From tag is refused by the dialog with 481).
+            if message.from().tag() == slot.invite_from_tag.as_deref() {
+                slot.flow = incoming.flow;
+                slot.remote = incoming.remote;
+            }
             let wire: Wire = Arc::from(incoming.bytes);
             slot.call.handle_request(now, &message, wire);
             self.after_call(handle);
@@ -641,6 +649,7 @@ impl Endpoint {
                 invite_sent_by: invite.top_via().sent_by.clone(),
                 invite_from_tag: invite.from().tag().map(str::to_owned),
                 invite_cseq: invite.cseq().seq,
+                confirmed: false,
             },
         );
         self.after_call(handle);
@@ -671,6 +680,9 @@ impl Endpoint {
             self.route_call_transmit(&slot, transmit);
         }
         while let Some(event) = slot.call.poll_event() {
+            if event == DialogEvent::Confirmed {
+                slot.confirmed = true;
+            }
             self.events.push_back(EndpointEvent::Dialog {
                 call: handle,
                 event,
@@ -738,8 +750,24 @@ impl Endpoint {
                 };
                 self.send_reply(&via, slot.flow, transmit.payload, transmit.retransmission);
             }
+            Destination::Uri(_) if !slot.confirmed => {
+                // Until an ACK has confirmed the dialog, the caller may be a spoofed source:
+                // a BYE for a 2xx never acknowledged (RFC 3261 13.3.1.4) goes back where the
+                // INVITE came from, never to the Contact or Record-Route it named, so a forged
+                // INVITE cannot aim our requests (or DNS lookups) at a third party.
+                self.transmits.push_back(Outgoing {
+                    transport: slot.flow.transport(),
+                    flow: Some(slot.flow),
+                    target: Target::Addr(slot.remote),
+                    payload: transmit.payload,
+                    retransmission: transmit.retransmission,
+                });
+            }
             Destination::Uri(uri) => {
-                let (transport, target) = request_target(&uri, slot.flow.transport());
+                let Some((transport, target)) = request_target(&uri, slot.flow.transport()) else {
+                    self.stats.unreachable += 1;
+                    return;
+                };
                 // Connection reuse: the call's own connection when the target is the host
                 // it comes from (or a name we cannot compare), else whatever the shell has.
                 let flow = match (slot.flow, &target) {
@@ -789,24 +817,25 @@ fn stamp(via: &mut Via, source: SocketAddr) {
 /// Where a request to `uri` goes: `transport=` decides, else the call's transport; the port
 /// defaults to 5060. SRV/NAPTR (RFC 3263) are not looked up: a host name is resolved to
 /// A/AAAA by the shell.
-fn request_target(uri: &Uri, call_transport: TransportKind) -> (TransportKind, Target) {
-    let transport = uri
+/// `None` when we cannot reach it: a `sips:` URI or a transport other than UDP and TCP (we
+/// have no TLS, WebSocket or SCTP), or no host.
+fn request_target(uri: &Uri, call_transport: TransportKind) -> Option<(TransportKind, Target)> {
+    if !uri.scheme.eq_ignore_ascii_case("sip") {
+        return None;
+    }
+    let transport = match uri
         .params
         .iter()
         .find(|p| p.name.eq_ignore_ascii_case("transport"))
         .and_then(|p| p.value.as_deref())
-        .map_or(call_transport, |t| {
-            if t.eq_ignore_ascii_case("udp") {
-                TransportKind::Udp
-            } else {
-                TransportKind::Tcp
-            }
-        });
-    let host_port = uri.host_port.clone().unwrap_or(HostPort {
-        host: String::new(),
-        port: None,
-    });
-    (transport, host_port_target(&host_port))
+    {
+        None => call_transport,
+        Some(t) if t.eq_ignore_ascii_case("udp") => TransportKind::Udp,
+        Some(t) if t.eq_ignore_ascii_case("tcp") => TransportKind::Tcp,
+        Some(_) => return None,
+    };
+    let host_port = uri.host_port.clone().filter(|hp| !hp.host.is_empty())?;
+    Some((transport, host_port_target(&host_port)))
 }
 
 /// A To tag for a stateless reply: a hash of Call-ID, From tag and top branch (FNV-1a), so

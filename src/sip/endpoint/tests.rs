@@ -430,24 +430,26 @@ fn tcp_replies_and_our_bye_use_the_calls_connection() {
 
 #[test]
 fn requests_we_send_follow_the_remote_target_and_its_transport() {
-    let uri = Uri::parse("sip:alice@127.0.0.9:5070;transport=TCP").unwrap();
+    let target = |s: &str| request_target(&Uri::parse(s).unwrap(), TransportKind::Udp);
     assert_eq!(
-        request_target(&uri, TransportKind::Udp),
-        (TransportKind::Tcp, Target::Addr(addr("127.0.0.9:5070")))
+        target("sip:alice@127.0.0.9:5070;transport=TCP"),
+        Some((TransportKind::Tcp, Target::Addr(addr("127.0.0.9:5070"))))
     );
-    let uri = Uri::parse("sip:alice@pbx.example.com").unwrap();
     assert_eq!(
-        request_target(&uri, TransportKind::Udp),
-        (
+        target("sip:alice@pbx.example.com"),
+        Some((
             TransportKind::Udp,
             Target::Host("pbx.example.com".into(), 5060)
-        )
+        ))
     );
-    let uri = Uri::parse("sip:alice@[::1]:5080").unwrap();
     assert_eq!(
-        request_target(&uri, TransportKind::Udp).1,
+        target("sip:alice@[::1]:5080").unwrap().1,
         Target::Addr(addr("[::1]:5080"))
     );
+    // Transports we do not have are unreachable, not quietly TCP on the wrong port.
+    assert_eq!(target("sips:alice@127.0.0.9"), None);
+    assert_eq!(target("sip:alice@127.0.0.9;transport=tls"), None);
+    assert_eq!(target("sip:alice@127.0.0.9;transport=ws"), None);
 }
 
 #[test]
@@ -475,11 +477,12 @@ mod properties {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
-        /// Whatever arrives over UDP, the endpoint does not panic, and every reply goes back to
-        /// the address it came from (the `received` rule): the daemon cannot be used to
-        /// reflect traffic at a third party named in a Via.
+        /// Whatever arrives over UDP or TCP, the endpoint does not panic, and everything it
+        /// sends (replies, and the BYE of a call whose 2xx is never acknowledged) goes back to
+        /// the address it came from: a forged message cannot aim the daemon at a third party
+        /// named in a Via, Contact or Record-Route.
         #[test]
-        fn replies_only_ever_go_back_to_the_source(
+        fn everything_sent_goes_back_to_the_source(
             pick in any::<usize>(),
             mutations in proptest::collection::vec(mutation(), 0..6),
             tcp in any::<bool>(),
@@ -489,26 +492,82 @@ mod properties {
             let mut ep = endpoint();
             let mut policy = Policy::accept();
             let flow = if tcp { Flow::Tcp(1) } else { Flow::Udp(0) };
-            let now = Instant::now();
+            let mut now = Instant::now();
             ep.handle_incoming(
                 now,
                 Incoming { flow, local: addr(LOCAL), remote: addr(PEER), bytes: &bytes },
                 &mut policy,
             );
-            // Run the call's timers too (2xx retransmissions, a BYE after the ACK timeout).
-            ep.handle_timeout(now + Duration::from_secs(40));
-            while let Some(out) = ep.poll_transmit() {
-                let is_response = parse(&out.payload).map(|m| !m.is_request()).unwrap_or(true);
-                if is_response {
+            let check = |ep: &mut Endpoint| -> Result<(), TestCaseError> {
+                while let Some(out) = ep.poll_transmit() {
                     match &out.target {
                         Target::Addr(a) => prop_assert_eq!(a.ip(), addr(PEER).ip()),
-                        Target::Host(h, _) => prop_assert!(false, "reply to a name: {}", h),
+                        Target::Host(h, _) => prop_assert!(false, "sent to a name: {}", h),
                     }
                     prop_assert_eq!(out.flow, Some(flow));
                 }
+                Ok(())
+            };
+            // Answer every call it admitted, then run all its timers to the end.
+            while let Some(event) = ep.poll_event() {
+                if let EndpointEvent::IncomingCall { call, .. } = event {
+                    let _ = ep.ring(now, call);
+                    let _ = ep.answer(now, call);
+                }
             }
-            while ep.poll_event().is_some() {}
+            check(&mut ep)?;
+            let mut steps = 0;
+            while let Some(at) = ep.poll_timeout() {
+                steps += 1;
+                prop_assert!(steps < 10_000, "timers never settle");
+                now = at;
+                ep.handle_timeout(now);
+                check(&mut ep)?;
+                while ep.poll_event().is_some() {}
+            }
+            prop_assert_eq!(ep.call_count(), 0);
         }
+    }
+}
+
+#[test]
+fn an_unconfirmed_calls_bye_goes_to_the_source_not_to_the_contact() {
+    let mut ep = endpoint();
+    let t0 = Instant::now();
+    let mut policy = Policy::accept();
+    let inv = invite("SIP/2.0/UDP 127.0.0.2:40000;branch=z9hG4bKs1", "spoof", "")
+        .replace(
+            "<sip:alice@127.0.0.2:40000>",
+            "<sip:x@victim.example:53;transport=tcp>",
+        )
+        .replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nRecord-Route: <sip:192.0.2.99;lr>\r\n",
+        );
+    feed(&mut ep, t0, Flow::Udp(0), &inv, &mut policy);
+    let EndpointEvent::IncomingCall { call, .. } = events(&mut ep)[0].clone() else {
+        panic!()
+    };
+    ep.ring(t0, call).unwrap();
+    ep.answer(t0, call).unwrap();
+    sent(&mut ep);
+    // No ACK: after 64*T1 the BYE goes to the INVITE's source over its flow.
+    let mut byes = Vec::new();
+    while let Some(at) = ep.poll_timeout() {
+        ep.handle_timeout(at);
+        for (out, m) in sent(&mut ep) {
+            if m.method() == Some("BYE") {
+                byes.push(out);
+            }
+        }
+    }
+    assert!(!byes.is_empty());
+    for out in &byes {
+        assert_eq!(out.target, Target::Addr(addr(PEER)));
+        assert_eq!(
+            (out.transport, out.flow),
+            (TransportKind::Udp, Some(Flow::Udp(0)))
+        );
     }
 }
 

@@ -320,8 +320,9 @@ impl Via {
     }
 
     /// Where a response to this (stamped) Via goes, per RFC 3261 18.2.2 and RFC 3581: the
-    /// `received` address (else the sent-by host), at the `rport` port (else the sent-by
-    /// port, else 5060, or 5061 for TLS). `maddr` is not honoured: multicast replies are a
+    /// `received` address (else the sent-by host), at the `rport` port for UDP (else the
+    /// sent-by port, else 5060, or 5061 for TLS). Over TCP this is only where a new
+    /// connection goes when the request's own connection has closed. `maddr` is not honoured: multicast replies are a
     /// reflection risk and no telephony peer needs them. The host is a name when the sent-by
     /// was one and no `received` was stamped.
     pub fn reply_address(&self) -> HostPort {
@@ -341,11 +342,14 @@ impl Via {
                 }
             })
             .unwrap_or_else(|| self.sent_by.host.clone());
-        let port = self
-            .rport()
-            .flatten()
-            .or(self.sent_by.port)
-            .unwrap_or(default_port);
+        // rport only means something for UDP (RFC 3581 section 4): over a connection it is
+        // the client's ephemeral port, and a new connection goes to the sent-by port.
+        let rport = if self.is_reliable() {
+            None
+        } else {
+            self.rport().flatten()
+        };
+        let port = rport.or(self.sent_by.port).unwrap_or(default_port);
         HostPort {
             host,
             port: Some(port),

@@ -705,6 +705,12 @@ fn received_and_rport_are_stamped_per_rfc_3261_and_3581() {
     assert_eq!(m.top_via().received(), None);
     assert_eq!(m.top_via().reply_address().to_string(), "127.0.0.7:5070");
 
+    // Over TCP, rport is the client's ephemeral port: a new connection goes to sent-by.
+    let mut m = request_with_via("SIP/2.0/TCP 127.0.0.7:5070;rport;branch=z9hG4bK6");
+    m.stamp_received(source);
+    assert_eq!(m.top_via().rport(), Some(Some(40123)));
+    assert_eq!(m.top_via().reply_address().to_string(), "127.0.0.7:5070");
+
     // A forged received is replaced by the real source.
     let mut m = request_with_via("SIP/2.0/TLS h.example;received=192.0.2.9;branch=z9hG4bK4");
     m.stamp_received(source);

@@ -1,0 +1,6 @@
+//! The RTP room: everything between RTP datagrams and 20 ms frames of audio, sans-IO.
+//!
+//! - [`packet`]: RTP header validation (RFC 3550 A.1) and writing.
+//! - [`ports`]: the RTP port pool: even ports round-robin, quarantine after each call.
+pub mod packet;
+pub mod ports;
