@@ -388,7 +388,9 @@ pub async fn serve(
             () = grace => return Ok(()),
         }
         state.drain(&mut endpoint);
-        if stopping.is_some() && endpoint.call_count() == 0 {
+        // Stop once every call has ended and every BYE of ours has its answer; ended calls
+        // that only absorb retransmissions (Timer J and friends) are not waited for.
+        if stopping.is_some() && state.calls.is_empty() && !endpoint.awaiting_responses() {
             return Ok(());
         }
     }

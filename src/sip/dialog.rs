@@ -450,6 +450,17 @@ impl ClientTx {
         }
     }
 
+    /// A request of ours still waiting for its final response.
+    fn awaiting_final(&self) -> bool {
+        match &self.machine {
+            ClientMachine::NonInvite(m) => matches!(
+                m.state(),
+                NonInviteClientState::Trying | NonInviteClientState::Proceeding
+            ),
+            ClientMachine::Invite { .. } => self.is_pending_invite(),
+        }
+    }
+
     /// An INVITE of ours that has no final response yet (RFC 3261 14.1, 14.2: glare).
     fn is_pending_invite(&self) -> bool {
         match &self.machine {
@@ -609,6 +620,13 @@ impl UasCall {
             && self.servers.is_empty()
             && self.clients.is_empty()
             && self.transmits.is_empty()
+    }
+
+    /// Whether a request we sent (a BYE, a refresh) still waits for its final response. At
+    /// shutdown the daemon waits for these, not for the timers that only absorb
+    /// retransmissions.
+    pub fn awaiting_responses(&self) -> bool {
+        self.clients.iter().any(ClientTx::awaiting_final)
     }
 
     /// Sends 180 Ringing.

@@ -297,6 +297,14 @@ impl Endpoint {
         self.slots.len()
     }
 
+    /// Whether any call still waits for a final response to a request we sent (a BYE at
+    /// shutdown, say).
+    pub fn awaiting_responses(&self) -> bool {
+        self.slots
+            .values()
+            .any(|slot| slot.call.awaiting_responses())
+    }
+
     /// Counters.
     pub fn stats(&self) -> EndpointStats {
         self.stats

@@ -656,3 +656,41 @@ fn error_replies_are_addressed_even_from_a_via_only_a_lenient_reading_understand
         (TransportKind::Udp, &Target::Addr(addr("127.0.0.2:5060")))
     );
 }
+
+#[test]
+fn awaiting_responses_follows_our_bye_not_the_retransmission_timers() {
+    let mut ep = endpoint();
+    let t0 = Instant::now();
+    let mut policy = Policy::accept();
+    let inv = invite(
+        "SIP/2.0/UDP 127.0.0.2:40000;rport;branch=z9hG4bKw1",
+        "wait",
+        "",
+    );
+    feed(&mut ep, t0, Flow::Udp(0), &inv, &mut policy);
+    let EndpointEvent::IncomingCall { call, .. } = events(&mut ep)[0].clone() else {
+        panic!()
+    };
+    ep.answer(t0, call).unwrap();
+    let tag = sent(&mut ep)[1].1.to().tag().unwrap().to_owned();
+    feed(
+        &mut ep,
+        t0,
+        Flow::Udp(0),
+        &in_dialog("ACK", "wait", &tag, 1, "z9hG4bKw2"),
+        &mut policy,
+    );
+    assert!(!ep.awaiting_responses());
+    ep.hang_up(t0, call).unwrap();
+    let bye = sent(&mut ep)
+        .into_iter()
+        .find(|(_, m)| m.method() == Some("BYE"))
+        .unwrap()
+        .1;
+    assert!(ep.awaiting_responses());
+    let ok = String::from_utf8(build_response(&bye, 200, "OK", None)).unwrap();
+    feed(&mut ep, t0, Flow::Udp(0), &ok, &mut policy);
+    // Answered: nothing to wait for, though the call still absorbs retransmissions (Timer K).
+    assert!(!ep.awaiting_responses());
+    assert_eq!(ep.call_count(), 1);
+}
