@@ -171,6 +171,9 @@ pub struct EncoderConfig {
     pub fec: bool,
     /// Expected packet loss in percent, 0-100 (10 by default); libopus sizes FEC by it.
     pub expected_loss_percent: u8,
+    /// Encoder complexity, 0-10 (10, libopus' default, by default): lower trades quality for
+    /// CPU when many calls share a host (see `benches/opus.rs`).
+    pub complexity: u8,
 }
 
 impl Default for EncoderConfig {
@@ -180,6 +183,7 @@ impl Default for EncoderConfig {
             bitrate_bps: 32_000,
             fec: true,
             expected_loss_percent: 10,
+            complexity: 10,
         }
     }
 }
@@ -210,6 +214,9 @@ impl OpusEncoder {
         inner
             .set_inband_fec(config.fec)
             .map_err(configure("in-band FEC"))?;
+        inner
+            .set_complexity(config.complexity)
+            .map_err(configure("complexity"))?;
         let mut encoder = Self {
             inner,
             frame: config.frame,

@@ -85,8 +85,17 @@ fn frame_durations_and_the_48k_rtp_clock() {
 
 #[test]
 fn a_1khz_tone_survives_at_the_right_frequency_and_level() {
+    for complexity in [10, 5] {
+        tone_round_trip(EncoderConfig {
+            complexity,
+            ..EncoderConfig::default()
+        });
+    }
+}
+
+fn tone_round_trip(config: EncoderConfig) {
     let input = tone(1000.0, 8000.0, SAMPLE_RATE as usize); // one second
-    let packets = encode_all(EncoderConfig::default(), &input);
+    let packets = encode_all(config, &input);
     assert_eq!(packets.len(), 50);
     let mut decoder = OpusDecoder::new().unwrap();
     let mut output = Vec::new();
@@ -299,6 +308,16 @@ fn bad_settings_are_refused() {
             ..EncoderConfig::default()
         }),
         Err(OpusError::LossPercent(200))
+    ));
+    assert!(matches!(
+        OpusEncoder::new(EncoderConfig {
+            complexity: 11,
+            ..EncoderConfig::default()
+        }),
+        Err(OpusError::Configure {
+            setting: "complexity",
+            ..
+        })
     ));
 }
 
