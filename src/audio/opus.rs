@@ -323,7 +323,9 @@ impl OpusDecoder {
         let result = self.run(Some(payload), MAX_PACKET_SAMPLES, false, out);
         match result {
             Ok(n) => {
-                self.last_frame_samples = n;
+                if n > 0 {
+                    self.last_frame_samples = n;
+                }
                 self.stats.decoded += 1;
             }
             Err(_) => self.stats.corrupt += 1,
