@@ -34,6 +34,7 @@
 //! is needed; until then G.711 is the only telephony codec.
 
 pub mod g711;
+pub mod opus;
 pub mod resample;
 
 pub use g711::G711Law;
