@@ -30,8 +30,9 @@
 //! assert_eq!(payload, rtp_payload);
 //! ```
 //!
-//! Opus (for wideband SIP peers) will be added here as its own module when it
-//! is needed; until then G.711 is the only telephony codec.
+//! [`opus`] (system libopus) encodes and decodes Opus at 24 kHz mono, the model's rate, so an
+//! Opus call with a pcm16 upstream needs no resampling; with a G.711 upstream it transcodes
+//! through 8 kHz with the resamplers above.
 
 pub mod g711;
 pub mod opus;

@@ -486,6 +486,21 @@ impl Receiver {
         })
     }
 
+    /// The raw A.1 counts of the current stream for [`crate::rtp::rtcp::RtcpSession`], which
+    /// does the per-interval A.3 arithmetic itself. Payload octets are not counted here.
+    pub fn reception_stats(&self) -> Option<crate::rtp::rtcp::ReceptionStats> {
+        let stream = self.stream.as_ref()?;
+        let (base_seq, received) = stream.seq.raw_counts();
+        Some(crate::rtp::rtcp::ReceptionStats {
+            ssrc: stream.ssrc,
+            base_seq,
+            extended_highest_seq: stream.seq.extended_max(),
+            received_packets: u64::from(received),
+            received_octets: 0,
+            jitter: stream.jitter.value(),
+        })
+    }
+
     /// The latched media source, if any.
     pub fn source(&self) -> Option<SocketAddr> {
         self.source

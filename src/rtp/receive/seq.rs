@@ -128,6 +128,11 @@ impl SeqState {
         verdict
     }
 
+    /// A.1's `base_seq` and `received`: the raw counts an RTCP report block is built from.
+    pub(super) fn raw_counts(&self) -> (u32, u32) {
+        (self.base_seq, self.received)
+    }
+
     /// Extended highest sequence number received (A.3's `extended_max`).
     pub(super) fn extended_max(&self) -> u32 {
         self.cycles.wrapping_add(u32::from(self.max_seq))

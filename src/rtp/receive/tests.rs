@@ -375,6 +375,13 @@ fn a_gap_of_five_becomes_exactly_five_concealed_frames_in_place() {
     assert_eq!(report.fraction_lost, (5 * 256 / 15) as u8);
     let again = b.rx.take_report_block_stats().unwrap();
     assert_eq!((again.fraction_lost, again.cumulative_lost), (0, 5));
+    // The raw counts RTCP takes say the same: 15 expected since validation, 10 received.
+    let raw = b.rx.reception_stats().unwrap();
+    assert_eq!((raw.base_seq, raw.extended_highest_seq), (1, 15));
+    assert_eq!(
+        (raw.expected(), raw.received_packets, raw.cumulative_lost()),
+        (15, 10, 5)
+    );
 }
 
 #[test]
