@@ -2,5 +2,7 @@
 //!
 //! - [`packet`]: RTP header validation (RFC 3550 A.1) and writing.
 //! - [`ports`]: the RTP port pool: even ports round-robin, quarantine after each call.
+//! - [`dtmf`]: RFC 4733 telephone-events (receive and send) and SIP INFO dtmf-relay bodies.
+pub mod dtmf;
 pub mod packet;
 pub mod ports;
