@@ -35,7 +35,7 @@
 //! 2.5.1.4), all on the event's start timestamp. It only makes payloads; the RTP header
 //! around them is the business of the stream that sends them.
 //!
-//! That stream is the playout pacer: `playout::Pacer::send_digit` (next commit) queues a
+//! That stream is the playout pacer: [`crate::rtp::playout::Pacer::send_digit`] queues a
 //! digit, and the pacer sends the event packets *in place of* audio frames on its own 20 ms
 //! slots, with its SSRC and sequence numbers and the telephone-event payload type. The audio
 //! queue is paused, not dropped, meanwhile, so what the model said is still played afterwards

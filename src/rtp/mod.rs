@@ -2,7 +2,10 @@
 //!
 //! - [`packet`]: RTP header validation (RFC 3550 A.1) and writing.
 //! - [`ports`]: the RTP port pool: even ports round-robin, quarantine after each call.
+//! - [`playout`]: the pacer: model audio out as RTP on an absolute 20 ms clock, silence fill,
+//!   hold, and the exact sent/received account that barge-in truncation needs.
 //! - [`dtmf`]: RFC 4733 telephone-events (receive and send) and SIP INFO dtmf-relay bodies.
 pub mod dtmf;
 pub mod packet;
+pub mod playout;
 pub mod ports;
