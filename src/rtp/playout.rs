@@ -84,7 +84,8 @@
 //! Frame payloads live back to back in one byte ring; each frame adds an 8-octet descriptor
 //! (part key, length, audio duration) and each part one [`AudioPart`]. Thirty seconds of
 //! G.711 (1500 frames of 160 octets) is therefore 240 000 payload octets plus 12 000 octets
-//! of descriptors, rounded up by the rings' growth; [`Pacer::heap_bytes`] reports it.
+//! of descriptors, plus the rings' slack: they grow by a quarter rather than doubling, so
+//! the slack stays under about 25%; [`Pacer::heap_bytes`] reports it.
 //! The byte ring shrinks back when the queue empties, so an idle call does not keep the peak.
 
 use std::collections::VecDeque;
@@ -109,6 +110,8 @@ pub const OPUS_SILENCE: [u8; 3] = [0xF8, 0xFF, 0xFE];
 pub const DIGIT_GAP_SLOTS: u32 = 2;
 /// Byte-ring capacity kept when the queue empties (about 1.6 s of G.711).
 const RETAINED_BYTES: usize = 32 * 1024;
+/// Smallest growth of the byte ring (0.4 s of G.711).
+const MIN_GROWTH_BYTES: usize = 8 * 1024;
 
 /// Which audio content part a frame belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -366,6 +369,18 @@ pub struct Pacer {
     stats: PacerStats,
 }
 
+/// Makes room for `additional` more elements, growing by a quarter (at least `min_growth`
+/// elements) instead of doubling: a 30 s queue then holds at most ~25% slack rather than up
+/// to 100%, and the extra copies (about four times the data over a whole reply) are cheap
+/// next to the 20 ms budget.
+fn reserve_gently<T>(ring: &mut VecDeque<T>, additional: usize, min_growth: usize) {
+    let needed = ring.len().saturating_add(additional);
+    if needed > ring.capacity() {
+        let growth = (ring.capacity() / 4).max(min_growth).max(additional);
+        ring.reserve_exact(ring.capacity().saturating_add(growth) - ring.len());
+    }
+}
+
 fn samples_per_frame(clock_rate: u32, ptime: Duration) -> Option<u32> {
     let product = u128::from(clock_rate) * ptime.as_nanos();
     let samples = product / 1_000_000_000;
@@ -502,7 +517,9 @@ impl Pacer {
             entry.received_ms += u64::from(audio_ms);
             entry.queued += 1;
         }
+        reserve_gently(&mut self.bytes, payload.len(), MIN_GROWTH_BYTES);
         self.bytes.extend(payload);
+        reserve_gently(&mut self.frames, 1, MIN_GROWTH_BYTES / 160);
         self.frames.push_back(Frame {
             part: key,
             // MAX_FRAME_LEN fits in 16 bits.
