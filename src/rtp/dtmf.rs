@@ -27,6 +27,10 @@
 //!   RFC 4734) are counted and ignored. Payloads shorter than four octets are counted as
 //!   malformed. Nothing on the wire can make this panic.
 //!
+//! Not handled: RFC 2198 redundancy (several events in one payload; only the first is read)
+//! and the segments of events longer than the 16-bit duration field (section 2.5.1.3): a
+//! press held over 8 s at 8 kHz is reported as one press per segment.
+//!
 //! ## Sending ([`EventSequence`], and the pacer)
 //!
 //! [`EventSequence`] is the RFC 4733 packet train of one digit at a given clock and packet
