@@ -4,151 +4,14 @@
 //! `tests/sipp.rs`; the torture messages are in `tests/torture.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sip-realtime-bridge");
-
-/// A daemon that is killed (SIGTERM, then waited for) when dropped.
-struct Daemon {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(config: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bridge.toml");
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new(BIN)
-            .env_clear()
-            .env("RUST_LOG", "info")
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Self { child, _dir: dir }
-    }
-
-    fn stop(mut self) -> (Option<i32>, String) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        (status.code(), stderr)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn config(listen: &[&str], extra: &str) -> String {
-    let listen: Vec<String> = listen.iter().map(|l| format!("\"{l}\"")).collect();
-    format!(
-        "[sip]\nlisten = [{}]\n{extra}\n[rtp]\nport_range = \"31000-31099\"\n\
-         [upstreams.fake]\nkind = \"fake\"\n[profiles.echo]\nupstream = \"fake\"\n\
-         [[routes]]\nprofile = \"echo\"\n",
-        listen.join(", ")
-    )
-}
-
-fn free_port() -> u16 {
-    // Both families and both transports must be free on this port.
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if UdpSocket::bind(("::1", port)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-        {
-            return port;
-        }
-    }
-}
-
-fn options(local: SocketAddr, call_id: &str) -> String {
-    let host = match local {
-        SocketAddr::V4(a) => a.to_string(),
-        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-    };
-    format!(
-        "OPTIONS sip:probe@{host} SIP/2.0\r\nVia: SIP/2.0/UDP {host};rport;branch=z9hG4bK{call_id}\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:t@{host}>;tag=t1\r\nTo: <sip:probe@{host}>\r\n\
-         Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-    )
-}
-
-/// Sends OPTIONS until a 200 comes back (the daemon may still be starting).
-fn wait_for_200(to: SocketAddr) -> String {
-    let any: SocketAddr = if to.is_ipv4() {
-        "127.0.0.1:0".parse().unwrap()
-    } else {
-        "[::1]:0".parse().unwrap()
-    };
-    let socket = UdpSocket::bind(any).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut n = 0;
-    while Instant::now() < deadline {
-        n += 1;
-        let msg = options(socket.local_addr().unwrap(), &format!("probe{n}"));
-        socket.send_to(msg.as_bytes(), to).unwrap();
-        let mut buf = [0u8; 4096];
-        if let Ok((len, _)) = socket.recv_from(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-            if text.starts_with("SIP/2.0 200") {
-                return text;
-            }
-        }
-    }
-    panic!("no 200 to OPTIONS from {to}");
-}
-
-fn sdp(host: &str) -> String {
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n\
-         m=audio 6000 RTP/AVP 0\r\n"
-    )
-}
-
-fn invite(transport: &str, local: SocketAddr, to: SocketAddr, call_id: &str) -> String {
-    let body = sdp(&local.ip().to_string());
-    format!(
-        "INVITE sip:echo@{to} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{call_id}\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:caller@{local}>;tag=c1\r\nTo: <sip:echo@{to}>\r\n\
-         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{local};transport={t}>\r\n\
-         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len(),
-        t = transport.to_ascii_lowercase()
-    )
-}
-
-fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
-    message.split("\r\n").find_map(|line| {
-        let (n, v) = line.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
+use common::*;
 
 #[test]
 fn ipv4_and_ipv6_wildcards_listen_side_by_side_and_advertise_a_concrete_address() {
@@ -271,19 +134,6 @@ fn an_address_in_use_is_a_clear_error() {
         "{stderr}"
     );
     drop(taken);
-}
-
-/// Sends `message` and returns the first final response (status >= 200).
-fn final_response(socket: &UdpSocket, to: SocketAddr, message: &str) -> String {
-    socket.send_to(message.as_bytes(), to).unwrap();
-    let mut buf = [0u8; 8192];
-    loop {
-        let (len, _) = socket.recv_from(&mut buf).unwrap();
-        let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-        if !text.starts_with("SIP/2.0 1") {
-            return text;
-        }
-    }
 }
 
 #[test]

@@ -161,6 +161,8 @@ pub enum CodecName {
     Pcmu,
     /// G.711 A-law.
     Pcma,
+    /// Opus (`opus/48000/2`, RFC 7587), decoded straight to the model's 24 kHz.
+    Opus,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -168,6 +170,9 @@ pub enum CodecName {
 pub struct RtpConfig {
     /// Even ports carry RTP, the odd port above each RTCP.
     pub port_range: PortRange,
+    /// No RTP from the caller for this long ends the call with BYE.
+    #[serde(with = "humantime_serde")]
+    pub inactivity_timeout: Duration,
 }
 
 impl Default for RtpConfig {
@@ -176,6 +181,7 @@ impl Default for RtpConfig {
             port_range: "20000-29999"
                 .parse()
                 .expect("the default port range is valid"),
+            inactivity_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -899,6 +905,12 @@ impl Config {
             problem(
                 "sip.session_expires".into(),
                 Problem::Value("must be at least sip.min_se".into()),
+            );
+        }
+        if self.rtp.inactivity_timeout < Duration::from_secs(1) {
+            problem(
+                "rtp.inactivity_timeout".into(),
+                Problem::Value("must be at least 1s".into()),
             );
         }
         if self.limits.max_call_duration.is_zero()

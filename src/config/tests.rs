@@ -479,6 +479,9 @@ fn sip_timers_codecs_and_limits_are_checked() {
     ))
     .unwrap();
     assert_eq!(c.sip.codecs, vec![CodecName::Pcma]);
+    let opus =
+        Config::from_toml(&format!("[sip]\ncodecs = [\"opus\", \"pcmu\"]\n{MINIMAL}")).unwrap();
+    assert_eq!(opus.sip.codecs, vec![CodecName::Opus, CodecName::Pcmu]);
     assert_eq!(c.sip.t1, std::time::Duration::from_millis(200));
     assert_eq!(c.sip.min_se, 120);
     assert_eq!(
@@ -486,7 +489,7 @@ fn sip_timers_codecs_and_limits_are_checked() {
         std::time::Duration::from_secs(90)
     );
     assert!(
-        only_problem(&format!("[sip]\ncodecs = [\"opus\"]\n{MINIMAL}"))
+        only_problem(&format!("[sip]\ncodecs = [\"g729\"]\n{MINIMAL}"))
             .0
             .starts_with("sip.codecs")
     );

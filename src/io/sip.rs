@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::config::{CodecName, Config, PublicAddress, Transport};
+use crate::io::media::{self, MediaConfig, MediaHandle, MediaReport, MediaSockets};
 use crate::rtp::ports::{DEFAULT_QUARANTINE, PortPool};
 use crate::sip::dialog::{DialogEvent, SessionTimerConfig};
 use crate::sip::endpoint::{
@@ -162,12 +163,16 @@ struct Connection {
     writer: mpsc::Sender<Wire>,
 }
 
-/// A call the interim call logic keeps: its RTP socket and when it must end.
+/// A call the interim call logic keeps: its media and when it must end.
 struct ActiveCall {
     call_id: String,
-    media: Option<MediaSockets>,
+    /// The RTP port, released to the pool (quarantine) when the call ends.
+    port: Option<u16>,
+    /// Sockets bound at admission, until the media terms are known.
+    sockets: Option<MediaSockets>,
+    /// The media task, once the terms are known.
+    media: Option<MediaHandle>,
     deadline: Instant,
-    ended: bool,
 }
 
 /// Admission: routes, capacity, RTP ports.
@@ -237,32 +242,15 @@ impl Admission for Admitter<'_> {
     }
 }
 
-/// A call's media sockets: RTP on an even port, RTCP on the one above (held so no one else
-/// takes them; media lands with the media issue).
-#[derive(Debug)]
-struct MediaSockets {
-    port: u16,
-    _rtp: std::net::UdpSocket,
-    _rtcp: std::net::UdpSocket,
-}
-
 /// Takes a port pair from the pool and binds it on `ip`; ports another process holds are
 /// skipped. `None` when the range is exhausted.
 fn bind_media(pool: &mut PortPool, now: Instant, ip: IpAddr) -> Option<MediaSockets> {
     // A few attempts: each failed port rests in the pool, so the next one differs.
     for _ in 0..16 {
         let port = pool.allocate(now)?;
-        let rtp = std::net::UdpSocket::bind(SocketAddr::new(ip, port));
-        let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port.wrapping_add(1)));
-        match (rtp, rtcp) {
-            (Ok(rtp), Ok(rtcp)) => {
-                return Some(MediaSockets {
-                    port,
-                    _rtp: rtp,
-                    _rtcp: rtcp,
-                });
-            }
-            _ => pool.unbindable(now, port),
+        match MediaSockets::bind(ip, port) {
+            Ok(sockets) => return Some(sockets),
+            Err(_) => pool.unbindable(now, port),
         }
     }
     None
@@ -287,6 +275,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<()> {
     let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(4096);
+    let (media_tx, mut media_rx) = mpsc::channel::<(CallHandle, MediaReport)>(1024);
     let conn_ids = Arc::new(AtomicU64::new(1));
     for (kind, addr) in listeners.local_addrs() {
         tracing::info!(transport = kind.name(), %addr, "listening");
@@ -343,6 +332,11 @@ pub async fn serve(
         bound: HashMap::new(),
         public_ip,
         stopping: false,
+        media_config: MediaConfig {
+            inactivity_timeout: config.rtp.inactivity_timeout,
+            cname: format!("bridge@{}", random_u64() as u32),
+        },
+        media_tx,
     };
     drop(net_tx);
 
@@ -379,12 +373,13 @@ pub async fn serve(
                 state.expire_calls(&mut endpoint, now);
             }
             () = &mut shutdown, if stopping.is_none() => {
-                let calls = state.calls.values().filter(|c| !c.ended).count();
+                let calls = state.calls.len();
                 tracing::info!(calls, "stopping: hanging up every call");
                 state.stopping = true;
                 state.hang_up_all(&mut endpoint);
                 stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
             }
+            Some((call, report)) = media_rx.recv() => state.media_report(&mut endpoint, call, report),
             () = grace => return Ok(()),
         }
         state.drain(&mut endpoint);
@@ -400,6 +395,7 @@ fn endpoint_config(config: &Config) -> EndpointConfig {
     let codecs = CodecPrefs::new(config.sip.codecs.iter().map(|c| match c {
         CodecName::Pcmu => Codec::Pcmu,
         CodecName::Pcma => Codec::Pcma,
+        CodecName::Opus => Codec::Opus,
     }));
     EndpointConfig {
         public_host: config.sip.public_address.as_ref().map(|a| match a {
@@ -438,6 +434,8 @@ struct Loop {
     public_ip: Option<IpAddr>,
     /// Shutting down: new calls are refused.
     stopping: bool,
+    media_config: MediaConfig,
+    media_tx: mpsc::Sender<(CallHandle, MediaReport)>,
 }
 
 impl Loop {
@@ -499,7 +497,7 @@ impl Loop {
         remote: SocketAddr,
         bytes: &[u8],
     ) {
-        let active = self.calls.values().filter(|c| !c.ended).count();
+        let active = self.calls.len();
         let now = now();
         let mut admitter = Admitter {
             config: &self.config,
@@ -570,14 +568,32 @@ impl Loop {
         }
     }
 
+    fn media_report(&mut self, endpoint: &mut Endpoint, call: CallHandle, report: MediaReport) {
+        match report {
+            MediaReport::Inactive => {
+                tracing::info!(call = %call, "RTP inactivity: hanging up");
+                if let Err(error) = endpoint.hang_up(now(), call) {
+                    tracing::debug!(call = %call, %error, "hang-up on RTP inactivity");
+                }
+            }
+            // The call issue turns digits into text for the model.
+            MediaReport::Digit(press) => {
+                tracing::debug!(call = %call, digit = %press.digit, "digit")
+            }
+            MediaReport::Finished(summary) => tracing::info!(
+                call = %call,
+                packets_in = summary.received.packets_accepted,
+                frames_concealed = summary.received.frames_concealed,
+                packets_out = summary.packets_sent,
+                rtt_ms = summary.rtcp.rtt.map(|d| d.as_millis() as u64),
+                "media summary"
+            ),
+        }
+    }
+
     fn hang_up_all(&mut self, endpoint: &mut Endpoint) {
         let now = now();
-        let handles: Vec<CallHandle> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| !c.ended)
-            .map(|(h, _)| *h)
-            .collect();
+        let handles: Vec<CallHandle> = self.calls.keys().copied().collect();
         for handle in handles {
             if let Err(error) = endpoint.hang_up(now, handle) {
                 tracing::debug!(call = %handle, %error, "hang-up at shutdown");
@@ -601,8 +617,8 @@ impl Loop {
             // Admitted INVITEs that produced no call (not expected) must not hold ports.
             if !busy {
                 let now = now();
-                for (_, media) in self.bound.drain() {
-                    self.ports.release(now, media.port);
+                for (_, sockets) in self.bound.drain() {
+                    self.ports.release(now, sockets.port);
                 }
                 return;
             }
@@ -625,13 +641,15 @@ impl Loop {
                     .checked_add(self.config.limits.max_call_duration)
                     .unwrap_or(now);
                 self.deadlines.insert((deadline, call));
+                let sockets = self.bound.remove(&call_id);
                 self.calls.insert(
                     call,
                     ActiveCall {
-                        media: self.bound.remove(&call_id),
+                        port: sockets.as_ref().map(|s| s.port),
+                        sockets,
+                        media: None,
                         call_id,
                         deadline,
-                        ended: false,
                     },
                 );
                 // Until the call issue connects the model first, answer at once.
@@ -647,14 +665,35 @@ impl Loop {
                     tracing::info!(call = %call, ?event, "call ended");
                     if let Some(active) = self.calls.remove(&call) {
                         self.deadlines.remove(&(active.deadline, call));
-                        if let Some(media) = active.media {
-                            // The sockets close now; the port rests before the next call.
-                            self.ports.release(now, media.port);
+                        if let Some(media) = &active.media {
+                            // RTCP BYE, then the task ends and its sockets close.
+                            media.stop();
+                        }
+                        if let Some(port) = active.port {
+                            // The port rests before the next call.
+                            self.ports.release(now, port);
                         }
                     }
                 }
                 DialogEvent::MediaNegotiated(ref n) | DialogEvent::MediaChanged(ref n, _) => {
                     tracing::info!(call = %call, codec = n.codec.encoding(), remote_rtp = %n.remote_rtp, direction = ?n.direction, "media");
+                    let Some(active) = self.calls.get_mut(&call) else {
+                        return;
+                    };
+                    if let Some(media) = &active.media {
+                        media.update(n);
+                    } else if let Some(sockets) = active.sockets.take() {
+                        match media::spawn(
+                            call,
+                            sockets,
+                            n,
+                            &self.media_config,
+                            self.media_tx.clone(),
+                        ) {
+                            Ok(handle) => active.media = Some(handle),
+                            Err(error) => tracing::warn!(call = %call, %error, "media not started"),
+                        }
+                    }
                 }
                 other => tracing::debug!(call = %call, event = ?other, "dialog"),
             },
