@@ -2,7 +2,7 @@
 //! sans-IO media cores: the receive path ([`Receiver`]), the pacer ([`Pacer`]), the RFC 4733
 //! decoder ([`DtmfReceiver`]) and RTCP ([`RtcpSession`]).
 //!
-//! It reads two clocks, in one place each ([`now`] and [`ntp_now`]): the monotonic one for every
+//! It reads two clocks, in one place each (`now` and `ntp_now`): the monotonic one for every
 //! core, and the wall clock only for RTCP's NTP timestamps. Randomness (SSRC, first sequence
 //! number and timestamp, the RTCP interval seed) is drawn here, never in a core.
 //!
