@@ -695,6 +695,10 @@ impl Loop {
                         }
                     }
                 }
+                DialogEvent::Digit(press) => {
+                    // The call issue turns digits into text for the model.
+                    tracing::info!(call = %call, digit = %press.digit, "DTMF (SIP INFO)");
+                }
                 other => tracing::debug!(call = %call, event = ?other, "dialog"),
             },
         }

@@ -95,7 +95,7 @@ mod tests;
 /// Server transactions one call keeps at once (its INVITE, a re-INVITE, in-dialog requests).
 const MAX_SERVER_TRANSACTIONS: usize = 32;
 /// The methods we accept in a dialog, for `Allow`.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 /// The option tags we support, for `Supported`.
 pub const SUPPORTED: &str = "timer";
 /// The body types we accept, for `Accept`.
@@ -223,6 +223,9 @@ pub enum DialogEvent {
     /// again when the peer asks for a retry (491, 422 with Min-SE, 405/501 to an UPDATE). It is
     /// an UPDATE when the peer allows UPDATE, else a re-INVITE with our current SDP.
     RefreshDue,
+    /// The caller pressed a key, signalled by SIP INFO (`application/dtmf-relay`) rather than
+    /// RFC 4733 in the media.
+    Digit(crate::rtp::dtmf::DigitPress),
     /// The call is over. Emitted exactly once, last.
     Ended {
         /// Why.
@@ -775,6 +778,7 @@ impl UasCall {
                     "BYE" => self.handle_bye(now, request, key),
                     "INVITE" => self.handle_reinvite(now, request, key),
                     "UPDATE" => self.handle_update(now, request, key),
+                    "INFO" => self.handle_info(now, request, key),
                     "OPTIONS" => {
                         let mut extra = self.capability_headers();
                         extra.push(("Accept", ACCEPT.to_owned()));
@@ -1596,6 +1600,31 @@ impl UasCall {
 
     /// Answers a non-INVITE request through its own server transaction, so that its
     /// retransmissions get the same response.
+    /// SIP INFO in the dialog: `application/dtmf-relay` carries a key press (the legacy,
+    /// package-less usage PBXs send; RFC 6086 section 2.3 keeps it legal). Another body type
+    /// gets 415 with what we accept; a relay body without a readable signal, 400.
+    fn handle_info(&mut self, now: Instant, request: &SipMessage, key: TransactionKey) {
+        const DTMF_RELAY: &str = "application/dtmf-relay";
+        let (code, reason, extra) = match request.content_type().as_deref() {
+            Some(DTMF_RELAY) => match crate::rtp::dtmf::parse_info_body(request.body()) {
+                Ok(press) => {
+                    self.events.push_back(DialogEvent::Digit(press));
+                    (200, "OK", Vec::new())
+                }
+                Err(_) => (400, "Bad Request", Vec::new()),
+            },
+            // An INFO without a body is a keepalive some PBXs send.
+            None if request.body().is_empty() => (200, "OK", Vec::new()),
+            _ => (
+                415,
+                "Unsupported Media Type",
+                vec![("Accept", DTMF_RELAY.to_owned())],
+            ),
+        };
+        let response = self.response(request, code, reason, &extra);
+        self.reply_once(now, key, code, response);
+    }
+
     fn reply_once(&mut self, now: Instant, key: TransactionKey, code: u16, response: Wire) {
         // Anyone who knows the Call-ID can send requests that get a 481 or 501; keeping a
         // transaction for each would let them grow this call without bound. Past the cap the
@@ -1872,7 +1901,7 @@ pub fn respond_out_of_dialog(request: &SipMessage, local_tag: &str) -> OutOfDial
                 ("Supported", SUPPORTED.to_owned()),
             ],
         ),
-        Some("INVITE" | "BYE" | "CANCEL" | "UPDATE") => {
+        Some("INVITE" | "BYE" | "CANCEL" | "UPDATE" | "INFO") => {
             reply(481, "Call/Transaction Does Not Exist", &[])
         }
         Some(_) => reply(501, "Not Implemented", &[("Allow", ALLOW.to_owned())]),

@@ -1863,3 +1863,43 @@ fn offers_from_the_peer_while_our_reinvite_is_pending_get_491() {
     rig.request(60_500, reinvite(14, "z9hG4bKafter", OFFER));
     reply_for(&rig.take()[0].1, 200, "INVITE");
 }
+
+#[test]
+fn sip_info_dtmf_relay_becomes_a_digit() {
+    let mut rig = Rig::confirmed();
+    let head = in_dialog("INFO", 11, "z9hG4bKinfo1", "");
+    rig.request(
+        1000,
+        sip_typed(
+            &head,
+            "Signal=5\nDuration=160\n",
+            Some("application/dtmf-relay"),
+        ),
+    );
+    let sent = rig.take();
+    reply_for(&sent[0].1, 200, "INFO");
+    let events = rig.take_events();
+    let [DialogEvent::Digit(press)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(press.digit.as_char(), '5');
+    assert_eq!(press.duration, Duration::from_millis(160));
+
+    // Another body type: 415 naming what we take; a relay body without a signal: 400.
+    let head = in_dialog("INFO", 12, "z9hG4bKinfo2", "");
+    rig.request(1100, sip_typed(&head, "<xml/>", Some("application/xml")));
+    let sent = rig.take();
+    reply_for(&sent[0].1, 415, "INFO");
+    assert_eq!(sent[0].1.header("Accept"), Some("application/dtmf-relay"));
+    let head = in_dialog("INFO", 13, "z9hG4bKinfo3", "");
+    rig.request(
+        1200,
+        sip_typed(&head, "Duration=100\n", Some("application/dtmf-relay")),
+    );
+    reply_for(&rig.take()[0].1, 400, "INFO");
+    // An empty INFO (a keepalive): 200, no digit.
+    let head = in_dialog("INFO", 14, "z9hG4bKinfo4", "");
+    rig.request(1300, sip_typed(&head, "", None));
+    reply_for(&rig.take()[0].1, 200, "INFO");
+    assert!(rig.take_events().is_empty());
+}
