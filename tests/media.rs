@@ -133,11 +133,17 @@ fn exchange(
     got
 }
 
+/// One stream: consecutive sequence numbers, timestamps on the 160-sample grid (a slot the
+/// pacer skipped after a stall of the machine advances the timestamp without a packet).
 fn assert_continuous(packets: &[(RtpHeader, usize)]) {
     for pair in packets.windows(2) {
         let (a, b) = (pair[0].0, pair[1].0);
         assert_eq!(b.sequence, a.sequence.wrapping_add(1), "{packets:?}");
-        assert_eq!(b.timestamp, a.timestamp.wrapping_add(160));
+        let step = b.timestamp.wrapping_sub(a.timestamp);
+        assert!(
+            step >= 160 && step.is_multiple_of(160),
+            "timestamp step {step}"
+        );
         assert_eq!((b.ssrc, b.payload_type), (a.ssrc, 0));
     }
 }
@@ -169,7 +175,7 @@ fn an_answered_call_streams_paced_rtp_with_rtcp_hears_dtmf_and_ends_when_rtp_sto
     let mut seq = 0u16;
     let packets = exchange(&phone, bridge_rtp, Duration::from_secs(2), &mut seq, true);
     assert!(
-        (90..=102).contains(&packets.len()),
+        (80..=105).contains(&packets.len()),
         "{} packets",
         packets.len()
     );
@@ -209,7 +215,7 @@ fn an_answered_call_streams_paced_rtp_with_rtcp_hears_dtmf_and_ends_when_rtp_sto
         &mut seq,
         true,
     );
-    assert!(!more.is_empty());
+    assert!(more.len() >= 40, "{} packets", more.len());
 
     // RTCP from the bridge: a sender report (it is sending) with our reception in it.
     let mut buf = [0u8; 1500];
@@ -227,11 +233,20 @@ fn an_answered_call_streams_paced_rtp_with_rtcp_hears_dtmf_and_ends_when_rtp_sto
             true,
         );
     };
-    let RtcpPacket::SenderReport { ssrc, sender, .. } = &report[0] else {
+    let RtcpPacket::SenderReport {
+        ssrc,
+        sender,
+        blocks,
+    } = &report[0]
+    else {
         panic!("{report:?}")
     };
     assert_eq!(*ssrc, packets[0].0.ssrc);
     assert!(sender.packet_count > 0);
+    // Its report block is about our stream, from the receive path's counts.
+    let block = blocks.first().expect("a report block about our stream");
+    assert_eq!(block.ssrc, 0x5eed_0001);
+    assert!(block.extended_highest_seq >= 100, "{block:?}");
     assert!(
         report
             .iter()
@@ -274,6 +289,78 @@ fn an_answered_call_streams_paced_rtp_with_rtcp_hears_dtmf_and_ends_when_rtp_sto
 }
 
 #[test]
+fn nothing_is_sent_before_the_ack_and_a_held_call_is_not_hung_up_for_silence() {
+    let port = free_port();
+    let daemon = Daemon::start(&config(&[&format!("udp:127.0.0.3:{port}")], "").replace(
+        "port_range = \"31000-31099\"",
+        "port_range = \"31400-31499\"\ninactivity_timeout = \"1s\"",
+    ));
+    let to: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
+    wait_for_200(to);
+    let phone = Phone::new("127.0.0.3");
+    let me = phone.sip.local_addr().unwrap();
+    let ok = phone.request(
+        to,
+        &invite_with_sdp(me, to, "ack1", 1, None, &phone.sdp("sendrecv")),
+    );
+    let bridge_rtp = media_address(&ok);
+    let mut seq = 0u16;
+    // Answered but not acknowledged: a forged INVITE's SDP address gets nothing.
+    let early = exchange(
+        &phone,
+        bridge_rtp,
+        Duration::from_millis(500),
+        &mut seq,
+        false,
+    );
+    assert!(early.is_empty(), "{} packets before the ACK", early.len());
+    phone
+        .sip
+        .send_to(ack_for(&ok, me, to, "ack1", 1).as_bytes(), to)
+        .unwrap();
+    let flowing = exchange(
+        &phone,
+        bridge_rtp,
+        Duration::from_millis(500),
+        &mut seq,
+        true,
+    );
+    assert!(
+        flowing.len() >= 15,
+        "{} packets after the ACK",
+        flowing.len()
+    );
+
+    // Hold with a=inactive: the phone stops its RTP, which is normal now; no BYE follows the
+    // 1 s inactivity timeout. (First drop the 200s retransmitted while the ACK waited.)
+    let mut buf = [0u8; 4096];
+    while phone.sip.recv_from(&mut buf).is_ok() {}
+    let tag = to_tag(&ok);
+    let held = phone.request(
+        to,
+        &invite_with_sdp(me, to, "ack1", 2, Some(&tag), &phone.sdp("inactive")),
+    );
+    assert!(held.contains("a=inactive"), "{held}");
+    phone
+        .sip
+        .send_to(ack_for(&held, me, to, "ack1", 2).as_bytes(), to)
+        .unwrap();
+    phone
+        .sip
+        .set_read_timeout(Some(Duration::from_millis(2500)))
+        .unwrap();
+    if let Ok((len, _)) = phone.sip.recv_from(&mut buf) {
+        panic!(
+            "unexpected during hold: {}",
+            String::from_utf8_lossy(&buf[..len])
+        );
+    }
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("RTP inactivity"), "{stderr}");
+}
+
+#[test]
 fn hold_stops_our_stream_and_resume_continues_it() {
     let port = free_port();
     let daemon = Daemon::start(
@@ -313,13 +400,15 @@ fn hold_stops_our_stream_and_resume_continues_it() {
         .sip
         .send_to(ack_for(&held, me, to, "hold1", 2).as_bytes(), to)
         .unwrap();
-    exchange(
+    // Packets in flight when the hold took effect belong to the stream before it.
+    let in_flight = exchange(
         &phone,
         bridge_rtp,
         Duration::from_millis(100),
         &mut seq,
         true,
-    ); // in flight
+    );
+    let before: Vec<_> = before.into_iter().chain(in_flight).collect();
     let during = exchange(
         &phone,
         bridge_rtp,

@@ -71,6 +71,8 @@ pub struct MediaConfig {
 enum Command {
     /// New terms from a re-INVITE or UPDATE (hold, resume, new address, codec).
     Update(Box<Negotiated>),
+    /// The caller's ACK confirmed the dialog: start sending.
+    Confirm,
     /// The call is over: send RTCP BYE and stop.
     Stop,
 }
@@ -111,6 +113,13 @@ impl MediaHandle {
             .send(Command::Update(Box::new(negotiated.clone())));
     }
 
+    /// The dialog is confirmed (the caller's ACK): our stream starts. Until then nothing is
+    /// sent, so a forged INVITE (whose sender never sees our To tag and cannot ACK) cannot
+    /// aim 50 packets a second at an address it names in its SDP.
+    pub fn confirm(&self) {
+        let _ = self.commands.send(Command::Confirm);
+    }
+
     /// Ends the task (RTCP BYE first); a `Finished` report follows.
     pub fn stop(&self) {
         let _ = self.commands.send(Command::Stop);
@@ -149,14 +158,7 @@ pub fn spawn(
         start,
     )
     .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let receiver = Receiver::new(
-        start,
-        ReceiveConfig {
-            inactivity_timeout: config.inactivity_timeout,
-            ..ReceiveConfig::default()
-        },
-        negotiated.into(),
-    );
+    let receiver = Receiver::new(start, receive_config(config), negotiated.into());
     let (commands, rx) = mpsc::unbounded_channel();
     let mut task = Task {
         call,
@@ -169,6 +171,9 @@ pub fn spawn(
         rtcp,
         reports,
         frames_in: 0,
+        config: config.clone(),
+        confirmed: false,
+        send_errors: 0,
     };
     task.apply_direction();
     tokio::spawn(async move { task.run(rx).await });
@@ -186,6 +191,17 @@ struct Task {
     rtcp: RtcpSession,
     reports: mpsc::Sender<(CallHandle, MediaReport)>,
     frames_in: u64,
+    config: MediaConfig,
+    /// Whether the caller's ACK has arrived (see [`MediaHandle::confirm`]).
+    confirmed: bool,
+    send_errors: u64,
+}
+
+fn receive_config(config: &MediaConfig) -> ReceiveConfig {
+    ReceiveConfig {
+        inactivity_timeout: config.inactivity_timeout,
+        ..ReceiveConfig::default()
+    }
 }
 
 impl Task {
@@ -213,14 +229,18 @@ impl Task {
                     if let Ok((len, from)) = received {
                         let bytes = rtp_buf.get(..len).unwrap_or_default();
                         if packet::is_rtcp(bytes) {
-                            let _ = self.rtcp.handle_rtcp(now(), ntp_now(), bytes);
+                            if self.is_peer(from) {
+                                let _ = self.rtcp.handle_rtcp(now(), ntp_now(), bytes);
+                            }
                         } else {
                             self.receiver.handle_datagram(now(), from, bytes);
                         }
                     }
                 }
                 received = self.rtcp_socket.recv_from(&mut rtcp_buf) => {
-                    if let Ok((len, _)) = received {
+                    if let Ok((len, from)) = received
+                        && self.is_peer(from)
+                    {
                         let bytes = rtcp_buf.get(..len).unwrap_or_default();
                         let _ = self.rtcp.handle_rtcp(now(), ntp_now(), bytes);
                     }
@@ -235,6 +255,10 @@ impl Task {
                 }
                 command = commands.recv() => match command {
                     Some(Command::Update(negotiated)) => self.update(*negotiated),
+                    Some(Command::Confirm) => {
+                        self.confirmed = true;
+                        self.apply_direction();
+                    }
                     Some(Command::Stop) | None => {
                         self.stop().await;
                         return;
@@ -246,36 +270,70 @@ impl Task {
     }
 
     /// Hold (our direction does not send, or the peer gave no address) stops the pacer's
-    /// packets; the clock and timestamps run on.
+    /// packets; the clock and timestamps run on. Nothing is sent before the ACK. While our
+    /// direction does not receive, the caller's silence is no reason to hang up.
     fn apply_direction(&mut self) {
-        let direction = if self.negotiated.is_hold() {
+        let direction = if self.negotiated.is_hold() || !self.confirmed {
             Direction::Inactive
         } else {
             self.negotiated.direction
         };
         self.pacer.set_direction(direction);
+        self.receiver
+            .set_expect_media(self.negotiated.direction.receives(), now());
+    }
+
+    /// RTCP is taken only from the peer: the latched media source or the SDP address.
+    fn is_peer(&self, from: SocketAddr) -> bool {
+        let ip = from.ip().to_canonical();
+        ip == self.negotiated.remote_rtp.ip().to_canonical()
+            || self
+                .receiver
+                .source()
+                .is_some_and(|s| s.ip().to_canonical() == ip)
     }
 
     fn update(&mut self, negotiated: Negotiated) {
-        if negotiated.remote_rtp != self.negotiated.remote_rtp {
-            // A new address in SDP: learn the media source again (RFC 4961 symmetric RTP).
-            self.receiver.reset_source(None);
-        }
-        if negotiated.codec != self.negotiated.codec
-            || negotiated.payload_type != self.negotiated.payload_type
-        {
-            tracing::info!(call = %self.call, codec = negotiated.codec.encoding(), "codec changed");
+        let old = &self.negotiated;
+        let format_changed = negotiated.codec != old.codec
+            || negotiated.payload_type != old.payload_type
+            || negotiated.telephone_event_pt != old.telephone_event_pt
+            || negotiated.ptime_ms != old.ptime_ms
+            || negotiated.clock_rate != old.clock_rate;
+        if format_changed {
+            // New payload format: new cores on the same sockets (same SSRC and sequence, so
+            // the peer sees one stream); counters of the old receiver end here.
+            tracing::info!(call = %self.call, codec = negotiated.codec.encoding(), "media format changed");
             let now = now();
             let start = RtpStart {
                 ssrc: self.pacer.ssrc(),
                 sequence: self.pacer.next_sequence(),
                 timestamp: getrandom::u64().unwrap_or(0) as u32,
             };
-            if let Ok(pacer) = Pacer::new(PacerConfig::for_negotiated(&negotiated), start, now) {
-                self.pacer = pacer;
+            match Pacer::new(PacerConfig::for_negotiated(&negotiated), start, now) {
+                Ok(pacer) => self.pacer = pacer,
+                Err(error) => tracing::warn!(call = %self.call, %error, "pacer kept"),
             }
-            self.receiver = Receiver::new(now, ReceiveConfig::default(), (&negotiated).into());
+            self.receiver = Receiver::new(now, receive_config(&self.config), (&negotiated).into());
             self.dtmf = DtmfReceiver::new(negotiated.clock_rate);
+            let seed = getrandom::u64().unwrap_or(0);
+            if let Ok(rtcp) = RtcpSession::new(
+                RtcpConfig::new(
+                    start.ssrc,
+                    self.config.cname.clone(),
+                    negotiated.clock_rate,
+                    seed,
+                ),
+                now,
+            ) {
+                self.rtcp = rtcp;
+            }
+        } else if negotiated.remote_rtp != old.remote_rtp {
+            // A new address in SDP: lock to it at once, so stragglers from the old one cannot
+            // be latched (RFC 4961 symmetric RTP); no address (hold): learn again.
+            let remote = negotiated.remote_rtp;
+            let usable = !remote.ip().is_unspecified() && remote.port() != 0;
+            self.receiver.reset_source(usable.then_some(remote));
         }
         self.negotiated = negotiated;
         self.apply_direction();
@@ -314,6 +372,7 @@ impl Task {
         while self.pacer.poll_event().is_some() {}
         let now = now();
         while let Some(datagram) = self.pacer.poll_transmit() {
+            let datagram: Vec<u8> = datagram;
             if let Ok(sent) = packet::parse(&datagram) {
                 self.rtcp
                     .handle_rtp_sent(now, sent.header.timestamp, sent.payload.len());
@@ -326,12 +385,19 @@ impl Task {
         while self.rtcp.poll_event().is_some() {}
     }
 
-    fn send_rtp(&self, datagram: &[u8]) {
-        let to = self.negotiated.remote_rtp;
+    /// Our RTP goes where the caller's comes from once it is latched (symmetric RTP, RFC
+    /// 4961: right behind NAT, where the SDP address is a private one), else to the SDP address.
+    fn send_rtp(&mut self, datagram: &[u8]) {
+        let to = self.receiver.source().unwrap_or(self.negotiated.remote_rtp);
         if to.ip().is_unspecified() || to.port() == 0 {
             return;
         }
-        let _ = self.rtp.try_send_to(datagram, to);
+        if let Err(error) = self.rtp.try_send_to(datagram, to) {
+            self.send_errors += 1;
+            if self.send_errors == 1 {
+                tracing::warn!(call = %self.call, %to, %error, "cannot send RTP");
+            }
+        }
     }
 
     fn send_rtcp(&self, datagram: &[u8]) {
@@ -362,7 +428,7 @@ impl Task {
             packets_sent: self.pacer.stats().packets,
             rtcp: self.rtcp.stats().clone(),
         };
-        tracing::debug!(call = %self.call, frames_in = self.frames_in, packets_out = summary.packets_sent, "media stopped");
+        tracing::debug!(call = %self.call, frames_in = self.frames_in, packets_out = summary.packets_sent, send_errors = self.send_errors, "media stopped");
         let _ = self
             .reports
             .send((self.call, MediaReport::Finished(Box::new(summary))))

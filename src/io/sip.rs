@@ -337,6 +337,7 @@ pub async fn serve(
             cname: format!("bridge@{}", random_u64() as u32),
         },
         media_tx,
+        media_running: 0,
     };
     drop(net_tx);
 
@@ -385,7 +386,11 @@ pub async fn serve(
         state.drain(&mut endpoint);
         // Stop once every call has ended and every BYE of ours has its answer; ended calls
         // that only absorb retransmissions (Timer J and friends) are not waited for.
-        if stopping.is_some() && state.calls.is_empty() && !endpoint.awaiting_responses() {
+        if stopping.is_some()
+            && state.calls.is_empty()
+            && !endpoint.awaiting_responses()
+            && state.media_running == 0
+        {
             return Ok(());
         }
     }
@@ -436,6 +441,8 @@ struct Loop {
     stopping: bool,
     media_config: MediaConfig,
     media_tx: mpsc::Sender<(CallHandle, MediaReport)>,
+    /// Media tasks started and not yet finished (shutdown waits for their summaries).
+    media_running: usize,
 }
 
 impl Loop {
@@ -580,14 +587,17 @@ impl Loop {
             MediaReport::Digit(press) => {
                 tracing::debug!(call = %call, digit = %press.digit, "digit")
             }
-            MediaReport::Finished(summary) => tracing::info!(
-                call = %call,
-                packets_in = summary.received.packets_accepted,
-                frames_concealed = summary.received.frames_concealed,
-                packets_out = summary.packets_sent,
-                rtt_ms = summary.rtcp.rtt.map(|d| d.as_millis() as u64),
-                "media summary"
-            ),
+            MediaReport::Finished(summary) => {
+                self.media_running = self.media_running.saturating_sub(1);
+                tracing::info!(
+                    call = %call,
+                    packets_in = summary.received.packets_accepted,
+                    frames_concealed = summary.received.frames_concealed,
+                    packets_out = summary.packets_sent,
+                    rtt_ms = summary.rtcp.rtt.map(|d| d.as_millis() as u64),
+                    "media summary"
+                );
+            }
         }
     }
 
@@ -690,9 +700,30 @@ impl Loop {
                             &self.media_config,
                             self.media_tx.clone(),
                         ) {
-                            Ok(handle) => active.media = Some(handle),
-                            Err(error) => tracing::warn!(call = %call, %error, "media not started"),
+                            Ok(handle) => {
+                                // An offerless INVITE negotiates at the ACK: already confirmed.
+                                if endpoint.call(call).is_some_and(|c| {
+                                    c.state() == crate::sip::dialog::CallState::Confirmed
+                                }) {
+                                    handle.confirm();
+                                }
+                                active.media = Some(handle);
+                                self.media_running += 1;
+                            }
+                            Err(error) => {
+                                // A call without media is no call: end it.
+                                tracing::warn!(call = %call, %error, "media not started: hanging up");
+                                if let Err(error) = endpoint.hang_up(now, call) {
+                                    tracing::debug!(call = %call, %error, "hang-up");
+                                }
+                            }
                         }
+                    }
+                }
+                DialogEvent::Confirmed => {
+                    tracing::debug!(call = %call, "confirmed");
+                    if let Some(media) = self.calls.get(&call).and_then(|c| c.media.as_ref()) {
+                        media.confirm();
                     }
                 }
                 DialogEvent::Digit(press) => {

@@ -358,6 +358,9 @@ pub struct Receiver {
     epoch: Instant,
     last_packet: Instant,
     inactive_reported: bool,
+    /// Whether media is expected at all: not while the call is on hold in our receive
+    /// direction (`a=inactive`, or we are `sendonly`), when silence is normal.
+    expect_media: bool,
     release_deadline: Option<Instant>,
 }
 
@@ -402,6 +405,7 @@ impl Receiver {
             epoch: now,
             last_packet: now,
             inactive_reported: false,
+            expect_media: true,
             release_deadline: None,
         }
     }
@@ -453,8 +457,8 @@ impl Receiver {
     /// When [`Receiver::handle_timeout`] must be called next: the end of the wait for a missing
     /// packet, or the inactivity deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let inactivity =
-            (!self.inactive_reported).then(|| self.last_packet + self.config.inactivity_timeout);
+        let inactivity = (!self.inactive_reported && self.expect_media)
+            .then(|| self.last_packet + self.config.inactivity_timeout);
         match (self.release_deadline, inactivity) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -501,6 +505,17 @@ impl Receiver {
         })
     }
 
+    /// Whether the caller is expected to send media. Off (hold in our receive direction) the
+    /// inactivity timeout does not run; back on, it counts again from `now`, so a long hold
+    /// does not end the call the moment it is resumed.
+    pub fn set_expect_media(&mut self, expect: bool, now: Instant) {
+        if expect && !self.expect_media {
+            self.last_packet = now;
+            self.inactive_reported = false;
+        }
+        self.expect_media = expect;
+    }
+
     /// The latched media source, if any.
     pub fn source(&self) -> Option<SocketAddr> {
         self.source
@@ -533,7 +548,10 @@ impl Receiver {
     }
 
     fn expire(&mut self, now: Instant) {
-        if !self.inactive_reported && now >= self.last_packet + self.config.inactivity_timeout {
+        if self.expect_media
+            && !self.inactive_reported
+            && now >= self.last_packet + self.config.inactivity_timeout
+        {
             self.inactive_reported = true;
             self.push_event(ReceiveEvent::Inactive {
                 last_packet: self.last_packet,

@@ -1142,3 +1142,34 @@ proptest! {
         prop_assert_eq!(s.frames_received + s.frames_concealed, b.frames.len() as u64);
     }
 }
+
+#[test]
+fn no_inactivity_while_media_is_not_expected_and_a_fresh_timeout_after() {
+    let mut b = Bench::pcma();
+    b.audio(ms(0), 0);
+    b.audio(ms(20), 1);
+    // On hold from 1 s to 101 s: no packets and no Inactive event.
+    b.run_until(ms(1000));
+    b.rx.set_expect_media(false, b.now);
+    b.run_until(ms(101_000));
+    assert!(
+        !b.events
+            .iter()
+            .any(|e| matches!(e, ReceiveEvent::Inactive { .. }))
+    );
+    // Resumed at 101 s: the 30 s count starts then, not at the last packet.
+    b.rx.set_expect_media(true, b.now);
+    b.run_until(ms(130_999));
+    assert!(
+        !b.events
+            .iter()
+            .any(|e| matches!(e, ReceiveEvent::Inactive { .. }))
+    );
+    b.run_until(ms(131_000));
+    let inactive = b
+        .events
+        .iter()
+        .filter(|e| matches!(e, ReceiveEvent::Inactive { .. }))
+        .count();
+    assert_eq!(inactive, 1);
+}
