@@ -38,6 +38,7 @@
 //! redacted in every `Debug` ([`config::SecretString`]).
 
 pub mod audio;
+pub mod call;
 pub mod config;
 pub mod fake_realtime;
 pub mod io;

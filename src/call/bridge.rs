@@ -1,0 +1,737 @@
+//! The audio bridge of one call, sans-IO: caller G.711 frames go up to the Realtime session,
+//! the model's audio comes down re-framed into the playout [`Pacer`], and barge-in stops
+//! playback at once with an exact account of what the caller heard.
+//!
+//! ## What it owns
+//!
+//! One realtime [`Session`] (the WebSocket protocol state) and one [`Pacer`] (the paced RTP
+//! clock with the per-item account barge-in needs), for a call whose RTP codec is G.711 (PCMU
+//! or PCMA; Opus comes later). The shell feeds it WebSocket text
+//! ([`AudioBridge::handle_ws_text`]), received RTP frames
+//! ([`AudioBridge::handle_caller_frame`]) and timer expiries
+//! ([`AudioBridge::handle_timeout`]), then drains [`AudioBridge::poll_ws_transmit`],
+//! [`AudioBridge::poll_rtp_transmit`] and [`AudioBridge::poll_event`] after every call, and
+//! sleeps until [`AudioBridge::poll_timeout`]. Time is always an argument.
+//!
+//! ## Caller side
+//!
+//! Every 20 ms frame from the receiver (concealment included, so the service's VAD sees a
+//! continuous clock) becomes one `input_audio_buffer.append`:
+//!
+//! - profile format is the call's G.711 law: the octets go through untouched (no decode, no
+//!   re-encode: bit-exact);
+//! - profile format is `pcm16`: decode, resample 8 kHz -> 24 kHz (160 -> 480 samples), send
+//!   little-endian s16;
+//! - profile format is the other G.711 law: decode and re-encode.
+//!
+//! Frames before the session is ready are dropped and counted (the service would read them in
+//! its default format).
+//!
+//! ## Model side
+//!
+//! Audio deltas come in any size (never assume multiples of a frame; a pcm16 delta may even
+//! split a sample). They are converted to the call's G.711 law (24 kHz -> 8 kHz and encode for
+//! `pcm16`, transcode for the other law, as is for the same law) and accumulated per content
+//! part `(response_id, item_id, content_index)`; every full 20 ms (160 octets) is pushed to the
+//! pacer. `AudioDone` (or a delta of another part: the model streams one part at a time)
+//! pads the remainder with silence and pushes it with its real duration
+//! ([`Pacer::push_partial_frame`]), so a truncate never claims padding, then
+//! [`Pacer::finish_part`].
+//!
+//! ## Barge-in (design.md section 3)
+//!
+//! On `input_audio_buffer.speech_started` with the profile's `interrupt_response = true`, before
+//! the call returns:
+//!
+//! 1. [`Pacer::flush`]: the queue is emptied and the next slot is silence;
+//! 2. every response whose audio was queued, being assembled, or active is marked interrupted;
+//!    its later deltas are dropped and counted (pushed to the pacer they would start a new
+//!    part and play words the model has been told were never said);
+//! 3. each flushed part's [`FlushedItem::action`] is applied: `Truncate` sends
+//!    `conversation.item.truncate` with what was sent as RTP (the session clamps it to the
+//!    audio received), `Delete` sends `conversation.item.delete` (never played; a truncate to 0
+//!    can be refused), `Nothing` nothing. A part still being assembled that never reached the
+//!    pacer was never heard either and is deleted.
+//!
+//! The reaction is measured: model frames sent after the event and before the next
+//! response's audio starts are counted in [`BridgeStats::frames_after_barge_in`] (the flush
+//! makes it 0). With `interrupt_response = false` nothing of this happens: playback
+//! continues and nothing is truncated (the service does not cancel either).
+//!
+//! The bridge does not send `response.cancel`: with `interrupt_response = true` the service
+//! cancels the response itself. The harmless errors that race with a barge-in (a truncate the
+//! service finds "already shorter", `response_cancel_not_active`) are counted, never fatal.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::audio::{Downsampler24To8, G711Law, Upsampler8To24};
+use crate::config::{AudioFormat, ProfileConfig};
+use crate::realtime::{
+    Dialect, ItemId, ResponseId, ServerError, Session, SessionEvent, SetupFailure,
+};
+use crate::rtp::playout::{
+    AudioPart, BargeInAction, FlushedItem, PCMA_SILENCE, PCMU_SILENCE, Pacer, PlayoutEvent,
+};
+
+/// Interrupted responses remembered (their late deltas are dropped).
+const INTERRUPTED_RESPONSES: usize = 32;
+/// Bridge events kept when the shell does not drain them; older ones are dropped.
+const MAX_EVENTS: usize = 1024;
+
+/// Why an [`AudioBridge`] cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BridgeError {
+    /// The pacer's frames are not whole G.711 frames (its clock rate is not 8 kHz).
+    #[error("the pacer runs at {clock_rate} Hz, not the 8 kHz of G.711")]
+    NotG711 {
+        /// The pacer's clock rate.
+        clock_rate: u32,
+    },
+}
+
+/// Why the realtime session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// It never became ready.
+    SetupFailed(SetupFailure),
+    /// The service's maximum session duration.
+    Expired,
+    /// The socket closed.
+    Closed {
+        /// Close code, if any.
+        code: Option<u16>,
+        /// Close reason.
+        reason: String,
+    },
+    /// A fatal `error` (bad key, quota, repeated server errors, ...).
+    Fatal(ServerError),
+}
+
+/// What one barge-in did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BargeIn {
+    /// When the `speech_started` event was handled.
+    pub at: Instant,
+    /// `audio_start_ms` of the caller's speech.
+    pub audio_start_ms: u64,
+    /// The caller's (user) item.
+    pub caller_item_id: ItemId,
+    /// Model frames thrown away by the flush.
+    pub flushed_frames: u64,
+    /// Responses marked interrupted.
+    pub interrupted: Vec<ResponseId>,
+    /// `conversation.item.truncate`s sent: item, content index, `audio_end_ms` asked for
+    /// (what was sent as RTP; the session may clamp it to the audio received).
+    pub truncated: Vec<(ItemId, u32, u64)>,
+    /// `conversation.item.delete`s sent.
+    pub deleted: Vec<ItemId>,
+}
+
+/// What the bridge reports to the call.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BridgeEvent {
+    /// The session is ready: caller audio flows from now on.
+    Ready {
+        /// The service's session id.
+        session_id: Option<String>,
+        /// When the service will end the session (Unix seconds).
+        expires_at: Option<u64>,
+    },
+    /// The caller talked over the model and playback was stopped.
+    BargeIn(BargeIn),
+    /// The session ended; the shell closes the socket (and usually hangs up).
+    SessionEnded {
+        /// Why.
+        reason: EndReason,
+    },
+    /// A playout event (item started / finished, queue drained, digit sent).
+    Playout(PlayoutEvent),
+    /// Any other session event (speech without barge-in, tool calls, transcripts, response
+    /// lifecycle, non-fatal errors, ...). Audio deltas are never passed on.
+    Session(SessionEvent),
+}
+
+/// Counters of one bridge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BridgeStats {
+    /// Caller frames handed to [`AudioBridge::handle_caller_frame`].
+    pub caller_frames_in: u64,
+    /// Caller frames dropped because the session was not ready (or had ended).
+    pub caller_frames_dropped: u64,
+    /// Caller frames appended to the session's input buffer.
+    pub caller_frames_appended: u64,
+    /// Model frames queued in the pacer (a padded last frame counts as one).
+    pub model_frames_queued: u64,
+    /// Model frames sent as RTP.
+    pub model_frames_sent: u64,
+    /// Model frames the pacer refused (never expected for G.711).
+    pub model_frames_rejected: u64,
+    /// Audio deltas of interrupted responses, dropped.
+    pub late_deltas_dropped: u64,
+    /// Barge-ins acted on.
+    pub barge_ins: u64,
+    /// `speech_started` events that did not interrupt (`interrupt_response = false`).
+    pub speech_without_barge_in: u64,
+    /// `conversation.item.truncate`s sent.
+    pub truncates_sent: u64,
+    /// `conversation.item.delete`s sent.
+    pub deletes_sent: u64,
+    /// Truncate errors from the service ("already shorter", ...), or truncates the session
+    /// refused to send.
+    pub truncate_errors: u64,
+    /// `response_cancel_not_active` errors from the service.
+    pub cancel_not_active_errors: u64,
+    /// Model frames sent after a barge-in before the next response's audio started (the
+    /// reaction; the target is 0).
+    pub frames_after_barge_in: u64,
+}
+
+/// Audio of one content part on its way to the pacer.
+struct Assembly {
+    part: AudioPart,
+    /// Encoded G.711 octets not yet a whole frame.
+    encoded: Vec<u8>,
+    /// pcm16: the first byte of a sample split between two deltas.
+    odd_byte: Option<u8>,
+    /// Frames of this part pushed to the pacer.
+    frames_pushed: u64,
+}
+
+/// The audio path of one G.711 call. See the module documentation.
+pub struct AudioBridge {
+    session: Session,
+    pacer: Pacer,
+    law: G711Law,
+    format: AudioFormat,
+    interrupt_response: bool,
+    frame_len: usize,
+    frame_ms: u64,
+
+    upsampler: Upsampler8To24,
+    downsampler: Downsampler24To8,
+    pcm: Vec<i16>,
+    pcm24: Vec<i16>,
+    bytes: Vec<u8>,
+
+    assembly: Option<Assembly>,
+    interrupted: VecDeque<ResponseId>,
+    /// After a barge-in, until the next non-interrupted part starts playing: model frames
+    /// sent count against the reaction.
+    measuring_reaction: bool,
+    ended: bool,
+    events: VecDeque<BridgeEvent>,
+    stats: BridgeStats,
+}
+
+impl AudioBridge {
+    /// A bridge for a call whose RTP uses `law`, with a new session for `profile` (connected,
+    /// or connecting, at `now`) and `pacer` (configured for that law: payload type, silence).
+    pub fn new(
+        profile: &ProfileConfig,
+        dialect: Dialect,
+        law: G711Law,
+        pacer: Pacer,
+        now: Instant,
+    ) -> Result<AudioBridge, BridgeError> {
+        let session = Session::new(profile, dialect, now);
+        AudioBridge::with_session(profile, session, law, pacer)
+    }
+
+    /// A bridge around an existing `session` (for a custom setup timeout, say).
+    pub fn with_session(
+        profile: &ProfileConfig,
+        session: Session,
+        law: G711Law,
+        pacer: Pacer,
+    ) -> Result<AudioBridge, BridgeError> {
+        let clock_rate = pacer.config().clock_rate;
+        if clock_rate != 8000 {
+            return Err(BridgeError::NotG711 { clock_rate });
+        }
+        let frame_len = usize::try_from(pacer.samples_per_frame()).unwrap_or(usize::MAX);
+        let frame_ms = u64::try_from(pacer.config().ptime.as_millis()).unwrap_or(u64::MAX);
+        Ok(AudioBridge {
+            session,
+            pacer,
+            law,
+            format: profile.audio_format,
+            interrupt_response: profile.turn_detection.interrupt_response(),
+            frame_len,
+            frame_ms,
+            upsampler: Upsampler8To24::new(),
+            downsampler: Downsampler24To8::new(),
+            pcm: Vec::new(),
+            pcm24: Vec::new(),
+            bytes: Vec::new(),
+            assembly: None,
+            interrupted: VecDeque::new(),
+            measuring_reaction: false,
+            ended: false,
+            events: VecDeque::new(),
+            stats: BridgeStats::default(),
+        })
+    }
+
+    /// The realtime session, for commands (`create_response` for a greeting, tool outputs).
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// The realtime session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The pacer, for DTMF and hold.
+    pub fn pacer_mut(&mut self) -> &mut Pacer {
+        &mut self.pacer
+    }
+
+    /// The pacer.
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> BridgeStats {
+        BridgeStats {
+            model_frames_sent: self.pacer.stats().audio_frames,
+            ..self.stats
+        }
+    }
+
+    // ---- caller side ------------------------------------------------------------------------
+
+    /// One 20 ms frame of caller audio (the RTP payload in the call's G.711 law; concealed
+    /// frames too). See the module documentation.
+    pub fn handle_caller_frame(&mut self, _now: Instant, payload: &[u8]) {
+        self.stats.caller_frames_in += 1;
+        if !self.session.is_ready() {
+            self.stats.caller_frames_dropped += 1;
+            return;
+        }
+        match (self.format, self.law) {
+            (AudioFormat::G711Ulaw, G711Law::Ulaw) | (AudioFormat::G711Alaw, G711Law::Alaw) => {
+                self.session.append_audio(payload);
+            }
+            (AudioFormat::Pcm16, law) => {
+                self.pcm.clear();
+                self.pcm24.clear();
+                self.bytes.clear();
+                law.decode_into(payload, &mut self.pcm);
+                self.upsampler.process(&self.pcm, &mut self.pcm24);
+                self.bytes
+                    .extend(self.pcm24.iter().flat_map(|sample| sample.to_le_bytes()));
+                self.session.append_audio(&self.bytes);
+            }
+            (AudioFormat::G711Ulaw, G711Law::Alaw) | (AudioFormat::G711Alaw, G711Law::Ulaw) => {
+                self.pcm.clear();
+                self.bytes.clear();
+                self.law.decode_into(payload, &mut self.pcm);
+                other_law(self.law).encode_into(&self.pcm, &mut self.bytes);
+                self.session.append_audio(&self.bytes);
+            }
+        }
+        self.stats.caller_frames_appended += 1;
+    }
+
+    // ---- model side -------------------------------------------------------------------------
+
+    /// One WebSocket text frame from the service.
+    pub fn handle_ws_text(&mut self, now: Instant, text: &str) {
+        self.session.handle_text(now, text);
+        self.drain_session(now);
+        self.drain_pacer_events();
+    }
+
+    /// The WebSocket closed.
+    pub fn handle_ws_closed(&mut self, now: Instant, code: Option<u16>, reason: &str) {
+        self.session.handle_closed(now, code, reason);
+        self.drain_session(now);
+    }
+
+    /// When [`AudioBridge::handle_timeout`] must run next: the earlier of the pacer's next
+    /// slot and the session's deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.pacer.poll_timeout(), self.session.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs the session's deadlines and every pacer slot due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now);
+        self.drain_session(now);
+        let before = self.pacer.stats().audio_frames;
+        self.pacer.handle_timeout(now);
+        let after = self.pacer.stats().audio_frames;
+        self.drain_pacer_events_measuring(after.saturating_sub(before));
+    }
+
+    /// The next WebSocket text frame to send.
+    pub fn poll_ws_transmit(&mut self) -> Option<String> {
+        self.session.poll_transmit()
+    }
+
+    /// The next RTP datagram to send.
+    pub fn poll_rtp_transmit(&mut self) -> Option<Vec<u8>> {
+        self.pacer.poll_transmit()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<BridgeEvent> {
+        self.events.pop_front()
+    }
+
+    fn emit(&mut self, event: BridgeEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    fn end(&mut self, reason: EndReason) {
+        if !self.ended {
+            self.ended = true;
+            self.emit(BridgeEvent::SessionEnded { reason });
+        }
+    }
+
+    fn drain_session(&mut self, now: Instant) {
+        while let Some(event) = self.session.poll_event() {
+            self.handle_session_event(now, event);
+        }
+    }
+
+    fn handle_session_event(&mut self, now: Instant, event: SessionEvent) {
+        match event {
+            SessionEvent::Ready {
+                session_id,
+                expires_at,
+            } => self.emit(BridgeEvent::Ready {
+                session_id,
+                expires_at,
+            }),
+            SessionEvent::SetupFailed(failure) => self.end(EndReason::SetupFailed(failure)),
+            SessionEvent::Expired => self.end(EndReason::Expired),
+            SessionEvent::Closed { code, reason } => self.end(EndReason::Closed { code, reason }),
+            SessionEvent::AudioDelta {
+                response_id,
+                item_id,
+                content_index,
+                audio,
+            } => self.handle_audio_delta(
+                AudioPart {
+                    response_id,
+                    item_id,
+                    content_index,
+                },
+                &audio,
+            ),
+            SessionEvent::AudioDone {
+                response_id,
+                item_id,
+                content_index,
+            } => self.handle_audio_done(AudioPart {
+                response_id,
+                item_id,
+                content_index,
+            }),
+            SessionEvent::SpeechStarted {
+                audio_start_ms,
+                item_id,
+            } if self.interrupt_response => self.barge_in(now, audio_start_ms, item_id),
+            SessionEvent::SpeechStarted { .. } => {
+                self.stats.speech_without_barge_in += 1;
+                self.emit(BridgeEvent::Session(event));
+            }
+            SessionEvent::Error(error) if error.fatal => self.end(EndReason::Fatal(error)),
+            SessionEvent::Error(error) => {
+                if is_truncate_error(&error) {
+                    self.stats.truncate_errors += 1;
+                    tracing::debug!(message = %error.message, "truncate refused by the service");
+                } else if error.code.as_deref() == Some("response_cancel_not_active") {
+                    self.stats.cancel_not_active_errors += 1;
+                    tracing::debug!("no active response to cancel");
+                }
+                self.emit(BridgeEvent::Session(SessionEvent::Error(error)));
+            }
+            other => self.emit(BridgeEvent::Session(other)),
+        }
+    }
+
+    fn is_interrupted(&self, response_id: &ResponseId) -> bool {
+        self.interrupted.contains(response_id)
+    }
+
+    fn mark_interrupted(&mut self, response_id: &ResponseId, marked: &mut Vec<ResponseId>) {
+        if self.is_interrupted(response_id) {
+            return;
+        }
+        if self.interrupted.len() >= INTERRUPTED_RESPONSES {
+            self.interrupted.pop_front();
+        }
+        self.interrupted.push_back(response_id.clone());
+        marked.push(response_id.clone());
+    }
+
+    fn handle_audio_delta(&mut self, part: AudioPart, audio: &[u8]) {
+        if self.is_interrupted(&part.response_id) {
+            self.stats.late_deltas_dropped += 1;
+            return;
+        }
+        if self.assembly.as_ref().is_some_and(|a| a.part != part) {
+            self.finish_assembly();
+        }
+        let mut assembly = self.assembly.take().unwrap_or_else(|| Assembly {
+            part,
+            encoded: Vec::new(),
+            odd_byte: None,
+            frames_pushed: 0,
+        });
+        self.encode_model_audio(&mut assembly, audio);
+        self.push_whole_frames(&mut assembly);
+        self.assembly = Some(assembly);
+    }
+
+    /// Converts model audio in the profile's format to the call's law, appending to the
+    /// assembly.
+    fn encode_model_audio(&mut self, assembly: &mut Assembly, audio: &[u8]) {
+        match (self.format, self.law) {
+            (AudioFormat::G711Ulaw, G711Law::Ulaw) | (AudioFormat::G711Alaw, G711Law::Alaw) => {
+                assembly.encoded.extend_from_slice(audio);
+            }
+            (AudioFormat::G711Ulaw, G711Law::Alaw) | (AudioFormat::G711Alaw, G711Law::Ulaw) => {
+                self.pcm.clear();
+                other_law(self.law).decode_into(audio, &mut self.pcm);
+                self.law.encode_into(&self.pcm, &mut assembly.encoded);
+            }
+            (AudioFormat::Pcm16, law) => {
+                self.pcm24.clear();
+                let mut rest = audio;
+                if let Some(low) = assembly.odd_byte.take()
+                    && let Some((&high, tail)) = rest.split_first()
+                {
+                    self.pcm24.push(i16::from_le_bytes([low, high]));
+                    rest = tail;
+                }
+                let mut samples = rest.chunks_exact(2);
+                self.pcm24.extend((&mut samples).map(|pair| match pair {
+                    [low, high] => i16::from_le_bytes([*low, *high]),
+                    _ => 0,
+                }));
+                assembly.odd_byte = samples.remainder().first().copied();
+                self.pcm.clear();
+                self.downsampler.process(&self.pcm24, &mut self.pcm);
+                law.encode_into(&self.pcm, &mut assembly.encoded);
+            }
+        }
+    }
+
+    fn push_whole_frames(&mut self, assembly: &mut Assembly) {
+        if self.frame_len == 0 {
+            return;
+        }
+        let mut frames = assembly.encoded.chunks_exact(self.frame_len);
+        for frame in &mut frames {
+            match self.pacer.push_frame(&assembly.part, frame) {
+                Ok(()) => {
+                    self.stats.model_frames_queued += 1;
+                    assembly.frames_pushed += 1;
+                }
+                Err(error) => {
+                    self.stats.model_frames_rejected += 1;
+                    tracing::warn!(%error, "model frame refused by the pacer");
+                }
+            }
+        }
+        let rest = frames.remainder().len();
+        let whole = assembly.encoded.len().saturating_sub(rest);
+        assembly.encoded.drain(..whole);
+    }
+
+    fn handle_audio_done(&mut self, part: AudioPart) {
+        if self.is_interrupted(&part.response_id) {
+            return;
+        }
+        if self.assembly.as_ref().is_some_and(|a| a.part == part) {
+            self.finish_assembly();
+        } else {
+            self.pacer.finish_part(&part);
+        }
+    }
+
+    /// Pushes the assembly's remainder as a padded last frame carrying its real duration, and
+    /// tells the pacer the part is complete.
+    fn finish_assembly(&mut self) {
+        let Some(mut assembly) = self.assembly.take() else {
+            return;
+        };
+        let rest = assembly.encoded.len();
+        if rest > 0 && self.frame_len > 0 {
+            let audio_ms = u64::try_from(rest)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(self.frame_ms)
+                / u64::try_from(self.frame_len).unwrap_or(u64::MAX);
+            let silence = match self.law {
+                G711Law::Ulaw => PCMU_SILENCE,
+                G711Law::Alaw => PCMA_SILENCE,
+            };
+            assembly.encoded.resize(self.frame_len, silence);
+            let audio_ms = u16::try_from(audio_ms).unwrap_or(u16::MAX);
+            match self
+                .pacer
+                .push_partial_frame(&assembly.part, &assembly.encoded, audio_ms)
+            {
+                Ok(()) => self.stats.model_frames_queued += 1,
+                Err(error) => {
+                    self.stats.model_frames_rejected += 1;
+                    tracing::warn!(%error, "model frame refused by the pacer");
+                }
+            }
+        }
+        self.pacer.finish_part(&assembly.part);
+    }
+
+    // ---- barge-in ---------------------------------------------------------------------------
+
+    fn barge_in(&mut self, now: Instant, audio_start_ms: u64, caller_item_id: ItemId) {
+        let flushed_before = self.pacer.stats().flushed_frames;
+        let flushed = self.pacer.flush();
+        let flushed_frames = self
+            .pacer
+            .stats()
+            .flushed_frames
+            .saturating_sub(flushed_before);
+        self.downsampler.reset();
+        self.stats.barge_ins += 1;
+        self.measuring_reaction = true;
+
+        let mut marked = Vec::new();
+        for item in &flushed {
+            self.mark_interrupted(&item.part.response_id, &mut marked);
+        }
+        // A part still assembling that never reached the pacer was never heard.
+        let mut unheard: Vec<AudioPart> = Vec::new();
+        if let Some(assembly) = self.assembly.take() {
+            self.mark_interrupted(&assembly.part.response_id, &mut marked);
+            if assembly.frames_pushed == 0 && !flushed.iter().any(|f| f.part == assembly.part) {
+                unheard.push(assembly.part);
+            }
+        }
+        if let Some(active) = self.session.active_response().cloned() {
+            self.mark_interrupted(&active, &mut marked);
+        }
+
+        let mut truncated = Vec::new();
+        let mut deleted: Vec<ItemId> = Vec::new();
+        for item in &flushed {
+            self.apply(item, &mut truncated, &mut deleted);
+        }
+        for part in unheard {
+            self.delete(&part.item_id, &mut deleted);
+        }
+        tracing::debug!(
+            flushed_frames,
+            truncates = truncated.len(),
+            deletes = deleted.len(),
+            "barge-in"
+        );
+        self.emit(BridgeEvent::BargeIn(BargeIn {
+            at: now,
+            audio_start_ms,
+            caller_item_id,
+            flushed_frames,
+            interrupted: marked,
+            truncated,
+            deleted,
+        }));
+        self.drain_pacer_events();
+    }
+
+    fn apply(
+        &mut self,
+        item: &FlushedItem,
+        truncated: &mut Vec<(ItemId, u32, u64)>,
+        deleted: &mut Vec<ItemId>,
+    ) {
+        match item.action() {
+            BargeInAction::Truncate { audio_end_ms } => {
+                let part = &item.part;
+                match self
+                    .session
+                    .truncate(&part.item_id, part.content_index, audio_end_ms)
+                {
+                    Ok(()) => {
+                        self.stats.truncates_sent += 1;
+                        truncated.push((part.item_id.clone(), part.content_index, audio_end_ms));
+                    }
+                    Err(error) => {
+                        self.stats.truncate_errors += 1;
+                        tracing::debug!(%error, item = %part.item_id, "truncate not sent");
+                    }
+                }
+            }
+            BargeInAction::Delete => self.delete(&item.part.item_id, deleted),
+            BargeInAction::Nothing => {}
+        }
+    }
+
+    fn delete(&mut self, item_id: &ItemId, deleted: &mut Vec<ItemId>) {
+        if deleted.contains(item_id) {
+            return;
+        }
+        match self.session.delete_item(item_id) {
+            Ok(()) => {
+                self.stats.deletes_sent += 1;
+                deleted.push(item_id.clone());
+            }
+            Err(error) => tracing::debug!(%error, item = %item_id, "delete not sent"),
+        }
+    }
+
+    fn drain_pacer_events(&mut self) {
+        self.drain_pacer_events_measuring(0);
+    }
+
+    /// Passes pacer events on; `sent` model frames just left. While a barge-in's reaction is
+    /// measured, frames sent before a new (not interrupted) part starts count against it.
+    fn drain_pacer_events_measuring(&mut self, sent: u64) {
+        let mut new_part_started = false;
+        while let Some(event) = self.pacer.poll_event() {
+            if let PlayoutEvent::ItemStarted(part) = &event
+                && !self.is_interrupted(&part.response_id)
+            {
+                new_part_started = true;
+            }
+            self.emit(BridgeEvent::Playout(event));
+        }
+        if self.measuring_reaction {
+            if new_part_started {
+                self.measuring_reaction = false;
+            } else {
+                self.stats.frames_after_barge_in =
+                    self.stats.frames_after_barge_in.saturating_add(sent);
+            }
+        }
+    }
+}
+
+fn other_law(law: G711Law) -> G711Law {
+    match law {
+        G711Law::Ulaw => G711Law::Alaw,
+        G711Law::Alaw => G711Law::Ulaw,
+    }
+}
+
+/// The service refused a truncate: it names our `conversation.item.truncate`, or (as it does
+/// for "already shorter") names nothing but says so.
+fn is_truncate_error(error: &ServerError) -> bool {
+    error.caused_by == Some("conversation.item.truncate")
+        || error.message.contains("already shorter")
+}
+
+#[cfg(test)]
+mod tests;

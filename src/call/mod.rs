@@ -1,0 +1,15 @@
+//! One call's cores wired together.
+//!
+//! A call is a SIP dialog, an RTP stream and a Realtime session. Each of those has its own
+//! sans-IO core elsewhere ([`crate::sip`], [`crate::rtp`], [`crate::realtime`]); this module
+//! holds the cores that join them, equally sans-IO: they take `now` as an argument, are fed
+//! with `handle_*` and drained with `poll_*`, and never touch a socket, a task or the clock.
+//!
+//! - [`bridge`]: the audio path of one call ([`AudioBridge`]): caller RTP frames to
+//!   `input_audio_buffer.append`, model audio deltas to paced 20 ms RTP frames, and barge-in
+//!   (design.md section 3): when the caller talks over the model, playback stops at once and
+//!   the model is told exactly how much of each item the caller heard.
+
+pub mod bridge;
+
+pub use bridge::{AudioBridge, BargeIn, BridgeError, BridgeEvent, BridgeStats, EndReason};
