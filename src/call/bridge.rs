@@ -54,8 +54,11 @@
 //!    pacer was never heard either and is deleted.
 //!
 //! The reaction is measured: model frames sent after the event and before the next
-//! response's audio starts are counted in [`BridgeStats::frames_after_barge_in`] (the flush
-//! makes it 0). With `interrupt_response = false` nothing of this happens: playback
+//! response's audio starts are counted in [`BridgeStats::frames_after_barge_in`], and the
+//! time to the last of them in [`BridgeStats::max_reaction`] (the flush makes both 0). Each
+//! [`BargeIn`] event lists the truncate values next to the audio actually sent. Speech while
+//! nothing plays and no response is active is not a barge-in: it is passed on as a plain
+//! `SpeechStarted`. With `interrupt_response = false` nothing of this happens: playback
 //! continues and nothing is truncated (the service does not cancel either).
 //!
 //! The bridge does not send `response.cancel`: with `interrupt_response = true` the service
@@ -63,7 +66,7 @@
 //! service finds "already shorter", `response_cancel_not_active`) are counted, never fatal.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::audio::{Downsampler24To8, G711Law, Upsampler8To24};
 use crate::config::{AudioFormat, ProfileConfig};
@@ -121,11 +124,24 @@ pub struct BargeIn {
     pub flushed_frames: u64,
     /// Responses marked interrupted.
     pub interrupted: Vec<ResponseId>,
-    /// `conversation.item.truncate`s sent: item, content index, `audio_end_ms` asked for
-    /// (what was sent as RTP; the session may clamp it to the audio received).
-    pub truncated: Vec<(ItemId, u32, u64)>,
+    /// `conversation.item.truncate`s sent.
+    pub truncated: Vec<Truncated>,
     /// `conversation.item.delete`s sent.
     pub deleted: Vec<ItemId>,
+}
+
+/// One `conversation.item.truncate` of a barge-in: the truncate value next to the audio
+/// actually sent (design.md section 3, measure 5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncated {
+    /// The assistant item.
+    pub item_id: ItemId,
+    /// Its content part.
+    pub content_index: u32,
+    /// Audio of it sent as RTP, in ms.
+    pub sent_ms: u64,
+    /// The `audio_end_ms` on the wire: `sent_ms`, clamped to the audio the model produced.
+    pub audio_end_ms: u64,
 }
 
 /// What the bridge reports to the call.
@@ -169,10 +185,11 @@ pub struct BridgeStats {
     pub model_frames_rejected: u64,
     /// Audio deltas of interrupted responses, dropped.
     pub late_deltas_dropped: u64,
-    /// Barge-ins acted on.
+    /// `input_audio_buffer.speech_started` events.
+    pub speech_started: u64,
+    /// Barge-ins: speech that stopped model audio (queued, playing, being received) or an
+    /// active response, with `interrupt_response = true`.
     pub barge_ins: u64,
-    /// `speech_started` events that did not interrupt (`interrupt_response = false`).
-    pub speech_without_barge_in: u64,
     /// `conversation.item.truncate`s sent.
     pub truncates_sent: u64,
     /// `conversation.item.delete`s sent.
@@ -183,8 +200,11 @@ pub struct BridgeStats {
     /// `response_cancel_not_active` errors from the service.
     pub cancel_not_active_errors: u64,
     /// Model frames sent after a barge-in before the next response's audio started (the
-    /// reaction; the target is 0).
+    /// flush makes it 0).
     pub frames_after_barge_in: u64,
+    /// The longest reaction: barge-in event to the last model frame sent after it (zero when
+    /// none was; the target is at most one frame).
+    pub max_reaction: Duration,
 }
 
 /// Audio of one content part on its way to the pacer.
@@ -216,9 +236,9 @@ pub struct AudioBridge {
 
     assembly: Option<Assembly>,
     interrupted: VecDeque<ResponseId>,
-    /// After a barge-in, until the next non-interrupted part starts playing: model frames
-    /// sent count against the reaction.
-    measuring_reaction: bool,
+    /// After a barge-in, until the next non-interrupted part starts playing: when it came
+    /// (model frames sent meanwhile count against the reaction).
+    barge_in_at: Option<Instant>,
     ended: bool,
     events: VecDeque<BridgeEvent>,
     stats: BridgeStats,
@@ -266,7 +286,7 @@ impl AudioBridge {
             bytes: Vec::new(),
             assembly: None,
             interrupted: VecDeque::new(),
-            measuring_reaction: false,
+            barge_in_at: None,
             ended: false,
             events: VecDeque::new(),
             stats: BridgeStats::default(),
@@ -367,7 +387,7 @@ impl AudioBridge {
         let before = self.pacer.stats().audio_frames;
         self.pacer.handle_timeout(now);
         let after = self.pacer.stats().audio_frames;
-        self.drain_pacer_events_measuring(after.saturating_sub(before));
+        self.drain_pacer_events_measuring(Some(now), after.saturating_sub(before));
     }
 
     /// The next WebSocket text frame to send.
@@ -442,10 +462,14 @@ impl AudioBridge {
             SessionEvent::SpeechStarted {
                 audio_start_ms,
                 item_id,
-            } if self.interrupt_response => self.barge_in(now, audio_start_ms, item_id),
-            SessionEvent::SpeechStarted { .. } => {
-                self.stats.speech_without_barge_in += 1;
-                self.emit(BridgeEvent::Session(event));
+            } => {
+                self.stats.speech_started += 1;
+                if !(self.interrupt_response && self.barge_in(now, audio_start_ms, &item_id)) {
+                    self.emit(BridgeEvent::Session(SessionEvent::SpeechStarted {
+                        audio_start_ms,
+                        item_id,
+                    }));
+                }
             }
             SessionEvent::Error(error) if error.fatal => self.end(EndReason::Fatal(error)),
             SessionEvent::Error(error) => {
@@ -597,7 +621,9 @@ impl AudioBridge {
 
     // ---- barge-in ---------------------------------------------------------------------------
 
-    fn barge_in(&mut self, now: Instant, audio_start_ms: u64, caller_item_id: ItemId) {
+    /// Stops playback (see the module documentation). Returns whether anything was
+    /// interrupted; speech while nothing plays and no response is active is no barge-in.
+    fn barge_in(&mut self, now: Instant, audio_start_ms: u64, caller_item_id: &ItemId) -> bool {
         let flushed_before = self.pacer.stats().flushed_frames;
         let flushed = self.pacer.flush();
         let flushed_frames = self
@@ -606,8 +632,6 @@ impl AudioBridge {
             .flushed_frames
             .saturating_sub(flushed_before);
         self.downsampler.reset();
-        self.stats.barge_ins += 1;
-        self.measuring_reaction = true;
 
         let mut marked = Vec::new();
         for item in &flushed {
@@ -624,6 +648,13 @@ impl AudioBridge {
         if let Some(active) = self.session.active_response().cloned() {
             self.mark_interrupted(&active, &mut marked);
         }
+
+        if flushed.is_empty() && marked.is_empty() {
+            self.drain_pacer_events();
+            return false;
+        }
+        self.stats.barge_ins += 1;
+        self.barge_in_at = Some(now);
 
         let mut truncated = Vec::new();
         let mut deleted: Vec<ItemId> = Vec::new();
@@ -642,31 +673,41 @@ impl AudioBridge {
         self.emit(BridgeEvent::BargeIn(BargeIn {
             at: now,
             audio_start_ms,
-            caller_item_id,
+            caller_item_id: caller_item_id.clone(),
             flushed_frames,
             interrupted: marked,
             truncated,
             deleted,
         }));
         self.drain_pacer_events();
+        true
     }
 
     fn apply(
         &mut self,
         item: &FlushedItem,
-        truncated: &mut Vec<(ItemId, u32, u64)>,
+        truncated: &mut Vec<Truncated>,
         deleted: &mut Vec<ItemId>,
     ) {
         match item.action() {
             BargeInAction::Truncate { audio_end_ms } => {
                 let part = &item.part;
+                let wire_ms = self
+                    .session
+                    .received_ms(&part.item_id, part.content_index)
+                    .map_or(audio_end_ms, |received| audio_end_ms.min(received));
                 match self
                     .session
                     .truncate(&part.item_id, part.content_index, audio_end_ms)
                 {
                     Ok(()) => {
                         self.stats.truncates_sent += 1;
-                        truncated.push((part.item_id.clone(), part.content_index, audio_end_ms));
+                        truncated.push(Truncated {
+                            item_id: part.item_id.clone(),
+                            content_index: part.content_index,
+                            sent_ms: item.sent_ms,
+                            audio_end_ms: wire_ms,
+                        });
                     }
                     Err(error) => {
                         self.stats.truncate_errors += 1;
@@ -693,12 +734,12 @@ impl AudioBridge {
     }
 
     fn drain_pacer_events(&mut self) {
-        self.drain_pacer_events_measuring(0);
+        self.drain_pacer_events_measuring(None, 0);
     }
 
     /// Passes pacer events on; `sent` model frames just left. While a barge-in's reaction is
     /// measured, frames sent before a new (not interrupted) part starts count against it.
-    fn drain_pacer_events_measuring(&mut self, sent: u64) {
+    fn drain_pacer_events_measuring(&mut self, now: Option<Instant>, sent: u64) {
         let mut new_part_started = false;
         while let Some(event) = self.pacer.poll_event() {
             if let PlayoutEvent::ItemStarted(part) = &event
@@ -708,12 +749,16 @@ impl AudioBridge {
             }
             self.emit(BridgeEvent::Playout(event));
         }
-        if self.measuring_reaction {
+        if let Some(at) = self.barge_in_at {
             if new_part_started {
-                self.measuring_reaction = false;
-            } else {
+                self.barge_in_at = None;
+            } else if sent > 0 {
                 self.stats.frames_after_barge_in =
                     self.stats.frames_after_barge_in.saturating_add(sent);
+                if let Some(now) = now {
+                    let reaction = now.saturating_duration_since(at);
+                    self.stats.max_reaction = self.stats.max_reaction.max(reaction);
+                }
             }
         }
     }

@@ -12,4 +12,6 @@
 
 pub mod bridge;
 
-pub use bridge::{AudioBridge, BargeIn, BridgeError, BridgeEvent, BridgeStats, EndReason};
+pub use bridge::{
+    AudioBridge, BargeIn, BridgeError, BridgeEvent, BridgeStats, EndReason, Truncated,
+};

@@ -413,7 +413,12 @@ fn barge_in_mid_item_stops_playback_at_once_and_truncates_at_what_was_sent() {
     assert_eq!(barge_in.interrupted, vec![ResponseId::from("resp_1")]);
     assert_eq!(
         barge_in.truncated,
-        vec![(ItemId::from("item_A1"), 0, u64::from(N) * 20)]
+        vec![Truncated {
+            item_id: ItemId::from("item_A1"),
+            content_index: 0,
+            sent_ms: u64::from(N) * 20,
+            audio_end_ms: u64::from(N) * 20,
+        }]
     );
     assert_eq!(barge_in.deleted, vec![ItemId::from("item_A2")]);
 
@@ -441,6 +446,7 @@ fn barge_in_mid_item_stops_playback_at_once_and_truncates_at_what_was_sent() {
     let stats = sim.bridge.stats();
     assert_eq!(stats.model_frames_sent, u64::from(N));
     assert_eq!(stats.frames_after_barge_in, 0);
+    assert_eq!(stats.max_reaction, Duration::ZERO);
     assert_eq!(stats.barge_ins, 1);
     assert_eq!(stats.truncates_sent, 1);
     assert_eq!(stats.deletes_sent, 1);
@@ -537,7 +543,7 @@ fn without_interrupt_response_playback_continues_and_nothing_is_truncated() {
         (stats.barge_ins, stats.truncates_sent, stats.deletes_sent),
         (0, 0, 0)
     );
-    assert_eq!(stats.speech_without_barge_in, 1);
+    assert_eq!(stats.speech_started, 1);
     assert_eq!(stats.late_deltas_dropped, 0);
     assert!(
         sim.events
@@ -604,4 +610,69 @@ fn a_pacer_not_at_8_khz_is_refused() {
         AudioBridge::new(&profile(""), Dialect::OpenAiGa, G711Law::Ulaw, pacer, t0),
         Err(BridgeError::NotG711 { clock_rate: 48_000 })
     ));
+}
+
+#[test]
+fn speech_while_nothing_plays_is_no_barge_in_but_an_active_response_is_interrupted() {
+    let mut sim = Sim::ready("audio_format = \"g711_ulaw\"", G711Law::Ulaw);
+    sim.feed(speech_started(10));
+    assert!(sim.ws.is_empty());
+    assert!(
+        sim.events
+            .iter()
+            .any(|e| matches!(e, BridgeEvent::Session(SessionEvent::SpeechStarted { .. })))
+    );
+    assert_eq!(sim.bridge.stats().barge_ins, 0);
+
+    // A response has started but no audio has come yet: it is interrupted, its audio dropped.
+    sim.events.clear();
+    sim.feed(response_created("resp_1"));
+    sim.feed(speech_started(900));
+    assert!(
+        sim.ws.is_empty(),
+        "nothing to truncate or delete: {:?}",
+        sim.ws
+    );
+    assert!(sim.events.iter().any(|e| matches!(
+        e,
+        BridgeEvent::BargeIn(b) if b.interrupted == vec![ResponseId::from("resp_1")]
+    )));
+    sim.feed(delta("resp_1", "item_A1", &pattern(800)));
+    sim.run_to_slot(10);
+    assert!(sim.rtp.iter().all(|(_, p)| is_silence(p)));
+    let stats = sim.bridge.stats();
+    assert_eq!((stats.speech_started, stats.barge_ins), (2, 1));
+    assert_eq!(stats.late_deltas_dropped, 1);
+}
+
+#[test]
+fn pcm16_barge_in_truncates_at_the_frames_sent() {
+    let mut sim = Sim::ready("audio_format = \"pcm16\"", G711Law::Ulaw);
+    sim.feed(response_created("resp_1"));
+    // 2 s at 24 kHz s16le = 96 000 octets, in odd-sized deltas.
+    let bytes: Vec<u8> = (0..48_000_i32)
+        .flat_map(|n| (((n * 31) % 6000 - 3000) as i16).to_le_bytes())
+        .collect();
+    for chunk in bytes.chunks(4321) {
+        sim.feed(delta("resp_1", "item_A1", chunk));
+    }
+    assert_eq!(
+        sim.bridge.session().received_ms(&"item_A1".into(), 0),
+        Some(2000)
+    );
+    const N: u32 = 12;
+    sim.run_to_slot(N - 1);
+    assert_eq!(sim.bridge.stats().model_frames_sent, u64::from(N));
+    sim.ws.clear();
+    sim.feed(speech_started(300));
+    assert_eq!(
+        sim.ws,
+        vec![
+            json!({"type": "conversation.item.truncate", "item_id": "item_A1",
+                    "content_index": 0, "audio_end_ms": u64::from(N) * 20})
+        ]
+    );
+    let sent_before = sim.rtp.len();
+    sim.run_to_slot(N + 20);
+    assert!(sim.rtp[sent_before..].iter().all(|(_, p)| is_silence(p)));
 }
