@@ -243,10 +243,12 @@ fn an_answered_call_streams_paced_rtp_with_rtcp_hears_dtmf_and_ends_when_rtp_sto
     };
     assert_eq!(*ssrc, packets[0].0.ssrc);
     assert!(sender.packet_count > 0);
-    // Its report block is about our stream, from the receive path's counts.
+    // Its report block is about our stream, from the receive path's counts (the first report
+    // may leave as early as 1 s into the call, so only "some packets, none lost" is certain).
     let block = blocks.first().expect("a report block about our stream");
     assert_eq!(block.ssrc, 0x5eed_0001);
-    assert!(block.extended_highest_seq >= 100, "{block:?}");
+    assert!(block.extended_highest_seq >= 1, "{block:?}");
+    assert!(block.cumulative_lost <= 0, "{block:?}");
     assert!(
         report
             .iter()
