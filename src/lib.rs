@@ -17,6 +17,7 @@
 //!
 //! | module | kind | what it holds |
 //! |---|---|---|
+//! | [`call`] | core | one call's cores joined: [`call::AudioBridge`] (caller frames to the model in its format, model audio re-framed to paced RTP, barge-in truncate/delete per design section 3) |
 //! | [`config`] | loading | defaults <- TOML file <- `SRB_*` environment; typed, validated; secrets by reference |
 //! | [`audio`] | core | G.711 mu-law/A-law, the 8 kHz <-> 24 kHz resampler, Opus (libopus) at 24 kHz, frame constants |
 //! | [`fake_realtime`] | core + shell | a protocol-faithful local Realtime API server (both dialects, VAD, barge-in, truncate, tool calls, expiry) for tests, benchmarks and the demo |
@@ -27,8 +28,9 @@
 //! | [`sip`] | core | SIP: [`sip::message`] (framing, lenient parsing, accessors, responses and 400s), [`sip::transaction`] (RFC 3261/6026 transactions and timers), [`sip::dialog`] (the UAS call: answer, CANCEL, BYE, re-INVITE/UPDATE, session timers), [`sip::sdp`] (SDP and RFC 3264 offer/answer), [`sip::endpoint`] (every call behind one front door: Via stamping, reply routing, dispatch by Call-ID, admission, stateless replies) |
 //!
 //! Rooms still to be built, each with its issue: the rest of `sip/` (registration, REFER)
-//! and `call` (one call's cores
-//! wired together, barge-in); `io/` grows a shell for each. The binary (`src/main.rs`) stays
+//! and the rest of [`call`] (the call's lifecycle: routing, upstream before the 200, DTMF to
+//! the model, end reasons; its audio path and barge-in, [`call::AudioBridge`], exist); `io/`
+//! grows a shell for each. The binary (`src/main.rs`) stays
 //! thin: command line, logging, runtime, signals.
 //!
 //! ## Conventions
