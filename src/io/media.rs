@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::io::sip::random_u64;
 use crate::rtp::dtmf::{DigitPress, DtmfEvent, DtmfReceiver};
 use crate::rtp::packet;
 use crate::rtp::playout::{Pacer, PacerConfig, RtpStart};
@@ -139,12 +140,11 @@ pub fn spawn(
     let rtp = UdpSocket::from_std(sockets.rtp)?;
     let rtcp_socket = UdpSocket::from_std(sockets.rtcp)?;
     let start = now();
-    let random = || getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15 ^ u64::from(call.0 as u32));
-    let first = random();
+    let first = random_u64();
     let rtp_start = RtpStart {
         ssrc: first as u32,
         sequence: (first >> 32) as u16,
-        timestamp: random() as u32,
+        timestamp: random_u64() as u32,
     };
     let pacer = Pacer::new(PacerConfig::for_negotiated(negotiated), rtp_start, start)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -153,7 +153,7 @@ pub fn spawn(
             rtp_start.ssrc,
             config.cname.clone(),
             negotiated.clock_rate,
-            random(),
+            random_u64(),
         ),
         start,
     )
@@ -308,7 +308,7 @@ impl Task {
             let start = RtpStart {
                 ssrc: self.pacer.ssrc(),
                 sequence: self.pacer.next_sequence(),
-                timestamp: getrandom::u64().unwrap_or(0) as u32,
+                timestamp: random_u64() as u32,
             };
             match Pacer::new(PacerConfig::for_negotiated(&negotiated), start, now) {
                 Ok(pacer) => self.pacer = pacer,
@@ -316,7 +316,7 @@ impl Task {
             }
             self.receiver = Receiver::new(now, receive_config(&self.config), (&negotiated).into());
             self.dtmf = DtmfReceiver::new(negotiated.clock_rate);
-            let seed = getrandom::u64().unwrap_or(0);
+            let seed = random_u64();
             if let Ok(rtcp) = RtcpSession::new(
                 RtcpConfig::new(
                     start.ssrc,

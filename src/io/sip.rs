@@ -256,7 +256,7 @@ fn bind_media(pool: &mut PortPool, now: Instant, ip: IpAddr) -> Option<MediaSock
     None
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     // The OS generator; if it fails (it does not on Linux), fall back to the clock and
     // address-space layout, which is still unique enough for tags.
     getrandom::u64().unwrap_or_else(|_| {

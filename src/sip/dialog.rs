@@ -2092,7 +2092,11 @@ fn server_header(user_agent: &str) -> Vec<(&'static str, String)> {
 
 /// Adds headers (and a body) to a response from [`build_response`], which always ends with
 /// an empty-body `Content-Length`: that trailer is replaced.
-fn with_headers(base: Vec<u8>, extra: &[(&'static str, String)], sdp: Option<&str>) -> Wire {
+pub(crate) fn with_headers(
+    base: Vec<u8>,
+    extra: &[(&'static str, String)],
+    sdp: Option<&str>,
+) -> Wire {
     const TRAILER: &[u8] = b"Content-Length: 0\r\n\r\n";
     let head = base.strip_suffix(TRAILER).unwrap_or(&base);
     let mut out = head.to_vec();

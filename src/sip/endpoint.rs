@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use super::dialog::{
     Destination, DialogError, DialogEvent, OutOfDialog, SessionTimerConfig, Transmit, UasCall,
-    UasConfig, check_offer_acceptable, respond_out_of_dialog,
+    UasConfig, check_offer_acceptable, respond_out_of_dialog, with_headers,
 };
 use super::message::{
     HostPort, ParseError, SipMessage, Uri, Via, build_error_response, build_response, parse,
@@ -463,7 +463,7 @@ impl Endpoint {
         };
         let via = match Via::parse(first) {
             Some(mut via) => {
-                stamp(&mut via, incoming.remote);
+                via.stamp(incoming.remote);
                 *first = via.to_string();
                 via
             }
@@ -474,13 +474,12 @@ impl Endpoint {
                     return;
                 };
                 let wanted_rport = via.rport().is_some();
-                stamp(&mut via, incoming.remote);
+                via.stamp(incoming.remote);
                 // The text stays the client's own; only the facts are added at its end.
-                let mut stamped = format!(
-                    "{};received={}",
-                    first.trim_end(),
-                    incoming.remote.ip().to_canonical()
-                );
+                let mut stamped = first.trim_end().to_owned();
+                if let Some(received) = via.received() {
+                    stamped.push_str(&format!(";received={received}"));
+                }
                 if wanted_rport {
                     stamped.push_str(&format!(";rport={}", incoming.remote.port()));
                 }
@@ -520,9 +519,11 @@ impl Endpoint {
         let payload = if self.config.user_agent.is_empty() {
             payload
         } else {
-            let mut bytes = payload.to_vec();
-            append_headers(&mut bytes, &[("Server", self.config.user_agent.clone())]);
-            Arc::from(bytes)
+            with_headers(
+                payload.to_vec(),
+                &[("Server", self.config.user_agent.clone())],
+                None,
+            )
         };
         self.send_reply(request.top_via(), incoming.flow, payload, false);
     }
@@ -670,12 +671,11 @@ impl Endpoint {
         tag: &str,
         code: u16,
         reason: &str,
-        extra: &[(&str, String)],
+        extra: &[(&'static str, String)],
     ) {
         let tag = (!tag.is_empty()).then_some(tag);
-        let mut bytes = build_response(request, code, reason, tag);
-        append_headers(&mut bytes, extra);
-        self.reply(request, incoming, Arc::from(bytes));
+        let bytes = with_headers(build_response(request, code, reason, tag), extra, None);
+        self.reply(request, incoming, bytes);
     }
 
     /// Drains a call after anything touched it: transmits, events, its deadline, and removes
@@ -803,29 +803,9 @@ impl Endpoint {
     }
 }
 
-/// RFC 3261 18.2.1 / RFC 3581 on a bare Via (for salvaged requests).
-fn stamp(via: &mut Via, source: SocketAddr) {
-    let wants_rport = via.rport().is_some();
-    via.params.retain(|p| {
-        !(p.name.eq_ignore_ascii_case("received")
-            || (wants_rport && p.name.eq_ignore_ascii_case("rport")))
-    });
-    via.params.push(super::message::Param {
-        name: "received".into(),
-        value: Some(source.ip().to_canonical().to_string()),
-    });
-    if wants_rport {
-        via.params.push(super::message::Param {
-            name: "rport".into(),
-            value: Some(source.port().to_string()),
-        });
-    }
-}
-
 /// Where a request to `uri` goes: `transport=` decides, else the call's transport; the port
 /// defaults to 5060. SRV/NAPTR (RFC 3263) are not looked up: a host name is resolved to
-/// A/AAAA by the shell.
-/// `None` when we cannot reach it: a `sips:` URI or a transport other than UDP and TCP (we
+/// A/AAAA by the shell. `None` when we cannot reach it: a `sips:` URI or a transport other than UDP and TCP (we
 /// have no TLS, WebSocket or SCTP), or no host.
 fn request_target(uri: &Uri, call_transport: TransportKind) -> Option<(TransportKind, Target)> {
     if !uri.scheme.eq_ignore_ascii_case("sip") {
@@ -876,21 +856,6 @@ fn host_of(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
-    }
-}
-
-/// Appends headers before the final empty line of a response from [`build_response`].
-fn append_headers(bytes: &mut Vec<u8>, extra: &[(&str, String)]) {
-    if extra.is_empty() {
-        return;
-    }
-    const TRAILER: &[u8] = b"Content-Length: 0\r\n\r\n";
-    if bytes.ends_with(TRAILER) {
-        bytes.truncate(bytes.len() - TRAILER.len());
-        for (name, value) in extra {
-            bytes.extend_from_slice(format!("{name}: {}\r\n", sanitize(value)).as_bytes());
-        }
-        bytes.extend_from_slice(TRAILER);
     }
 }
 

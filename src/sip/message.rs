@@ -716,32 +716,7 @@ impl SipMessage {
             return;
         }
         let mut via = self.top_via.clone();
-        let wants_rport = via.rport().is_some();
-        let source_ip = source.ip().to_canonical();
-        let sent_by_ip = via
-            .sent_by
-            .host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .ok()
-            .map(|ip| ip.to_canonical());
-        via.params.retain(|p| {
-            !(p.name.eq_ignore_ascii_case("received")
-                || (wants_rport && p.name.eq_ignore_ascii_case("rport")))
-        });
-        if wants_rport || sent_by_ip != Some(source_ip) {
-            via.params.push(head::Param {
-                name: "received".into(),
-                value: Some(source_ip.to_string()),
-            });
-        }
-        if wants_rport {
-            via.params.push(head::Param {
-                name: "rport".into(),
-                value: Some(source.port().to_string()),
-            });
-        }
+        via.stamp(source);
         if via == self.top_via {
             return;
         }

@@ -314,6 +314,38 @@ impl Via {
         head::param(&self.params, "rport").map(|v| v.and_then(|p| p.parse().ok()))
     }
 
+    /// Records where the message really came from (RFC 3261 18.2.1, RFC 3581): `received`
+    /// when the sent-by host is not the source address or the client asked for `rport`, and
+    /// the source port in `rport` when it asked. A `received` the client wrote is replaced.
+    pub fn stamp(&mut self, source: std::net::SocketAddr) {
+        let wants_rport = self.rport().is_some();
+        let source_ip = source.ip().to_canonical();
+        let sent_by_ip = self
+            .sent_by
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| ip.to_canonical());
+        self.params.retain(|p| {
+            !(p.name.eq_ignore_ascii_case("received")
+                || (wants_rport && p.name.eq_ignore_ascii_case("rport")))
+        });
+        if wants_rport || sent_by_ip != Some(source_ip) {
+            self.params.push(Param {
+                name: "received".into(),
+                value: Some(source_ip.to_string()),
+            });
+        }
+        if wants_rport {
+            self.params.push(Param {
+                name: "rport".into(),
+                value: Some(source.port().to_string()),
+            });
+        }
+    }
+
     /// Whether the transport is reliable (TCP, TLS, SCTP, WS: anything but UDP).
     pub fn is_reliable(&self) -> bool {
         !self.transport.eq_ignore_ascii_case("UDP")
