@@ -275,7 +275,10 @@ impl AudioBridge {
             session,
             pacer,
             law,
-            format: profile.audio_format,
+            format: profile.audio_format.for_codec(match law {
+                G711Law::Ulaw => crate::sip::sdp::Codec::Pcmu,
+                G711Law::Alaw => crate::sip::sdp::Codec::Pcma,
+            }),
             interrupt_response: profile.turn_detection.interrupt_response(),
             frame_len,
             frame_ms,
@@ -332,7 +335,10 @@ impl AudioBridge {
             return;
         }
         match (self.format, self.law) {
-            (AudioFormat::G711Ulaw, G711Law::Ulaw) | (AudioFormat::G711Alaw, G711Law::Alaw) => {
+            // `Auto` was resolved at construction; on a G.711 call it is passthrough.
+            (AudioFormat::G711Ulaw, G711Law::Ulaw)
+            | (AudioFormat::G711Alaw, G711Law::Alaw)
+            | (AudioFormat::Auto, _) => {
                 self.session.append_audio(payload);
             }
             (AudioFormat::Pcm16, law) => {
@@ -524,7 +530,10 @@ impl AudioBridge {
     /// assembly.
     fn encode_model_audio(&mut self, assembly: &mut Assembly, audio: &[u8]) {
         match (self.format, self.law) {
-            (AudioFormat::G711Ulaw, G711Law::Ulaw) | (AudioFormat::G711Alaw, G711Law::Alaw) => {
+            // `Auto` was resolved at construction; on a G.711 call it is passthrough.
+            (AudioFormat::G711Ulaw, G711Law::Ulaw)
+            | (AudioFormat::G711Alaw, G711Law::Alaw)
+            | (AudioFormat::Auto, _) => {
                 assembly.encoded.extend_from_slice(audio);
             }
             (AudioFormat::G711Ulaw, G711Law::Alaw) | (AudioFormat::G711Alaw, G711Law::Ulaw) => {

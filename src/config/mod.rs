@@ -475,8 +475,12 @@ fn default_voice() -> String {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AudioFormat {
-    /// 24 kHz mono s16le: decode and resample on the way in and out.
+    /// Chosen per call: the call's G.711 law passed through untouched when the call uses PCMU
+    /// or PCMA, `pcm16` for Opus calls. Resolved with [`AudioFormat::for_codec`] before a
+    /// session is configured; where no call exists (the `probe` command) it means `pcm16`.
     #[default]
+    Auto,
+    /// 24 kHz mono s16le: decode and resample on the way in and out.
     Pcm16,
     /// G.711 mu-law, 8 kHz: passed through untouched when the call uses PCMU.
     G711Ulaw,
@@ -487,10 +491,25 @@ pub enum AudioFormat {
 impl fmt::Display for AudioFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Auto => "auto",
             Self::Pcm16 => "pcm16",
             Self::G711Ulaw => "g711_ulaw",
             Self::G711Alaw => "g711_alaw",
         })
+    }
+}
+
+impl AudioFormat {
+    /// The format on the WebSocket for a call whose RTP uses `codec`: `Auto` picks G.711
+    /// passthrough when the call's codec is G.711 and `pcm16` otherwise; a fixed format stays.
+    pub fn for_codec(self, codec: crate::sip::sdp::Codec) -> AudioFormat {
+        use crate::sip::sdp::Codec;
+        match (self, codec) {
+            (Self::Auto, Codec::Pcmu) => Self::G711Ulaw,
+            (Self::Auto, Codec::Pcma) => Self::G711Alaw,
+            (Self::Auto, Codec::Opus) => Self::Pcm16,
+            (fixed, _) => fixed,
+        }
     }
 }
 

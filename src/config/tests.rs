@@ -41,7 +41,7 @@ fn minimal_configuration_gets_the_documented_defaults() {
     assert_eq!(c.log.format, LogFormat::Text);
     let p = &c.profiles[&"echo".parse().unwrap()];
     assert_eq!(p.voice, "alloy");
-    assert_eq!(p.audio_format, AudioFormat::Pcm16);
+    assert_eq!(p.audio_format, AudioFormat::Auto);
     assert_eq!(p.noise_reduction, NoiseReduction::Off);
     assert_eq!(
         p.turn_detection,
@@ -582,4 +582,35 @@ fn fake_upstream_options_are_read_and_checked_at_load() {
     let (key, msg) = only_problem(&missing);
     assert_eq!(key, "upstreams.local");
     assert!(msg.contains("/nonexistent/reply.wav"), "{msg}");
+}
+
+#[test]
+fn auto_audio_format_passes_g711_through_and_decodes_opus() {
+    use crate::sip::sdp::Codec;
+    assert_eq!(
+        AudioFormat::Auto.for_codec(Codec::Pcmu),
+        AudioFormat::G711Ulaw
+    );
+    assert_eq!(
+        AudioFormat::Auto.for_codec(Codec::Pcma),
+        AudioFormat::G711Alaw
+    );
+    assert_eq!(AudioFormat::Auto.for_codec(Codec::Opus), AudioFormat::Pcm16);
+    // A fixed format is kept whatever the call's codec.
+    assert_eq!(
+        AudioFormat::Pcm16.for_codec(Codec::Pcmu),
+        AudioFormat::Pcm16
+    );
+    assert_eq!(
+        AudioFormat::G711Alaw.for_codec(Codec::Pcmu),
+        AudioFormat::G711Alaw
+    );
+    let c = Config::from_toml(
+        "[upstreams.f]\nkind = \"fake\"\n[profiles.p]\nupstream = \"f\"\naudio_format = \"auto\"\n[[routes]]\nprofile = \"p\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.profiles.values().next().unwrap().audio_format,
+        AudioFormat::Auto
+    );
 }

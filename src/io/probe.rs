@@ -54,7 +54,7 @@ pub enum ProbeError {
 /// One 20 ms frame of silence in `format`.
 pub fn silence_frame(format: AudioFormat) -> Vec<u8> {
     match format {
-        AudioFormat::Pcm16 => vec![0; 960],
+        AudioFormat::Pcm16 | AudioFormat::Auto => vec![0; 960],
         AudioFormat::G711Ulaw => vec![0xFF; 160],
         AudioFormat::G711Alaw => vec![0xD5; 160],
     }

@@ -81,7 +81,8 @@ pub fn session_object(profile: &ProfileConfig, dialect: Dialect) -> Value {
 
 fn ga_format(format: AudioFormat) -> Value {
     match format {
-        AudioFormat::Pcm16 => json!({ "type": "audio/pcm", "rate": 24000 }),
+        // `Auto` is resolved per call before a session exists; unresolved it means pcm16.
+        AudioFormat::Pcm16 | AudioFormat::Auto => json!({ "type": "audio/pcm", "rate": 24000 }),
         AudioFormat::G711Ulaw => json!({ "type": "audio/pcmu" }),
         AudioFormat::G711Alaw => json!({ "type": "audio/pcma" }),
     }
@@ -89,7 +90,7 @@ fn ga_format(format: AudioFormat) -> Value {
 
 fn preview_format(format: AudioFormat) -> Value {
     Value::from(match format {
-        AudioFormat::Pcm16 => "pcm16",
+        AudioFormat::Pcm16 | AudioFormat::Auto => "pcm16",
         AudioFormat::G711Ulaw => "g711_ulaw",
         AudioFormat::G711Alaw => "g711_alaw",
     })

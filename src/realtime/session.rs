@@ -417,7 +417,7 @@ impl Session {
 
     fn bytes_per_ms(&self) -> u64 {
         match self.output_format {
-            AudioFormat::Pcm16 => 48,
+            AudioFormat::Pcm16 | AudioFormat::Auto => 48,
             AudioFormat::G711Ulaw | AudioFormat::G711Alaw => 8,
         }
     }
