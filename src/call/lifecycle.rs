@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use crate::audio::G711Law;
 use crate::config::{DtmfConfig, ProfileConfig};
-use crate::realtime::{Dialect, Session, SessionEvent, SetupFailure};
+use crate::realtime::{Dialect, ServerError, Session, SessionEvent, SetupFailure};
 use crate::rtp::playout::Pacer;
 use crate::sip::sdp::Codec;
 
@@ -789,13 +789,10 @@ impl Call {
                 self.session_ended(now, SessionEnd::Closed { code, reason })
             }
             SessionEvent::Error(error) => {
-                let text = match &error.code {
-                    Some(code) => format!("{code}: {}", error.message),
-                    None => error.message.clone(),
-                };
-                self.note_error(text);
                 if error.fatal {
                     self.session_ended(now, SessionEnd::Fatal(error));
+                } else {
+                    self.note_error(error_text(&error));
                 }
             }
             SessionEvent::CallerTranscript { text, .. } => {
@@ -834,12 +831,22 @@ impl Call {
                     None => reason,
                 },
             ),
-            SessionEnd::Fatal(error) => (
-                CallEnd::UpstreamClosed,
-                error.code.unwrap_or_else(|| error.message.clone()),
-            ),
+            SessionEnd::Fatal(error) => {
+                self.note_error(error_text(&error));
+                (
+                    CallEnd::UpstreamClosed,
+                    error.code.unwrap_or_else(|| error.message.clone()),
+                )
+            }
         };
         self.hang_up(now, end, detail.trim());
+    }
+}
+
+fn error_text(error: &ServerError) -> String {
+    match &error.code {
+        Some(code) => format!("{code}: {}", error.message),
+        None => error.message.clone(),
     }
 }
 
@@ -869,3 +876,6 @@ fn append_transcript(all: &mut String, text: &str) {
         all.push(c);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -279,10 +279,15 @@ impl Task {
             tokio::select! {
                 result = &mut connect => {
                     match result {
-                        Ok(ws) => {
-                            self.ws = Some(ws);
-                            self.last_heard = now();
+                        Ok(mut ws) => {
                             self.core.handle_connected(now());
+                            if self.core.upstream_open() {
+                                self.ws = Some(ws);
+                                self.last_heard = now();
+                            } else {
+                                // The call ended while connecting.
+                                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                            }
                         }
                         Err(error) => {
                             tracing::warn!(call = %self.handle, %error, "upstream connect failed");
