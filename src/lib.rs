@@ -17,21 +17,26 @@
 //!
 //! | module | kind | what it holds |
 //! |---|---|---|
-//! | [`call`] | core | one call's cores joined: [`call::AudioBridge`] (caller frames to the model in its format, model audio re-framed to paced RTP, barge-in truncate/delete per design section 3) |
+//! | [`call`] | core | one call's cores joined: [`call::Call`] (the lifecycle: upstream connected while ringing, 200 only when the session is ready, 503 on failure, greeting at the ACK, digits as text, who ends the call and why, the call record) around [`call::AudioBridge`] (caller frames to the model in its format, model audio re-framed to paced RTP, barge-in truncate/delete per design section 3) |
 //! | [`config`] | loading | defaults <- TOML file <- `SRB_*` environment; typed, validated; secrets by reference |
 //! | [`audio`] | core | G.711 mu-law/A-law, the 8 kHz <-> 24 kHz resampler, Opus (libopus) at 24 kHz, frame constants |
 //! | [`fake_realtime`] | core + shell | a protocol-faithful local Realtime API server (both dialects, VAD, barge-in, truncate, tool calls, expiry) for tests, benchmarks and the demo |
-//! | [`io`] | shell | tokio I/O: the SIP UDP/TCP transport shell and signalling loop ([`io::sip`]), the per-call media task ([`io::media`]), the WebSocket connect shell, the realtime session driver, `probe` |
+//! | [`io`] | shell | tokio I/O: the SIP UDP/TCP transport shell and signalling loop ([`io::sip`]), the per-call task ([`io::call`]: RTP, RTCP and the WebSocket in one `select!`, no channel on the media path), the WebSocket connect shell, the realtime session driver, `probe` |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
 //! | [`realtime`] | core | Realtime API client: dialects and connect URLs, typed events, `session.update` rendering, the session core (setup, response sequencing, output-audio ledger, tool calls) |
 //! | [`rtp`] | core | RTP/RTCP: [`rtp::packet`] (header validation), [`rtp::receive`] (A.1 sequence tracking, source latch, reorder, concealment, 20 ms re-framing), [`rtp::playout`] (the paced 20 ms clock with the per-item account barge-in needs), [`rtp::dtmf`] (RFC 4733, SIP INFO), [`rtp::rtcp`] (reports, intervals, RTT), [`rtp::ports`] (port pool with quarantine) |
 //! | [`sip`] | core | SIP: [`sip::message`] (framing, lenient parsing, accessors, responses and 400s), [`sip::transaction`] (RFC 3261/6026 transactions and timers), [`sip::dialog`] (the UAS call: answer, CANCEL, BYE, re-INVITE/UPDATE, session timers), [`sip::sdp`] (SDP and RFC 3264 offer/answer), [`sip::endpoint`] (every call behind one front door: Via stamping, reply routing, dispatch by Call-ID, admission, stateless replies) |
 //!
-//! Rooms still to be built, each with its issue: the rest of `sip/` (registration, REFER)
-//! and the rest of [`call`] (the call's lifecycle: routing, upstream before the 200, DTMF to
-//! the model, end reasons; its audio path and barge-in, [`call::AudioBridge`], exist); `io/`
-//! grows a shell for each. The binary (`src/main.rs`) stays
-//! thin: command line, logging, runtime, signals.
+//! A call flows: the endpoint admits an INVITE (route, capacity, RTP port) -> the signalling
+//! loop ([`io::sip`]) sends 180 and starts the call's task ([`io::call`]) with a
+//! [`call::Call`] -> the task connects the profile's upstream and drives the session setup ->
+//! the core asks for the answer -> the dialog answers and hands over the media terms -> the
+//! bridge carries audio both ways until someone ends the call; the task then writes the call's
+//! one record ("call record" in the log).
+//!
+//! Rooms still to be built, each with its issue: the rest of `sip/` (registration, REFER),
+//! tools in [`call`], and operations (metrics, drain, reload); `io/` grows a shell for each.
+//! The binary (`src/main.rs`) stays thin: command line, logging, runtime, signals.
 //!
 //! ## Conventions
 //!

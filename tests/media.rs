@@ -280,14 +280,28 @@ fn an_answered_call_streams_paced_rtp_with_rtcp_hears_dtmf_and_ends_when_rtp_sto
     };
     assert!(started.elapsed() < Duration::from_secs(4));
     assert_eq!(header(&bye, "Call-ID"), Some("media1"));
+    // The BYE says why (RFC 3326).
+    assert_eq!(
+        header(&bye, "Reason"),
+        Some("Q.850;cause=41;text=\"RTP timeout\"")
+    );
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("DTMF") && stderr.contains("digit=5"),
         "{stderr}"
     );
-    assert!(stderr.contains("RTP inactivity: hanging up"), "{stderr}");
-    assert!(stderr.contains("media summary"), "{stderr}");
+    assert!(
+        stderr.contains("no RTP for the inactivity timeout"),
+        "{stderr}"
+    );
+    // One record for the call, with the reason and the digit the model was told about.
+    let record = stderr
+        .lines()
+        .find(|l| l.contains("call record"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(record.contains("end_reason=\"rtp_timeout\""), "{record}");
+    assert!(record.contains("digits=1"), "{record}");
 }
 
 #[test]
@@ -359,7 +373,10 @@ fn nothing_is_sent_before_the_ack_and_a_held_call_is_not_hung_up_for_silence() {
     }
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stderr.contains("RTP inactivity"), "{stderr}");
+    assert!(
+        !stderr.contains("no RTP for the inactivity timeout"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -10,8 +10,17 @@
 //!   (design.md section 3): when the caller talks over the model, playback stops at once and
 //!   the model is told exactly how much of each item the caller heard.
 
+//! - [`lifecycle`]: the life of one call ([`Call`]): upstream connect before the answer,
+//!   200 only once the session is ready, 503 on failure, greeting, digits, who ends the call
+//!   and why (BYE with a Reason), and the one record every call leaves.
+
 pub mod bridge;
+pub mod lifecycle;
 
 pub use bridge::{
     AudioBridge, BargeIn, BridgeError, BridgeEvent, BridgeStats, EndReason, Truncated,
+};
+pub use lifecycle::{
+    Call, CallAction, CallCodec, CallEnd, CallInfo, CallRecord, LatencyHistogram,
+    UPSTREAM_RETRY_AFTER_SECS,
 };

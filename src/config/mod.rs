@@ -195,6 +195,10 @@ pub struct LimitsConfig {
     /// model bill).
     #[serde(with = "humantime_serde")]
     pub max_call_duration: Duration,
+    /// How long a caller may wait (ringing) for the upstream session to be ready before the
+    /// INVITE is refused with 503.
+    #[serde(with = "humantime_serde")]
+    pub answer_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -202,6 +206,7 @@ impl Default for LimitsConfig {
         Self {
             max_calls: NonZeroU32::new(100).expect("100 is not zero"),
             max_call_duration: Duration::from_secs(2 * 3600),
+            answer_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -459,6 +464,39 @@ pub struct ProfileConfig {
     pub greeting: Option<String>,
     #[serde(default)]
     pub tools: Vec<ToolConfig>,
+    /// What a key pressed during the call (RFC 4733 or SIP INFO) tells the model.
+    #[serde(default)]
+    pub dtmf: DtmfConfig,
+}
+
+/// Keypad digits during a call become a user text item for the model.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DtmfConfig {
+    /// Whether digits are passed to the model at all.
+    pub enabled: bool,
+    /// The text of the item; `{digit}` is replaced by the key (0-9, *, #, A-D).
+    pub template: String,
+    /// Ask the model to answer at once (`response.create`) rather than wait for speech.
+    pub create_response: bool,
+}
+
+impl Default for DtmfConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            template: "The caller pressed {digit} on the telephone keypad.".into(),
+            create_response: true,
+        }
+    }
+}
+
+impl DtmfConfig {
+    /// The text for `digit`.
+    pub fn text(&self, digit: char) -> String {
+        self.template
+            .replace("{digit}", digit.encode_utf8(&mut [0; 4]))
+    }
 }
 
 fn default_instructions() -> String {
@@ -941,6 +979,15 @@ impl Config {
             );
         }
 
+        if self.limits.answer_timeout < Duration::from_millis(500)
+            || self.limits.answer_timeout > Duration::from_secs(120)
+        {
+            problem(
+                "limits.answer_timeout".into(),
+                Problem::Value("must be between 500ms and 120s".into()),
+            );
+        }
+
         for (name, profile) in &self.profiles {
             if !self.upstreams.contains_key(&profile.upstream) {
                 problem(
@@ -964,6 +1011,12 @@ impl Config {
                 .is_some_and(|g| g.trim().is_empty())
             {
                 problem(format!("profiles.{name}.greeting"), Problem::Empty);
+            }
+            if profile.dtmf.enabled && !profile.dtmf.template.contains("{digit}") {
+                problem(
+                    format!("profiles.{name}.dtmf.template"),
+                    Problem::Value("must contain {digit}".into()),
+                );
             }
             for (i, tool) in profile.tools.iter().enumerate() {
                 let key = format!("profiles.{name}.tools[{i}]");

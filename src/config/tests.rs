@@ -614,3 +614,34 @@ fn auto_audio_format_passes_g711_through_and_decodes_opus() {
         AudioFormat::Auto
     );
 }
+
+#[test]
+fn dtmf_and_answer_timeout_defaults_and_checks() {
+    let base = "[upstreams.f]\nkind = \"fake\"\n[[routes]]\nprofile = \"p\"\n[profiles.p]\nupstream = \"f\"\n";
+    let c = Config::from_toml(base).unwrap();
+    let p = c.profiles.values().next().unwrap();
+    assert!(p.dtmf.enabled && p.dtmf.create_response);
+    assert_eq!(
+        p.dtmf.text('5'),
+        "The caller pressed 5 on the telephone keypad."
+    );
+    assert_eq!(c.limits.answer_timeout, Duration::from_secs(10));
+
+    let c = Config::from_toml(&format!(
+        "{base}dtmf = {{ template = \"Taste {{digit}} gedrueckt\", create_response = false }}\n"
+    ))
+    .unwrap();
+    let p = c.profiles.values().next().unwrap();
+    assert_eq!(p.dtmf.text('#'), "Taste # gedrueckt");
+    assert!(!p.dtmf.create_response);
+
+    let bad =
+        Config::from_toml(&format!("{base}dtmf = {{ template = \"no digit\" }}\n")).unwrap_err();
+    assert!(
+        bad.to_string().contains("profiles.p.dtmf.template"),
+        "{bad}"
+    );
+    let bad =
+        Config::from_toml(&format!("[limits]\nanswer_timeout = \"100ms\"\n{base}")).unwrap_err();
+    assert!(bad.to_string().contains("limits.answer_timeout"), "{bad}");
+}

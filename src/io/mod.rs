@@ -1,12 +1,15 @@
 //! I/O shells: the tokio side of the daemon. Shells own sockets, tasks and timers, and feed the
 //! sans-IO cores; they hold no protocol rules of their own.
 //!
-//! - [`media`]: one task per call that owns its RTP/RTCP sockets and drives the media cores.
+//! - [`call`]: one task per call that owns its RTP/RTCP sockets and its WebSocket and drives
+//!   the call core, the audio bridge and the media cores.
+//! - [`media`]: a call's media sockets and settings.
 //! - [`sip`]: the SIP sockets (UDP, TCP) and the signalling loop around the sans-IO endpoint.
 //! - [`ws`]: the WebSocket connection to a realtime service (TLS, auth, handshake errors).
 //! - [`realtime`]: the task that drives one realtime session core over that connection.
 //! - [`probe`]: connect, configure, send a second of silence, report: the `probe` command.
 
+pub mod call;
 pub mod media;
 pub mod probe;
 pub mod realtime;

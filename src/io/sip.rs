@@ -2,9 +2,11 @@
 //!
 //! One task (the *signalling loop*) owns the endpoint and everything that decides: it reads
 //! the clock (in one function, `now`), feeds the endpoint what the socket tasks received,
-//! runs its timers, sends what it asks for, and plays the call logic that is there until the
-//! call issue lands: admit by route and capacity, bind an RTP port, ring and answer at once,
-//! end a call at `limits.max_call_duration`.
+//! runs its timers, sends what it asks for, and plays the signalling side of every call: admit
+//! by route and capacity, bind an RTP port, ring, start the call's task (which connects the
+//! upstream), answer when the task says the session is ready (or reject with what it says),
+//! pass the dialog's media terms, ACK, digits and end to the task, and end a call at
+//! `limits.max_call_duration` or shutdown through it, so every end has its reason.
 //!
 //! Socket tasks only move bytes:
 //!
@@ -32,10 +34,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+use crate::call::{Call, CallAction, CallEnd, CallInfo};
 use crate::config::{CodecName, Config, PublicAddress, Transport};
-use crate::io::media::{self, MediaConfig, MediaHandle, MediaReport, MediaSockets};
+use crate::io::call::{self as call_task, CallReport, CallTask, Upstreams};
+use crate::io::media::{MediaConfig, MediaSockets};
 use crate::rtp::ports::{DEFAULT_QUARANTINE, PortPool};
-use crate::sip::dialog::{DialogEvent, SessionTimerConfig};
+use crate::sip::dialog::{DialogEvent, EndedBy, SessionTimerConfig};
 use crate::sip::endpoint::{
     Admission, Admit, CallHandle, Endpoint, EndpointConfig, EndpointEvent, Flow, Incoming,
     Outgoing, Target, TransportKind,
@@ -163,16 +167,16 @@ struct Connection {
     writer: mpsc::Sender<Wire>,
 }
 
-/// A call the interim call logic keeps: its media and when it must end.
+/// A call the signalling loop keeps: its task and when it must end.
 struct ActiveCall {
     call_id: String,
     /// The RTP port, released to the pool (quarantine) when the call ends.
     port: Option<u16>,
-    /// Sockets bound at admission, until the media terms are known.
-    sockets: Option<MediaSockets>,
-    /// The media task, once the terms are known.
-    media: Option<MediaHandle>,
+    /// The call's task (upstream, media).
+    task: Option<CallTask>,
     deadline: Instant,
+    /// Why we ended it, when we did (max duration, shutdown): the dialog's end says "local".
+    ended_by_us: Option<CallEnd>,
 }
 
 /// Admission: routes, capacity, RTP ports.
@@ -275,7 +279,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<()> {
     let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(4096);
-    let (media_tx, mut media_rx) = mpsc::channel::<(CallHandle, MediaReport)>(1024);
+    let (media_tx, mut media_rx) = mpsc::channel::<(CallHandle, CallReport)>(1024);
+    let upstreams = Upstreams::start(&config).await?;
     let conn_ids = Arc::new(AtomicU64::new(1));
     for (kind, addr) in listeners.local_addrs() {
         tracing::info!(transport = kind.name(), %addr, "listening");
@@ -338,6 +343,7 @@ pub async fn serve(
         },
         media_tx,
         media_running: 0,
+        upstreams,
     };
     drop(net_tx);
 
@@ -380,7 +386,7 @@ pub async fn serve(
                 state.hang_up_all(&mut endpoint);
                 stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
             }
-            Some((call, report)) = media_rx.recv() => state.media_report(&mut endpoint, call, report),
+            Some((call, report)) = media_rx.recv() => state.call_report(&mut endpoint, call, report),
             () = grace => return Ok(()),
         }
         state.drain(&mut endpoint);
@@ -440,9 +446,10 @@ struct Loop {
     /// Shutting down: new calls are refused.
     stopping: bool,
     media_config: MediaConfig,
-    media_tx: mpsc::Sender<(CallHandle, MediaReport)>,
-    /// Media tasks started and not yet finished (shutdown waits for their summaries).
+    media_tx: mpsc::Sender<(CallHandle, CallReport)>,
+    /// Call tasks started and not yet finished (shutdown waits for their records).
     media_running: usize,
+    upstreams: Upstreams,
 }
 
 impl Loop {
@@ -569,45 +576,66 @@ impl Loop {
                 self.deadlines.remove(&(call.deadline, handle));
                 tracing::info!(call = %handle, call_id = %call.call_id, "max_call_duration reached: hanging up");
             }
-            if let Err(error) = endpoint.hang_up(now, handle) {
-                tracing::debug!(call = %handle, %error, "hang-up at max_call_duration");
+            self.end_call(endpoint, handle, CallEnd::MaxDuration);
+        }
+    }
+
+    /// Ends `handle` from our side: through its task (which knows whether to BYE or to
+    /// refuse, and records why), or directly when it has none.
+    fn end_call(&mut self, endpoint: &mut Endpoint, handle: CallHandle, reason: CallEnd) {
+        let Some(call) = self.calls.get_mut(&handle) else {
+            return;
+        };
+        call.ended_by_us.get_or_insert(reason);
+        match &call.task {
+            Some(task) => task.end(reason),
+            None => {
+                let header = reason.reason_header("");
+                if let Err(error) = endpoint.hang_up_with_reason(now(), handle, &header) {
+                    tracing::debug!(call = %handle, %error, "hang-up");
+                }
             }
         }
     }
 
-    fn media_report(&mut self, endpoint: &mut Endpoint, call: CallHandle, report: MediaReport) {
-        match report {
-            MediaReport::Inactive => {
-                tracing::info!(call = %call, "RTP inactivity: hanging up");
-                if let Err(error) = endpoint.hang_up(now(), call) {
-                    tracing::debug!(call = %call, %error, "hang-up on RTP inactivity");
-                }
+    fn call_report(&mut self, endpoint: &mut Endpoint, call: CallHandle, report: CallReport) {
+        let now = now();
+        let result = match report {
+            CallReport::Action(CallAction::Answer) => {
+                tracing::debug!(call = %call, "upstream ready: answering");
+                endpoint.answer(now, call)
             }
-            // The call issue turns digits into text for the model.
-            MediaReport::Digit(press) => {
-                tracing::debug!(call = %call, digit = %press.digit, "digit")
+            CallReport::Action(CallAction::Reject {
+                status,
+                reason,
+                retry_after,
+            }) => {
+                tracing::info!(call = %call, status, "call refused");
+                endpoint.reject_with(now, call, status, reason, retry_after)
             }
-            MediaReport::Finished(summary) => {
+            CallReport::Action(CallAction::HangUp { reason }) => {
+                tracing::info!(call = %call, %reason, "hanging up");
+                endpoint.hang_up_with_reason(now, call, &reason)
+            }
+            // The task closes its own WebSocket.
+            CallReport::Action(CallAction::CloseUpstream) => Ok(()),
+            CallReport::Finished(finished) => {
                 self.media_running = self.media_running.saturating_sub(1);
-                tracing::info!(
-                    call = %call,
-                    packets_in = summary.received.packets_accepted,
-                    frames_concealed = summary.received.frames_concealed,
-                    packets_out = summary.packets_sent,
-                    rtt_ms = summary.rtcp.rtt.map(|d| d.as_millis() as u64),
-                    "media summary"
-                );
+                let (record, media) = *finished;
+                call_task::log_record(call, &record, media.as_ref());
+                Ok(())
             }
+        };
+        // A call the caller already ended (a CANCEL racing the answer) is no error.
+        if let Err(error) = result {
+            tracing::debug!(call = %call, %error, "call action not applied");
         }
     }
 
     fn hang_up_all(&mut self, endpoint: &mut Endpoint) {
-        let now = now();
         let handles: Vec<CallHandle> = self.calls.keys().copied().collect();
         for handle in handles {
-            if let Err(error) = endpoint.hang_up(now, handle) {
-                tracing::debug!(call = %handle, %error, "hang-up at shutdown");
-            }
+            self.end_call(endpoint, handle, CallEnd::Shutdown);
         }
     }
 
@@ -652,32 +680,46 @@ impl Loop {
                     .unwrap_or(now);
                 self.deadlines.insert((deadline, call));
                 let sockets = self.bound.remove(&call_id);
+                let port = sockets.as_ref().map(|s| s.port);
+                let task = sockets.and_then(|sockets| {
+                    self.start_call(endpoint, call, &call_id, &dialed, &caller, sockets)
+                });
+                let started = task.is_some();
                 self.calls.insert(
                     call,
                     ActiveCall {
-                        port: sockets.as_ref().map(|s| s.port),
-                        sockets,
-                        media: None,
+                        port,
+                        task,
                         call_id,
                         deadline,
+                        ended_by_us: None,
                     },
                 );
-                // Until the call issue connects the model first, answer at once.
-                let result = endpoint
-                    .ring(now, call)
-                    .and_then(|()| endpoint.answer(now, call));
-                if let Err(error) = result {
-                    tracing::info!(call = %call, %error, "call not answered");
+                if started {
+                    self.media_running += 1;
+                    // The caller hears ringing while the upstream is connected.
+                    if let Err(error) = endpoint.ring(now, call) {
+                        tracing::debug!(call = %call, %error, "180 not sent");
+                    }
+                } else if let Err(error) = endpoint.reject_with(
+                    now,
+                    call,
+                    503,
+                    "Service Unavailable",
+                    Some(BUSY_RETRY_AFTER_SECS),
+                ) {
+                    tracing::debug!(call = %call, %error, "503 not sent");
                 }
             }
             EndpointEvent::Dialog { call, event } => match event {
-                DialogEvent::Ended { .. } => {
-                    tracing::info!(call = %call, ?event, "call ended");
+                DialogEvent::Ended { by } => {
+                    tracing::info!(call = %call, ?by, "call ended");
                     if let Some(active) = self.calls.remove(&call) {
                         self.deadlines.remove(&(active.deadline, call));
-                        if let Some(media) = &active.media {
-                            // RTCP BYE, then the task ends and its sockets close.
-                            media.stop();
+                        if let Some(task) = &active.task {
+                            let (end, detail) = classify_end(by, active.ended_by_us);
+                            // The task closes the upstream, sends RTCP BYE and reports.
+                            task.sip_ended(end, detail);
                         }
                         if let Some(port) = active.port {
                             // The port rests before the next call.
@@ -687,51 +729,86 @@ impl Loop {
                 }
                 DialogEvent::MediaNegotiated(ref n) | DialogEvent::MediaChanged(ref n, _) => {
                     tracing::info!(call = %call, codec = n.codec.encoding(), remote_rtp = %n.remote_rtp, direction = ?n.direction, "media");
-                    let Some(active) = self.calls.get_mut(&call) else {
+                    let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref()) else {
                         return;
                     };
-                    if let Some(media) = &active.media {
-                        media.update(n);
-                    } else if let Some(sockets) = active.sockets.take() {
-                        match media::spawn(
-                            call,
-                            sockets,
-                            n,
-                            &self.media_config,
-                            self.media_tx.clone(),
-                        ) {
-                            Ok(handle) => {
-                                // An offerless INVITE negotiates at the ACK: already confirmed.
-                                if endpoint.call(call).is_some_and(|c| {
-                                    c.state() == crate::sip::dialog::CallState::Confirmed
-                                }) {
-                                    handle.confirm();
-                                }
-                                active.media = Some(handle);
-                                self.media_running += 1;
-                            }
-                            Err(error) => {
-                                // A call without media is no call: end it.
-                                tracing::warn!(call = %call, %error, "media not started: hanging up");
-                                if let Err(error) = endpoint.hang_up(now, call) {
-                                    tracing::debug!(call = %call, %error, "hang-up");
-                                }
-                            }
-                        }
+                    task.media(n);
+                    // An offerless INVITE negotiates at the ACK: already confirmed.
+                    if matches!(event, DialogEvent::MediaNegotiated(_))
+                        && endpoint
+                            .call(call)
+                            .is_some_and(|c| c.state() == crate::sip::dialog::CallState::Confirmed)
+                    {
+                        task.confirm();
                     }
                 }
                 DialogEvent::Confirmed => {
                     tracing::debug!(call = %call, "confirmed");
-                    if let Some(media) = self.calls.get(&call).and_then(|c| c.media.as_ref()) {
-                        media.confirm();
+                    if let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref()) {
+                        task.confirm();
                     }
                 }
                 DialogEvent::Digit(press) => {
-                    // The call issue turns digits into text for the model.
                     tracing::info!(call = %call, digit = %press.digit, "DTMF (SIP INFO)");
+                    if let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref()) {
+                        task.digit(press.digit.as_char());
+                    }
                 }
                 other => tracing::debug!(call = %call, event = ?other, "dialog"),
             },
+        }
+    }
+
+    /// Builds the call core for an admitted INVITE and starts its task (which connects the
+    /// upstream at once). `None` when it cannot start: the INVITE is refused with 503.
+    fn start_call(
+        &mut self,
+        endpoint: &Endpoint,
+        call: CallHandle,
+        call_id: &str,
+        dialed: &str,
+        caller: &str,
+        sockets: MediaSockets,
+    ) -> Option<CallTask> {
+        let config = Arc::clone(&self.config);
+        let Some(route) = config.route(dialed, caller) else {
+            tracing::warn!(call = %call, "the route that admitted the call is gone");
+            return None;
+        };
+        let profile = config.profiles.get(&route.profile)?;
+        let Some(upstream) = self.upstreams.get(&profile.upstream) else {
+            tracing::warn!(call = %call, upstream = %profile.upstream, "upstream not started");
+            return None;
+        };
+        let codec = endpoint.call(call).and_then(|c| c.planned_codec());
+        let info = CallInfo {
+            call_id: call_id.to_owned(),
+            route: route.label().to_owned(),
+            profile: route.profile.to_string(),
+            caller: caller.to_owned(),
+            callee: dialed.to_owned(),
+        };
+        let core = Call::new(
+            now(),
+            info,
+            profile,
+            upstream.dialect,
+            codec,
+            config.limits.answer_timeout,
+        );
+        match call_task::spawn(
+            call,
+            core,
+            sockets,
+            upstream.clone(),
+            &self.media_config,
+            self.media_tx.clone(),
+        ) {
+            Ok(task) => Some(task),
+            Err(error) => {
+                tracing::warn!(call = %call, %error, "call task not started");
+                None
+            }
         }
     }
 
@@ -813,6 +890,16 @@ impl Loop {
                 });
             }
         }
+    }
+}
+
+/// What ended a dialog, in the record's terms; `ours` is the reason we gave when we ended it.
+fn classify_end(by: EndedBy, ours: Option<CallEnd>) -> (CallEnd, String) {
+    match by {
+        EndedBy::Remote => (CallEnd::CallerBye, String::new()),
+        EndedBy::Cancelled => (CallEnd::Cancelled, String::new()),
+        EndedBy::Local => (ours.unwrap_or(CallEnd::Signalling), String::new()),
+        other => (CallEnd::Signalling, format!("{other:?}")),
     }
 }
 

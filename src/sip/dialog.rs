@@ -518,6 +518,8 @@ pub struct UasCall {
     /// A hang-up asked for while our 2xx waits for its ACK: RFC 3261 15 forbids the BYE until
     /// the ACK arrives or the 2xx times out.
     bye_deferred: bool,
+    /// The `Reason` header (RFC 3326) of our BYE, from [`UasCall::hang_up_with_reason`].
+    bye_reason: Option<String>,
     servers: Vec<ServerTx>,
     clients: Vec<ClientTx>,
     transmits: VecDeque<Transmit>,
@@ -563,6 +565,7 @@ impl UasCall {
             local_sdp: None,
             local_reinvite: None,
             bye_deferred: false,
+            bye_reason: None,
             servers: Vec::new(),
             clients: Vec::new(),
             transmits: VecDeque::new(),
@@ -688,6 +691,18 @@ impl UasCall {
 
     /// Rejects the INVITE with a final non-2xx `code` (300-699) and `reason`.
     pub fn reject(&mut self, now: Instant, code: u16, reason: &str) -> Result<(), DialogError> {
+        self.reject_with(now, code, reason, None)
+    }
+
+    /// [`UasCall::reject`] with a `Retry-After` (seconds), for 503s that tell the caller's
+    /// proxy when to try again (RFC 3261 21.5.4).
+    pub fn reject_with(
+        &mut self,
+        now: Instant,
+        code: u16,
+        reason: &str,
+        retry_after: Option<u32>,
+    ) -> Result<(), DialogError> {
         self.require_state("reject", CallState::Early)?;
         if !(300..=699).contains(&code) {
             return Err(DialogError::InvalidStatus {
@@ -696,7 +711,11 @@ impl UasCall {
             });
         }
         let invite = self.invite.clone();
-        let response = self.response(&invite, code, reason, &[]);
+        let extra: Vec<(&'static str, String)> = retry_after
+            .map(|secs| ("Retry-After", secs.to_string()))
+            .into_iter()
+            .collect();
+        let response = self.response(&invite, code, reason, &extra);
         self.send_final_invite(now, code, response)?;
         self.end(EndedBy::Local);
         self.pump(now);
@@ -719,6 +738,31 @@ impl UasCall {
                 Ok(())
             }
             CallState::Ended => Err(self.not_allowed("hang_up")),
+        }
+    }
+
+    /// [`UasCall::hang_up`] with a `Reason` header value (RFC 3326) on the BYE, such as
+    /// `Q.850;cause=41;text="RTP timeout"`, so the caller's side can tell why the call ended.
+    /// Before the answer the INVITE is declined (603) as by `hang_up`.
+    pub fn hang_up_with_reason(&mut self, now: Instant, reason: &str) -> Result<(), DialogError> {
+        if self.state != CallState::Ended {
+            self.bye_reason = Some(sanitize(reason));
+        }
+        self.hang_up(now)
+    }
+
+    /// The codec the call will use: what [`UasCall::answer`] picks from the offer, or, for an
+    /// offerless INVITE, our most preferred codec (the one our offer lists first). `None` when
+    /// the offer has no codec we take (the answer will be a 488).
+    pub fn planned_codec(&self) -> Option<sdp::Codec> {
+        if let Some(negotiated) = &self.negotiated {
+            return Some(negotiated.codec);
+        }
+        match &self.offer {
+            Some(offer) => sdp::answer(offer, &self.config.media, &self.config.codecs)
+                .ok()
+                .map(|a| a.negotiated.codec),
+            None => self.config.codecs.codecs().first().copied(),
         }
     }
 
@@ -1649,7 +1693,13 @@ impl UasCall {
 
     fn send_bye(&mut self, now: Instant) {
         if !self.clients.iter().any(|c| c.purpose == ClientPurpose::Bye) {
-            self.send_request(now, "BYE", ClientPurpose::Bye, &[], None);
+            let extra: Vec<(&'static str, String)> = self
+                .bye_reason
+                .clone()
+                .map(|reason| ("Reason", reason))
+                .into_iter()
+                .collect();
+            self.send_request(now, "BYE", ClientPurpose::Bye, &extra, None);
         }
         self.pending_ack = None;
         self.session_timer = None;

@@ -410,6 +410,28 @@ impl Endpoint {
         self.command(call, |c| c.hang_up(now))
     }
 
+    /// BYE with a `Reason` header (RFC 3326), or 603 before the answer.
+    pub fn hang_up_with_reason(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        reason: &str,
+    ) -> Result<(), EndpointError> {
+        self.command(call, |c| c.hang_up_with_reason(now, reason))
+    }
+
+    /// A final non-2xx with a `Retry-After` (seconds).
+    pub fn reject_with(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        reason: &str,
+        retry_after: Option<u32>,
+    ) -> Result<(), EndpointError> {
+        self.command(call, |c| c.reject_with(now, code, reason, retry_after))
+    }
+
     /// The dialog of a call, for inspection.
     pub fn call(&self, call: CallHandle) -> Option<&UasCall> {
         self.slots.get(&call).map(|slot| &slot.call)

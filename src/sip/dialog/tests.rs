@@ -1903,3 +1903,80 @@ fn sip_info_dtmf_relay_becomes_a_digit() {
     reply_for(&rig.take()[0].1, 200, "INFO");
     assert!(rig.take_events().is_empty());
 }
+
+#[test]
+fn reject_with_retry_after_names_the_seconds() {
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.take();
+    rig.act(50, |c, now| {
+        c.reject_with(now, 503, "Service Unavailable", Some(10))
+            .unwrap()
+    });
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let refusal = &sent[0].1;
+    assert_eq!(
+        status_line(refusal),
+        (503, "Service Unavailable".to_owned())
+    );
+    assert_eq!(refusal.header("Retry-After"), Some("10"));
+    assert_eq!(
+        rig.take_events(),
+        vec![DialogEvent::Ended { by: EndedBy::Local }]
+    );
+}
+
+#[test]
+fn hang_up_with_reason_puts_the_reason_on_the_bye_also_when_deferred() {
+    let reason = "Q.850;cause=41;text=\"RTP timeout\"";
+    let mut rig = Rig::confirmed();
+    rig.act(1000, |c, now| c.hang_up_with_reason(now, reason).unwrap());
+    let sent = rig.take();
+    assert_eq!(sent[0].1.method(), Some("BYE"));
+    assert_eq!(sent[0].1.header("Reason"), Some(reason));
+
+    // Asked for before the ACK: the BYE that follows the ACK carries it.
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    rig.take();
+    rig.act(100, |c, now| {
+        c.hang_up_with_reason(now, "SIP;cause=503;text=\"upstream\r\nX: y\"")
+            .unwrap()
+    });
+    rig.request(200, sip(&ack(10), ""));
+    let sent = rig.take();
+    assert_eq!(sent[0].1.method(), Some("BYE"));
+    // Line breaks cannot start a header of their own.
+    assert_eq!(
+        sent[0].1.header("Reason"),
+        Some("SIP;cause=503;text=\"upstream  X: y\"")
+    );
+    assert_eq!(sent[0].1.header("X"), None);
+
+    // A plain hang-up names no reason.
+    let mut rig = Rig::confirmed();
+    rig.act(1000, |c, now| c.hang_up(now).unwrap());
+    assert_eq!(rig.take()[0].1.header("Reason"), None);
+}
+
+#[test]
+fn planned_codec_is_the_answer_s_codec_before_the_answer() {
+    let rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    assert_eq!(rig.call.planned_codec(), Some(Codec::Pcmu));
+    let pcma_first = OFFER.replace("0 8 101", "8 0 101");
+    let mut config = config();
+    config.codecs = CodecPrefs::new([Codec::Pcma, Codec::Pcmu]);
+    let rig = Rig::with_config(sip(INVITE_HEAD, &pcma_first), config.clone());
+    assert_eq!(rig.call.planned_codec(), Some(Codec::Pcma));
+    // No offer: what our offer lists first.
+    let rig = Rig::with_config(sip(INVITE_HEAD, ""), config);
+    assert_eq!(rig.call.planned_codec(), Some(Codec::Pcma));
+    // Nothing in common: none.
+    let g722 = OFFER.replace("0 8 101", "9 101");
+    let rig = Rig::new(sip(INVITE_HEAD, &g722));
+    assert_eq!(rig.call.planned_codec(), None);
+    // After the answer: the negotiated codec.
+    let mut rig = Rig::new(sip(INVITE_HEAD, OFFER));
+    rig.act(0, |c, now| c.answer(now).unwrap());
+    assert_eq!(rig.call.planned_codec(), Some(Codec::Pcmu));
+}
