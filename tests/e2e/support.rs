@@ -101,7 +101,7 @@ pub fn tail(text: &str, max: usize) -> &str {
 // --- packet capture -------------------------------------------------------------------------------
 
 /// A tcpdump capture on `lo` of UDP to and from one address's port range (the daemon's RTP and
-/// RTCP ports), written with -U (each packet as it comes) and parsed when stopped.
+/// RTCP ports), written packet by packet and parsed when stopped.
 pub struct Capture {
     child: Child,
     file: PathBuf,
@@ -123,7 +123,21 @@ impl Capture {
         let log = dir.join("tcpdump.log");
         let filter = format!("udp and host {ip} and portrange {}-{}", ports.0, ports.1);
         let mut child = Command::new("tcpdump")
-            .args(["-i", "lo", "-n", "-U", "-B", "8192", "-s", "2048", "-w"])
+            // --immediate-mode: each packet to tcpdump at once. Without it libpcap hands packets
+            // over in blocks, and the packets of the last, unfinished block are lost at the stop
+            // without being counted as dropped.
+            .args([
+                "-i",
+                "lo",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-B",
+                "8192",
+                "-s",
+                "2048",
+                "-w",
+            ])
             .arg(&file)
             .arg(&filter)
             .stdin(Stdio::null())
@@ -154,7 +168,7 @@ impl Capture {
     /// if the kernel dropped any packet, since then the counts would be wrong.
     pub fn stop(mut self) -> Vec<Datagram> {
         // Packets still on their way through lo.
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(300));
         signal(&self.child, "INT");
         let status = wait_or_kill(&mut self.child, Duration::from_secs(5));
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -321,7 +335,10 @@ impl Record {
     }
 
     pub fn connections(&self) -> BTreeSet<u64> {
-        self.lines.iter().filter_map(|l| l["conn"].as_u64()).collect()
+        self.lines
+            .iter()
+            .filter_map(|l| l["conn"].as_u64())
+            .collect()
     }
 
     /// The lines of one connection, one direction ("in" or "out"), in order.
@@ -350,22 +367,6 @@ impl Record {
             .collect()
     }
 
-    /// Bytes appended on one connection, from the "<N bytes base64>" sizes (without
-    /// `record_audio`) or the audio itself.
-    pub fn appended_bytes(&self, conn: u64) -> usize {
-        self.events(conn, "in", "input_audio_buffer.append")
-            .iter()
-            .map(|l| {
-                let text = l["event"]["audio"].as_str().unwrap();
-                let base64_len = text
-                    .strip_prefix('<')
-                    .and_then(|t| t.strip_suffix(" bytes base64>"))
-                    .map_or(text.len(), |n| n.parse().unwrap());
-                base64_len / 4 * 3 - text.matches('=').count()
-            })
-            .sum()
-    }
-
     /// A short account of one connection's events, for failure messages.
     pub fn summary(&self, conn: u64) -> String {
         let mut out = String::new();
@@ -378,8 +379,12 @@ impl Record {
                 "response.output_audio.delta" | "response.audio.delta" => deltas += 1,
                 _ => {
                     let shown = if kind.is_empty() {
-                        l.get("close").map_or_else(|| l["event"].to_string(), |c| format!("close {c}"))
-                    } else if kind == "error" || kind.contains("truncate") || kind.contains("speech") {
+                        l.get("close")
+                            .map_or_else(|| l["event"].to_string(), |c| format!("close {c}"))
+                    } else if kind == "error"
+                        || kind.contains("truncate")
+                        || kind.contains("speech")
+                    {
                         l["event"].to_string()
                     } else {
                         kind.to_owned()
@@ -522,7 +527,12 @@ pub fn run_sipp(
 pub fn speech_ulaw() -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/e2e/speech.ulaw");
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(bytes.len() % 160, 0, "{} is whole 20 ms packets", path.display());
+    assert_eq!(
+        bytes.len() % 160,
+        0,
+        "{} is whole 20 ms packets",
+        path.display()
+    );
     bytes
 }
 
@@ -575,8 +585,12 @@ pub fn db(ratio: f64) -> f64 {
 
 /// The first and one-past-last index of the samples above `threshold` in magnitude.
 pub fn active_span(samples: &[i16], threshold: i16) -> Option<(usize, usize)> {
-    let first = samples.iter().position(|s| s.unsigned_abs() > threshold.unsigned_abs())?;
-    let last = samples.iter().rposition(|s| s.unsigned_abs() > threshold.unsigned_abs())?;
+    let first = samples
+        .iter()
+        .position(|s| s.unsigned_abs() > threshold.unsigned_abs())?;
+    let last = samples
+        .iter()
+        .rposition(|s| s.unsigned_abs() > threshold.unsigned_abs())?;
     Some((first, last + 1))
 }
 
@@ -589,7 +603,11 @@ pub fn frequency(samples: &[i16], rate: f64) -> f64 {
             crossings.push(i as f64 + a / (a - b));
         }
     }
-    assert!(crossings.len() >= 3, "no steady tone: {} crossings", crossings.len());
+    assert!(
+        crossings.len() >= 3,
+        "no steady tone: {} crossings",
+        crossings.len()
+    );
     let periods = (crossings.len() - 1) as f64;
     rate * periods / (crossings[crossings.len() - 1] - crossings[0])
 }
