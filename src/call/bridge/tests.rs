@@ -37,12 +37,22 @@ fn pacer_config(law: G711Law) -> PacerConfig {
     }
 }
 
+fn rtp_start() -> RtpStart {
+    RtpStart {
+        ssrc: 0x1234_5678,
+        sequence: 100,
+        timestamp: 1000,
+    }
+}
+
 struct Sim {
     bridge: AudioBridge,
     t0: Instant,
     now: Instant,
     /// RTP payloads sent, with the time they left.
     rtp: Vec<(Instant, Vec<u8>)>,
+    /// RTP timestamps of the packets in `rtp`.
+    timestamps: Vec<u32>,
     /// WebSocket events sent, `event_id` removed.
     ws: Vec<Value>,
     events: Vec<BridgeEvent>,
@@ -52,18 +62,19 @@ impl Sim {
     /// A bridge whose session is not ready yet.
     fn connecting(body: &str, law: G711Law) -> Sim {
         let t0 = Instant::now();
-        let start = RtpStart {
-            ssrc: 0x1234_5678,
-            sequence: 100,
-            timestamp: 1000,
-        };
-        let pacer = Pacer::new(pacer_config(law), start, t0).unwrap();
+        let pacer = Pacer::new(pacer_config(law), rtp_start(), t0).unwrap();
         let bridge = AudioBridge::new(&profile(body), Dialect::OpenAiGa, law, pacer, t0).unwrap();
+        Sim::with_bridge(bridge, t0)
+    }
+
+    /// A simulation of `bridge`, whose pacer's slot 0 is due at `t0`.
+    fn with_bridge(bridge: AudioBridge, t0: Instant) -> Sim {
         Sim {
             bridge,
             t0,
             now: t0,
             rtp: Vec::new(),
+            timestamps: Vec::new(),
             ws: Vec::new(),
             events: Vec::new(),
         }
@@ -101,6 +112,7 @@ impl Sim {
         while let Some(bytes) = self.bridge.poll_rtp_transmit() {
             let packet = packet::parse(&bytes).unwrap();
             self.rtp.push((self.now, packet.payload.to_vec()));
+            self.timestamps.push(packet.header.timestamp);
         }
         while let Some(event) = self.bridge.poll_event() {
             self.events.push(event);
@@ -676,3 +688,5 @@ fn pcm16_barge_in_truncates_at_the_frames_sent() {
     sim.run_to_slot(N + 20);
     assert!(sim.rtp[sent_before..].iter().all(|(_, p)| is_silence(p)));
 }
+
+mod opus;
