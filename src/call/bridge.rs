@@ -323,6 +323,7 @@ pub struct AudioBridge {
 impl AudioBridge {
     /// A bridge for a call whose RTP uses `law`, with a new session for `profile` (connected,
     /// or connecting, at `now`) and `pacer` (configured for that law: payload type, silence).
+    /// The session is configured with the profile's format resolved for the call's codec.
     pub fn new(
         profile: &ProfileConfig,
         dialect: Dialect,
@@ -330,11 +331,15 @@ impl AudioBridge {
         pacer: Pacer,
         now: Instant,
     ) -> Result<AudioBridge, BridgeError> {
-        let session = Session::new(profile, dialect, now);
+        let mut resolved = profile.clone();
+        resolved.audio_format = profile.audio_format.for_codec(g711_codec(law));
+        let session = Session::new(&resolved, dialect, now);
         AudioBridge::with_session(profile, session, law, pacer)
     }
 
-    /// A bridge around an existing `session` (for a custom setup timeout, say).
+    /// A bridge around an existing `session` (for a custom setup timeout, say). Build
+    /// `session` from a profile whose format is resolved for the call
+    /// ([`AudioFormat::for_codec`]), as [`AudioBridge::new`] does, so both agree.
     pub fn with_session(
         profile: &ProfileConfig,
         session: Session,
@@ -346,10 +351,6 @@ impl AudioBridge {
             return Err(BridgeError::NotG711 { clock_rate });
         }
         let frame_len = usize::try_from(pacer.samples_per_frame()).unwrap_or(usize::MAX);
-        let codec = match law {
-            G711Law::Ulaw => Codec::Pcmu,
-            G711Law::Alaw => Codec::Pcma,
-        };
         let path = G711Path {
             law,
             upsampler: Upsampler8To24::new(),
@@ -360,7 +361,7 @@ impl AudioBridge {
             session,
             pacer,
             CallCodec::G711(path),
-            profile.audio_format.for_codec(codec),
+            profile.audio_format.for_codec(g711_codec(law)),
             frame_len,
         ))
     }
@@ -1061,6 +1062,13 @@ fn session_law(format: AudioFormat) -> Option<G711Law> {
         AudioFormat::G711Ulaw => Some(G711Law::Ulaw),
         AudioFormat::G711Alaw => Some(G711Law::Alaw),
         AudioFormat::Pcm16 | AudioFormat::Auto => None,
+    }
+}
+
+fn g711_codec(law: G711Law) -> Codec {
+    match law {
+        G711Law::Ulaw => Codec::Pcmu,
+        G711Law::Alaw => Codec::Pcma,
     }
 }
 

@@ -690,3 +690,27 @@ fn pcm16_barge_in_truncates_at_the_frames_sent() {
 }
 
 mod opus;
+
+#[test]
+fn auto_format_on_a_g711_call_configures_the_session_for_passthrough() {
+    for (law, wire) in [(G711Law::Ulaw, "audio/pcmu"), (G711Law::Alaw, "audio/pcma")] {
+        let mut sim = Sim::connecting("", law);
+        sim.feed(json!({"type": "session.created", "event_id": "event_C1",
+            "session": {"type": "realtime", "object": "realtime.session", "id": "sess_1",
+                        "model": "gpt-realtime", "expires_at": 1_767_229_200_u64}}));
+        let update = sim.sent_of_type("session.update");
+        assert_eq!(update.len(), 1, "{:?}", sim.ws);
+        let audio = &update[0]["session"]["audio"];
+        assert_eq!(audio["input"]["format"]["type"], wire, "{audio}");
+        assert_eq!(audio["output"]["format"]["type"], wire, "{audio}");
+        sim.feed(json!({"type": "session.updated", "event_id": "event_C2",
+            "session": {"type": "realtime", "id": "sess_1"}}));
+        // The model's G.711 bytes are counted at 8 per ms: a truncate clamps correctly.
+        sim.feed(response_created("resp_1"));
+        sim.feed(delta("resp_1", "item_A", &pattern(800)));
+        assert_eq!(
+            sim.bridge.session().received_ms(&"item_A".into(), 0),
+            Some(100)
+        );
+    }
+}
