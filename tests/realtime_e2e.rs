@@ -482,10 +482,9 @@ async fn tool_call_round_trip_is_sequenced_without_conflicts() {
     let lines = std::fs::read_to_string(&record).unwrap();
     let types: Vec<String> = lines
         .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["event"]["type"].as_str().unwrap().to_owned()
-        })
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["dir"] == "in")
+        .map(|v| v["event"]["type"].as_str().unwrap().to_owned())
         .filter(|t| t != "input_audio_buffer.append")
         .collect();
     let sequence: Vec<&str> = types.iter().map(String::as_str).collect();

@@ -108,13 +108,22 @@ pub struct FakeOptions {
     /// Scripted tool calls: on the caller's Nth turn the response is this function call
     /// instead of audio. Default: none.
     pub tool_script: Vec<ToolStep>,
-    /// Append every received client event to this JSONL file, one line each:
-    /// `{"t_ms": <ms since the connection started>, "conn": <connection number, from 1>,
-    /// "event": <the event>}`. The `audio` of `input_audio_buffer.append` is recorded as
-    /// `"<N bytes base64>"` (N the base64 text's length) to keep files small; text that is not
-    /// JSON is recorded as a string. Written by a task of its own, never on a connection's.
-    /// Default: off.
+    /// Append every event of every connection to this JSONL file, both ways, one line each:
+    /// `{"dir": "in"|"out", "t_ms": <ms since the connection started>, "unix_us": <wall clock,
+    /// microseconds since the Unix epoch>, "conn": <connection number, from 1>, "event": <the
+    /// event>}`. "in" lines are client events, stamped when read; "out" lines are the fake's
+    /// events, stamped as they are handed to the socket (`unix_us` is for comparison with
+    /// packet captures and other processes' clocks). A close frame the fake sends is an "out"
+    /// line with `"close": {"code": .., "reason": ..}` instead of `"event"`. Unless
+    /// `record_audio`, the `audio` of `input_audio_buffer.append` and the `delta` of audio
+    /// deltas are recorded as `"<N bytes base64>"` (N the base64 text's length) to keep files
+    /// small; text that is not JSON is recorded as a string. Lines of one connection are in
+    /// the order they crossed the socket. Written by a task of its own, never on a
+    /// connection's. Default: off.
     pub record: Option<PathBuf>,
+    /// With `record`: keep the audio of appends and audio deltas in full (base64, as on the
+    /// wire), so tests can compare it byte for byte. Default: false.
+    pub record_audio: bool,
     /// Key a client must present (`Authorization: Bearer` on the OpenAI path, `api-key` on
     /// Azure paths). Not a configuration key: set by tests that exercise authentication.
     #[serde(skip)]
@@ -134,6 +143,7 @@ impl Default for FakeOptions {
             session_max_duration: None,
             tool_script: Vec::new(),
             record: None,
+            record_audio: false,
             api_key: None,
         }
     }
@@ -153,6 +163,7 @@ impl fmt::Debug for FakeOptions {
             .field("session_max_duration", &self.session_max_duration)
             .field("tool_script", &self.tool_script)
             .field("record", &self.record)
+            .field("record_audio", &self.record_audio)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .finish()
     }

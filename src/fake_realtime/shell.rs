@@ -30,12 +30,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The one place the shell reads the clock: the monotonic instant the core runs on (tokio's,
-/// so a paused test clock applies) and the Unix time used for `expires_at`.
+/// so a paused test clock applies) and the wall-clock Unix time in microseconds, used for
+/// `expires_at` and the record's `unix_us`.
 fn now() -> (Instant, u64) {
-    let unix = SystemTime::now()
+    let unix_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    (tokio::time::Instant::now().into_std(), unix)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    (tokio::time::Instant::now().into_std(), unix_us)
 }
 
 /// What the handshake decided about a request.
@@ -359,13 +360,22 @@ async fn connection(
         let _ = tokio::time::timeout(Duration::from_secs(1), source.next()).await;
         return;
     }
-    let (start, unix) = now();
+    let (start, unix_us) = now();
     let mut session = FakeSession::new(route.dialect, &options, start)
         .with_model(&route.model)
-        .with_unix_time(unix)
+        .with_unix_time(unix_us / 1_000_000)
         .with_connection_number(number);
+    let recorder = record.map(|lines| ConnectionRecord {
+        lines,
+        connection: number,
+        start,
+        full_audio: options.record_audio,
+    });
     loop {
         while let Some(outgoing) = session.poll_transmit() {
+            if let Some(recorder) = &recorder {
+                recorder.sent(&outgoing).await;
+            }
             let (message, last) = match outgoing {
                 Outgoing::Text(text) => (Message::text(text), false),
                 Outgoing::Close { code, reason } => (close(code, &reason), true),
@@ -383,11 +393,9 @@ async fn connection(
         tokio::select! {
             message = source.next() => match message {
                 Some(Ok(Message::Text(text))) => {
-                    let (at, _) = now();
-                    if let Some(record) = &record {
-                        let line = record_line(number, at.saturating_duration_since(start), text.as_str());
-                        // Waits only if the writer is far behind: back-pressure, not loss.
-                        let _ = record.send(line).await;
+                    let (at, unix_us) = now();
+                    if let Some(recorder) = &recorder {
+                        recorder.received(at, unix_us, text.as_str()).await;
                     }
                     session.handle_text(at, text.as_str());
                 }
@@ -398,6 +406,10 @@ async fn connection(
             },
             () = sleep_until(deadline) => session.handle_timeout(now().0),
             _ = stop.changed() => {
+                let outgoing = Outgoing::Close { code: 1001, reason: "server shutting down".to_owned() };
+                if let Some(recorder) = &recorder {
+                    recorder.sent(&outgoing).await;
+                }
                 let _ = sink.send(close(1001, "server shutting down")).await;
                 return;
             }
@@ -473,21 +485,126 @@ impl Recorder {
     }
 }
 
-/// One record line: `{"t_ms": .., "conn": .., "event": ..}`, newline-terminated. Appended
-/// audio is replaced by its size (`"<N bytes base64>"`, N the base64 text's length), so
-/// files stay small; text that is not JSON is recorded as a string.
-fn record_line(connection: u64, since_start: Duration, text: &str) -> String {
-    let mut event = serde_json::from_str::<serde_json::Value>(text)
-        .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
-    if event.get("type").and_then(serde_json::Value::as_str) == Some("input_audio_buffer.append")
-        && let Some(audio) = event.get_mut("audio")
+/// One connection's handle on the recorder: stamps and queues its lines.
+struct ConnectionRecord {
+    lines: mpsc::Sender<String>,
+    connection: u64,
+    start: Instant,
+    /// `record_audio`: keep appended and delta audio in full.
+    full_audio: bool,
+}
+
+impl ConnectionRecord {
+    /// Records a client event, stamped when it was read.
+    async fn received(&self, at: Instant, unix_us: u64, text: &str) {
+        let line = record_line(
+            Direction::In,
+            self.connection,
+            at.saturating_duration_since(self.start),
+            unix_us,
+            &RecordedMessage::Text(text),
+            self.full_audio,
+        );
+        // Waits only if the writer is far behind: back-pressure, not loss.
+        let _ = self.lines.send(line).await;
+    }
+
+    /// Records a server event or close frame, stamped as it is handed to the socket.
+    async fn sent(&self, outgoing: &Outgoing) {
+        let (at, unix_us) = now();
+        let message = match outgoing {
+            Outgoing::Text(text) => RecordedMessage::Text(text),
+            Outgoing::Close { code, reason } => RecordedMessage::Close {
+                code: *code,
+                reason,
+            },
+        };
+        let line = record_line(
+            Direction::Out,
+            self.connection,
+            at.saturating_duration_since(self.start),
+            unix_us,
+            &message,
+            self.full_audio,
+        );
+        let _ = self.lines.send(line).await;
+    }
+}
+
+/// Which way a recorded message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// Received from the client.
+    In,
+    /// Sent by the fake.
+    Out,
+}
+
+/// What a record line holds.
+enum RecordedMessage<'a> {
+    /// A text frame: an event, or text that is not JSON.
+    Text(&'a str),
+    /// A close frame the fake sent.
+    Close { code: u16, reason: &'a str },
+}
+
+/// One record line, newline-terminated:
+/// `{"dir": "in"|"out", "t_ms": .., "unix_us": .., "conn": .., "event": ..}`, or with
+/// `"close": {"code": .., "reason": ..}` instead of `"event"` for a close frame the fake sent.
+/// Unless `full_audio`, the audio of `input_audio_buffer.append` ("in") and of audio deltas
+/// ("out") is replaced by its size (`"<N bytes base64>"`, N the base64 text's length), so files
+/// stay small; text that is not JSON is recorded as a string.
+fn record_line(
+    dir: Direction,
+    connection: u64,
+    since_start: Duration,
+    unix_us: u64,
+    message: &RecordedMessage<'_>,
+    full_audio: bool,
+) -> String {
+    let t_ms = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
+    let dir_name = match dir {
+        Direction::In => "in",
+        Direction::Out => "out",
+    };
+    let mut line = serde_json::Map::new();
+    line.insert("dir".into(), dir_name.into());
+    line.insert("t_ms".into(), t_ms.into());
+    line.insert("unix_us".into(), unix_us.into());
+    line.insert("conn".into(), connection.into());
+    match message {
+        RecordedMessage::Text(text) => {
+            let mut event = serde_json::from_str::<serde_json::Value>(text)
+                .unwrap_or_else(|_| serde_json::Value::String((*text).to_owned()));
+            if !full_audio {
+                abbreviate_audio(dir, &mut event);
+            }
+            line.insert("event".into(), event);
+        }
+        RecordedMessage::Close { code, reason } => {
+            line.insert(
+                "close".into(),
+                serde_json::json!({"code": code, "reason": reason}),
+            );
+        }
+    }
+    let line = serde_json::Value::Object(line);
+    format!("{line}\n")
+}
+
+/// Replaces the audio of an append (received) or an audio delta (sent) by its size.
+fn abbreviate_audio(dir: Direction, event: &mut serde_json::Value) {
+    let kind = event.get("type").and_then(serde_json::Value::as_str);
+    let field = match (dir, kind) {
+        (Direction::In, Some("input_audio_buffer.append")) => "audio",
+        (Direction::Out, Some("response.output_audio.delta" | "response.audio.delta")) => "delta",
+        _ => return,
+    };
+    if let Some(audio) = event.get_mut(field)
         && let Some(length) = audio.as_str().map(str::len)
     {
         *audio = serde_json::Value::String(format!("<{length} bytes base64>"));
     }
-    let t_ms = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
-    let line = serde_json::json!({"t_ms": t_ms, "conn": connection, "event": event});
-    format!("{line}\n")
 }
 
 #[cfg(test)]
@@ -667,7 +784,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn records_received_events_and_serves_a_turn() {
+    async fn records_both_directions_and_serves_a_turn() {
+        let before_us = unix_now_us();
         let dir = tempfile::tempdir().unwrap();
         let record = dir.path().join("events.jsonl");
         let options = FakeOptions {
@@ -724,11 +842,27 @@ mod tests {
             "input_audio_buffer.cleared"
         );
         server.shutdown().await;
+        let after_us = unix_now_us();
         let text = std::fs::read_to_string(&record).unwrap();
-        let lines: Vec<serde_json::Value> = text
+        let all: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
+        // Every line has its direction and both clocks; a connection's lines are in order.
+        for conn in [1, 2] {
+            let mine: Vec<&serde_json::Value> = all.iter().filter(|l| l["conn"] == conn).collect();
+            assert!(!mine.is_empty(), "{text}");
+            let mut last = (0, before_us);
+            for line in mine {
+                assert!(line["dir"] == "in" || line["dir"] == "out", "{line}");
+                let t_ms = line["t_ms"].as_u64().unwrap();
+                let unix_us = line["unix_us"].as_u64().unwrap();
+                assert!(unix_us >= last.1 && unix_us <= after_us, "{line}");
+                assert!(t_ms >= last.0, "{line}");
+                last = (t_ms, unix_us);
+            }
+        }
+        let lines: Vec<&serde_json::Value> = all.iter().filter(|l| l["dir"] == "in").collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert_eq!(lines[0]["event"]["type"], "response.create");
         assert_eq!(lines[0]["event"]["event_id"], "c1");
@@ -743,6 +877,171 @@ mod tests {
         assert_eq!(lines[2]["conn"], 2);
         assert_eq!(lines[3]["event"]["type"], "input_audio_buffer.clear");
         assert_eq!(lines[3]["conn"], 2);
-        assert!(text.len() < 400, "no audio in the file: {}", text.len());
+
+        // What the fake sent, in the order sent: the greeting, the reply with its audio by
+        // size only, the error for the text that was not JSON, and the close at shutdown.
+        let sent = |conn: u64| -> Vec<&serde_json::Value> {
+            all.iter()
+                .filter(|l| l["dir"] == "out" && l["conn"] == conn)
+                .collect()
+        };
+        let kinds = |lines: &[&serde_json::Value]| -> Vec<String> {
+            lines
+                .iter()
+                .map(|l| match l["event"]["type"].as_str() {
+                    Some(kind) => kind.to_owned(),
+                    None => format!("close {}", l["close"]["code"]),
+                })
+                .collect()
+        };
+        let first = sent(1);
+        let first_kinds = kinds(&first);
+        assert_eq!(first_kinds[0], "session.created", "{first_kinds:?}");
+        assert!(
+            first_kinds.contains(&"response.done".to_owned()),
+            "{first_kinds:?}"
+        );
+        let error_at = first_kinds.iter().position(|k| k == "error").unwrap();
+        assert_eq!(first[error_at]["event"]["error"]["code"], "invalid_json");
+        assert_eq!(first_kinds.last().unwrap(), "close 1001", "{first_kinds:?}");
+        assert_eq!(
+            first.last().unwrap()["close"]["reason"],
+            "server shutting down"
+        );
+        let deltas: Vec<&str> = first
+            .iter()
+            .filter(|l| l["event"]["type"] == "response.output_audio.delta")
+            .map(|l| l["event"]["delta"].as_str().unwrap())
+            .collect();
+        assert!(!deltas.is_empty(), "{first_kinds:?}");
+        assert!(
+            deltas
+                .iter()
+                .all(|d| d.starts_with('<') && d.ends_with(" bytes base64>")),
+            "{deltas:?}"
+        );
+        assert_eq!(
+            kinds(&sent(2)),
+            [
+                "session.created",
+                "input_audio_buffer.cleared",
+                "close 1001"
+            ]
+        );
+        assert!(text.len() < 20_000, "no audio in the file: {}", text.len());
+    }
+
+    fn unix_now_us() -> u64 {
+        u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_micros(),
+        )
+        .unwrap()
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+    }
+
+    fn unbase64(text: &str) -> Vec<u8> {
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn record_audio_keeps_appended_and_reply_audio_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("events.jsonl");
+        let options: FakeOptions = serde_json::from_value(serde_json::json!({
+            "record": record,
+            "record_audio": true,
+            "reply": {"kind": "tone", "frequency_hz": 1000, "duration_ms": 300},
+            "speed": 1000.0,
+            "session_max_duration": "2s",
+        }))
+        .unwrap();
+        let server = start_loopback(options).await.unwrap();
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(server.url(FakeDialect::OpenAiGa, "m"))
+                .await
+                .unwrap();
+        assert_eq!(first_text(&mut socket).await["type"], "session.created");
+        // Distinct bytes, so any reordering or cut shows.
+        let appended: Vec<Vec<u8>> = (0..3_u8)
+            .map(|n| {
+                (0..960_u32)
+                    .map(|i| (i as u8).wrapping_mul(7).wrapping_add(n))
+                    .collect()
+            })
+            .collect();
+        for audio in &appended {
+            socket
+                .send(Message::text(
+                    serde_json::json!({"type": "input_audio_buffer.append", "audio": base64(audio)})
+                        .to_string(),
+                ))
+                .await
+                .unwrap();
+        }
+        socket
+            .send(Message::text(r#"{"type":"response.create"}"#))
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        loop {
+            let event = first_text(&mut socket).await;
+            match event["type"].as_str().unwrap() {
+                "response.output_audio.delta" => {
+                    received.extend(unbase64(event["delta"].as_str().unwrap()));
+                }
+                "response.done" => break,
+                _ => {}
+            }
+        }
+        // The session ends by itself after 2 s: the close is recorded too.
+        let close = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match socket.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame,
+                    Some(Ok(_)) => {}
+                    other => panic!("expected a close, got {other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+        server.shutdown().await;
+
+        let text = std::fs::read_to_string(&record).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let recorded_in: Vec<Vec<u8>> = lines
+            .iter()
+            .filter(|l| l["dir"] == "in" && l["event"]["type"] == "input_audio_buffer.append")
+            .map(|l| unbase64(l["event"]["audio"].as_str().unwrap()))
+            .collect();
+        assert_eq!(recorded_in, appended);
+        let recorded_out: Vec<u8> = lines
+            .iter()
+            .filter(|l| l["dir"] == "out" && l["event"]["type"] == "response.output_audio.delta")
+            .flat_map(|l| unbase64(l["event"]["delta"].as_str().unwrap()))
+            .collect();
+        // 300 ms of 24 kHz 16-bit audio, exactly what the client got.
+        assert_eq!(recorded_out.len(), 300 * 48);
+        assert_eq!(recorded_out, received);
+        let last = lines.last().unwrap();
+        assert_eq!(last["dir"], "out");
+        assert_eq!(last["close"]["code"], 1001);
+        assert!(
+            last["close"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("maximum duration"),
+            "{last}"
+        );
     }
 }

@@ -1483,10 +1483,12 @@ fn options_deserialize_strictly_and_prepare_checks_values() {
         "transcript": "hi", "speed": 2.5, "delta_ms_min": 20, "delta_ms_max": 60, "seed": 7,
         "session_max_duration": "90s",
         "tool_script": [{"turn": 2, "name": "transfer", "arguments": {"to": "sales"}}],
-        "record": "/tmp/x.jsonl",
+        "record": "/tmp/x.jsonl", "record_audio": true,
     }))
     .unwrap();
     assert_eq!(options.session_max_duration, Some(Duration::from_secs(90)));
+    assert!(options.record_audio);
+    assert!(!FakeOptions::default().record_audio);
     assert!(options.clone().prepare().is_err(), "missing reply file");
     assert!(serde_json::from_value::<FakeOptions>(json!({"sped": 2})).is_err());
     assert!(

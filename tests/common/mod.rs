@@ -9,6 +9,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,46 @@ impl Daemon {
             .spawn()
             .unwrap();
         Self { child, _dir: dir }
+    }
+
+    /// Like [`Daemon::start`], with `RUST_LOG` = `rust_log`, the extra environment `env`, and
+    /// standard error (the log) written to the file `log`, which a chatty daemon cannot fill up
+    /// as it can a pipe nobody reads until the end. Stop it with [`Daemon::terminate`].
+    pub fn start_logged(config: &str, rust_log: &str, env: &[(&str, &str)], log: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(BIN)
+            .env_clear()
+            .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, _dir: dir }
+    }
+
+    /// SIGTERM, then waits up to 10 s (then kills): the exit code, `None` if killed.
+    pub fn terminate(&mut self) -> Option<i32> {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            return status.code();
+        }
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
     }
 
     pub fn stop(mut self) -> (Option<i32>, String) {

@@ -1,0 +1,1058 @@
+//! End-to-end tests with real peers: the daemon (as an operator runs it) with the in-process fake
+//! realtime server as its upstream, called by SIPp and baresip over loopback, and measured from
+//! outside: the fake's record of what it received and sent (`record`, `record_audio`), a tcpdump
+//! capture of the daemon's RTP, and baresip's recording of what it heard. The daemon's own
+//! per-call log record is checked too, but only as secondary evidence, after the external
+//! checks.
+//!
+//! Every test has its own SIP port and RTP port range on 127.0.0.1, so they run in parallel.
+//! SIPp, baresip and tcpdump (and root, for the capture) are required: without them a test
+//! fails with what to install, unless `SRB_SKIP_E2E=1`, which skips it with a message.
+//!
+//! | test | what it proves |
+//! |---|---|
+//! | `g711_passthrough_is_byte_exact` | every RTP payload SIPp sent reaches the model unchanged and in order |
+//! | `pcm16_tone_keeps_level_and_frequency` | the 8 -> 24 kHz path keeps a tone's level (1 dB) and pitch (1 %) |
+//! | `reply_tone_reaches_baresip_clean` | the model's tone is heard whole, at pitch, without clicks or gaps |
+//! | `barge_in_stops_playback_within_a_frame` | after speech_started at most one model frame leaves; truncate = frames sent |
+//! | `interrupt_response_false_plays_the_whole_reply` | the caller talking over the reply does not cut it |
+//! | `cancel_while_the_upstream_connects_gets_487` | CANCEL during the upstream connect ends the INVITE with 487 |
+//! | `upstream_401_gets_503_with_retry_after` | a refused upstream becomes 503 + Retry-After |
+//! | `upstream_close_ends_the_call_with_a_reason` | the model side closing (1001) sends BYE with a Reason |
+//! | `twenty_calls_for_thirty_seconds_lose_no_frame` | load: every caller frame of 20 calls reaches the model |
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+#[path = "e2e/support.rs"]
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::Daemon;
+use serde_json::Value;
+use support::*;
+
+const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// What differs between the tests' daemons.
+struct Setup {
+    /// SIP port of the daemon (UDP, 127.0.0.1); SIPp uses this + 100.
+    sip_port: u16,
+    /// First port of the daemon's RTP range (even); the range is 200 ports.
+    rtp_base: u16,
+    /// Extra keys of `[upstreams.fake]` (`record` is always set).
+    fake: &'static str,
+    /// Keys of `[profiles.p]` after `upstream` (sub-tables last).
+    profile: String,
+    /// The upstream of the profile (default "fake"), and extra upstream tables.
+    upstream: &'static str,
+    upstreams: String,
+    /// Extra environment of the daemon (API keys).
+    env: Vec<(&'static str, String)>,
+}
+
+impl Setup {
+    fn new(sip_port: u16, rtp_base: u16) -> Self {
+        Self {
+            sip_port,
+            rtp_base,
+            fake: "",
+            profile: String::new(),
+            upstream: "fake",
+            upstreams: String::new(),
+            env: Vec::new(),
+        }
+    }
+
+    fn rtp_range(&self) -> (u16, u16) {
+        (self.rtp_base, self.rtp_base + 199)
+    }
+
+    fn sipp_port(&self) -> u16 {
+        self.sip_port + 100
+    }
+}
+
+/// The daemon under test, its directory (config, log, fake record, capture, SIPp logs).
+struct Bridge {
+    daemon: Daemon,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+    record: PathBuf,
+    setup: Setup,
+}
+
+impl Bridge {
+    fn start(setup: Setup) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("bridge.log");
+        let record = dir.path().join("fake.jsonl");
+        let (a, b) = setup.rtp_range();
+        let config = format!(
+            r#"[log]
+format = "json"
+
+[sip]
+listen = ["udp:127.0.0.1:{sip}"]
+
+[rtp]
+port_range = "{a}-{b}"
+
+[upstreams.fake]
+kind = "fake"
+record = "{record}"
+{fake}
+
+{upstreams}
+
+[profiles.p]
+upstream = "{upstream}"
+{profile}
+
+[[routes]]
+profile = "p"
+"#,
+            sip = setup.sip_port,
+            record = record.display(),
+            fake = setup.fake,
+            upstreams = setup.upstreams,
+            upstream = setup.upstream,
+            profile = setup.profile,
+        );
+        let env: Vec<(&str, &str)> = setup.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let daemon = Daemon::start_logged(&config, "info,sip_realtime_bridge=debug", &env, &log);
+        let mut bridge = Self {
+            daemon,
+            dir,
+            log,
+            record,
+            setup,
+        };
+        if let Ok(Some(status)) = bridge.daemon.child.try_wait() {
+            panic!("the daemon exited at once ({status}):\n{}", bridge.log_text());
+        }
+        common::wait_for_200(SocketAddr::from((LOCALHOST, bridge.setup.sip_port)));
+        bridge
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Writes the caller's audio for SIPp's rtp_stream (caller.ulaw in the SIPp directory).
+    fn caller_audio(&self, ulaw: &[u8]) {
+        std::fs::write(self.dir().join("caller.ulaw"), ulaw).unwrap();
+    }
+
+    fn sipp(&self, scenario: &str, extra: &[&str], limit: Duration) -> SippRun {
+        run_sipp(
+            self.dir(),
+            scenario,
+            self.setup.sip_port,
+            self.setup.sipp_port(),
+            extra,
+            limit,
+        )
+    }
+
+    fn capture(&self) -> Capture {
+        Capture::start(self.dir(), LOCALHOST, self.setup.rtp_range())
+    }
+
+    /// Stops the daemon (SIGTERM): its exit code, its log, and the fake's record (complete once
+    /// the daemon has exited).
+    fn stop(mut self) -> Stopped {
+        let exit = self.daemon.terminate();
+        let log = self.log_text();
+        let record = Record::load(&self.record);
+        Stopped {
+            exit,
+            log,
+            record,
+            _dir: self.dir,
+        }
+    }
+}
+
+struct Stopped {
+    exit: Option<i32>,
+    log: String,
+    record: Record,
+    _dir: tempfile::TempDir,
+}
+
+impl Stopped {
+    /// The daemon's log (end) and the fake's record, for failure messages.
+    fn report(&self) -> String {
+        let mut out = format!("daemon exit after SIGTERM: {:?}\n", self.exit);
+        for conn in self.record.connections() {
+            out += &format!("--- fake record, connection {conn} ---\n");
+            out += &self.record.summary(conn);
+        }
+        out += "--- daemon log, last 15 kB ---\n";
+        out += tail(&self.log, 15_000);
+        out
+    }
+
+    /// The one call record in the daemon's log (secondary evidence).
+    fn call_record(&self) -> Value {
+        let records = call_records(&self.log);
+        assert_eq!(
+            records.len(),
+            1,
+            "one \"call record\" log line expected\n{}",
+            self.report()
+        );
+        records[0].clone()
+    }
+}
+
+/// The RTP of one call in a capture: what SIPp sent to the bridge, what the bridge sent back.
+struct CallRtp {
+    to_bridge: Vec<Rtp>,
+    from_bridge: Vec<Rtp>,
+}
+
+fn call_rtp(datagrams: &[Datagram], sipp_port: u16, bridge_port: u16) -> CallRtp {
+    CallRtp {
+        to_bridge: rtp_packets(datagrams, |d| {
+            d.src.1 == sipp_port && d.dst.1 == bridge_port
+        }),
+        from_bridge: rtp_packets(datagrams, |d| {
+            d.src.1 == bridge_port && d.dst.1 == sipp_port
+        }),
+    }
+}
+
+/// The one call of a SIPp run: its RTP ports from the message trace.
+fn one_call_ports(run: &SippRun, report: &str) -> (u16, u16) {
+    let calls = media_ports(&parse_trace(&run.messages));
+    assert_eq!(calls.len(), 1, "one call with media: {calls:?}\n{report}");
+    (calls[0].1, calls[0].2)
+}
+
+fn unix_us(line: &Value) -> u64 {
+    line["unix_us"].as_u64().expect("unix_us")
+}
+
+fn now_unix_us() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap()
+}
+
+/// Where `needle` sits in `haystack`, if it does.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn secs(ms: u64) -> String {
+    format!("{ms}")
+}
+
+// --- a. G.711 passthrough ------------------------------------------------------------------------
+
+#[test]
+fn g711_passthrough_is_byte_exact() {
+    if !tools_present("g711_passthrough_is_byte_exact", &[SIPP, TCPDUMP]) {
+        return;
+    }
+    let mut setup = Setup::new(15061, 40000);
+    setup.fake = "record_audio = true";
+    setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
+    let bridge = Bridge::start(setup);
+    let mut caller = silence_ulaw(300);
+    caller.extend(speech_ulaw());
+    caller.extend(silence_ulaw(1000));
+    bridge.caller_audio(&caller);
+
+    let capture = bridge.capture();
+    let run = bridge.sipp("e2e_call", &["-m", "1", "-d", "5000"], Duration::from_secs(40));
+    let datagrams = capture.stop();
+    let stopped = bridge.stop();
+    let report = format!("{}\n{}", run.report(), stopped.report());
+    assert!(run.ok(), "SIPp failed\n{report}");
+
+    let (sipp_port, bridge_port) = one_call_ports(&run, &report);
+    let rtp = call_rtp(&datagrams, sipp_port, bridge_port);
+    // What SIPp sent, in sequence order (loopback does not reorder, but be exact about it).
+    let mut sent = rtp.to_bridge.clone();
+    sent.sort_by_key(|p| p.seq);
+    assert!(
+        sent.iter().all(|p| p.payload_type == 0 && p.payload.len() == 160),
+        "PCMU, 20 ms packets\n{report}"
+    );
+    let sent: Vec<u8> = sent.iter().flat_map(|p| p.payload.clone()).collect();
+    assert_eq!(
+        sent.len(),
+        caller.len(),
+        "SIPp sent the whole caller file once\n{report}"
+    );
+    assert!(sent == caller, "SIPp sent the file's bytes\n{report}");
+
+    let conns = stopped.record.connections();
+    assert_eq!(conns.len(), 1, "one upstream connection\n{report}");
+    let conn = *conns.first().unwrap();
+    let received = stopped.record.appended_audio(conn);
+    let at = find(&received, &sent).unwrap_or_else(|| {
+        panic!(
+            "the stream SIPp sent ({} bytes) is not in what the fake received ({} bytes) \
+             as one piece\n{report}",
+            sent.len(),
+            received.len()
+        )
+    });
+    let before = &received[..at];
+    let after = &received[at + sent.len()..];
+    assert!(
+        is_silence_ulaw(before) && is_silence_ulaw(after),
+        "only silence around the sent stream: {} bytes before, {} after\n{report}",
+        before.len(),
+        after.len()
+    );
+
+    // Secondary: the daemon's own account.
+    assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
+    let call = stopped.call_record();
+    assert_eq!(call["end_reason"], "caller_bye", "{call}");
+    assert_eq!(call["codec"], "PCMU", "{call}");
+    assert_eq!(call["caller_frames_dropped"], 0, "{call}");
+    assert!(
+        call["frames_to_model"].as_u64().unwrap() >= (sent.len() / 160) as u64,
+        "{call}"
+    );
+}
+
+// --- b. pcm16: a tone keeps its level and frequency ----------------------------------------------
+
+#[test]
+fn pcm16_tone_keeps_level_and_frequency() {
+    if !tools_present("pcm16_tone_keeps_level_and_frequency", &[SIPP]) {
+        return;
+    }
+    let mut setup = Setup::new(15062, 40200);
+    setup.fake = "record_audio = true";
+    setup.profile = "audio_format = \"pcm16\"".to_owned();
+    let bridge = Bridge::start(setup);
+    let tone = ulaw_encode(&sine(1000.0, -10.0, 2000, 8000));
+    let mut caller = silence_ulaw(300);
+    caller.extend(&tone);
+    caller.extend(silence_ulaw(1000));
+    bridge.caller_audio(&caller);
+
+    let run = bridge.sipp("e2e_call", &["-m", "1", "-d", "4000"], Duration::from_secs(40));
+    let stopped = bridge.stop();
+    let report = format!("{}\n{}", run.report(), stopped.report());
+    assert!(run.ok(), "SIPp failed\n{report}");
+    let conns = stopped.record.connections();
+    assert_eq!(conns.len(), 1, "one upstream connection\n{report}");
+    let received = pcm16le(&stopped.record.appended_audio(*conns.first().unwrap()));
+
+    // The source as sent: the mu-law tone decoded; both measured away from the edges.
+    let source = ulaw_decode(&tone);
+    let (start, end) = active_span(&received, 1000)
+        .unwrap_or_else(|| panic!("no tone in {} samples at 24 kHz\n{report}", received.len()));
+    let length_ms = (end - start) as f64 / 24.0;
+    assert!(
+        (length_ms - 2000.0).abs() <= 25.0,
+        "the whole 2000 ms tone arrived, not {length_ms:.1} ms\n{report}"
+    );
+    let steady = &received[start + 2400..end - 2400];
+    let level = db(rms(steady) / rms(&source[800..source.len() - 800]));
+    let hz = frequency(steady, 24_000.0);
+    println!("pcm16: level {level:+.2} dB, frequency {hz:.2} Hz, {length_ms:.1} ms");
+    assert!(
+        level.abs() <= 1.0,
+        "RMS {level:+.2} dB from the source\n{report}"
+    );
+    assert!(
+        (hz - 1000.0).abs() <= 10.0,
+        "frequency {hz:.2} Hz, not 1000 Hz within 1 %\n{report}"
+    );
+
+    assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
+    let call = stopped.call_record();
+    assert_eq!(call["audio_format"], "pcm16", "{call}");
+    assert_eq!(call["caller_frames_dropped"], 0, "{call}");
+}
+
+// --- c. the model's tone as baresip hears it -----------------------------------------------------
+
+const BARESIP_MODULES: &str = "/usr/lib/baresip/modules";
+
+/// A client for baresip's ctrl_tcp: netstring-framed JSON commands, responses and events.
+struct Ctrl {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    seen: Vec<Value>,
+}
+
+impl Ctrl {
+    fn connect(addr: SocketAddr) -> Self {
+        let start = Instant::now();
+        let stream = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "baresip's ctrl_tcp on {addr}: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, command: &str, params: &str) {
+        let json = serde_json::json!({ "command": command, "params": params, "token": command })
+            .to_string();
+        let frame = format!("{}:{json},", json.len());
+        self.stream.write_all(frame.as_bytes()).unwrap();
+    }
+
+    fn next(&mut self, deadline: Instant) -> Option<Value> {
+        loop {
+            if let Some(colon) = self.buf.iter().position(|&b| b == b':') {
+                let len: usize = std::str::from_utf8(&self.buf[..colon])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if self.buf.len() > colon + len + 1 {
+                    let body = self.buf[colon + 1..colon + 1 + len].to_vec();
+                    self.buf.drain(..colon + len + 2);
+                    let value: Value = serde_json::from_slice(&body).unwrap();
+                    self.seen.push(value.clone());
+                    return Some(value);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("ctrl_tcp: {e}"),
+            }
+        }
+    }
+
+    /// Sends a command; waits (up to `limit`) for its successful response and for `event`.
+    fn command(&mut self, command: &str, params: &str, event: &str, limit: Duration) -> bool {
+        self.send(command, params);
+        let deadline = Instant::now() + limit;
+        let (mut answered, mut happened) = (false, false);
+        while !(answered && happened) {
+            let Some(m) = self.next(deadline) else {
+                return false;
+            };
+            if m["response"] == true && m["token"] == command {
+                if m["ok"] != true {
+                    return false;
+                }
+                answered = true;
+            }
+            if m["event"] == true && m["type"] == event {
+                happened = true;
+            }
+        }
+        true
+    }
+}
+
+#[test]
+fn reply_tone_reaches_baresip_clean() {
+    if !tools_present("reply_tone_reaches_baresip_clean", &[BARESIP]) {
+        return;
+    }
+    let mut setup = Setup::new(15063, 40400);
+    setup.fake = r#"reply = { kind = "tone", frequency_hz = 440, duration_ms = 1500 }"#;
+    // The model speaks first; the caller stays silent (no barge-in).
+    setup.profile = "audio_format = \"g711_ulaw\"\ngreeting = \"Say hello.\"".to_owned();
+    let bridge = Bridge::start(setup);
+
+    let dir = bridge.dir().to_owned();
+    let conf = dir.join("baresip");
+    let sounds = dir.join("heard");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::create_dir(&sounds).unwrap();
+    let silence = dir.join("silence.wav");
+    write_wav(&silence, &vec![0; 8000 * 10], 8000);
+    std::fs::write(
+        conf.join("config"),
+        format!(
+            "poll_method epoll\n\
+             sip_listen 127.0.0.1:15163\n\
+             sip_trans_def udp\n\
+             net_interface lo\n\
+             audio_source aufile,{silence}\n\
+             audio_alert aufile,{silence}\n\
+             rtp_ports 40600-40699\n\
+             snd_path {sounds}\n\
+             module_path {BARESIP_MODULES}\n\
+             module g711.so\n\
+             module aufile.so\n\
+             module sndfile.so\n\
+             module_app account.so\n\
+             module_app menu.so\n\
+             module_app ctrl_tcp.so\n\
+             ctrl_tcp_listen 127.0.0.1:15263\n",
+            silence = silence.display(),
+            sounds = sounds.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("accounts"),
+        "<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n",
+    )
+    .unwrap();
+    std::fs::write(conf.join("contacts"), "").unwrap();
+    let baresip_log = dir.join("baresip.log");
+    let log = std::fs::File::create(&baresip_log).unwrap();
+    let mut baresip = Command::new("baresip")
+        .arg("-f")
+        .arg(&conf)
+        .args(["-4", "-s"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    let mut ctrl = Ctrl::connect(SocketAddr::from((LOCALHOST, 15263)));
+    let dial = "sip:echo@127.0.0.1:15063";
+    let established = ctrl.command("dial", dial, "CALL_ESTABLISHED", Duration::from_secs(15));
+    // The tone is 1.5 s from the answer; listen for 3 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let closed = established
+        && ctrl.command("hangup", "", "CALL_CLOSED", Duration::from_secs(5));
+    ctrl.send("quit", "");
+    let baresip_exit = wait_or_kill(&mut baresip, Duration::from_secs(5));
+    let stopped = bridge.stop();
+    let events: Vec<String> = ctrl.seen.iter().map(ToString::to_string).collect();
+    let report = format!(
+        "baresip exit {baresip_exit:?}\n--- ctrl_tcp ---\n{}\n--- baresip ---\n{}\n{}",
+        events.join("\n"),
+        tail(&std::fs::read_to_string(&baresip_log).unwrap_or_default(), 10_000),
+        stopped.report()
+    );
+    assert!(established && closed, "baresip's call failed\n{report}");
+
+    // sndfile writes what baresip sent (-enc) and what it heard (-dec).
+    let heard: Vec<PathBuf> = std::fs::read_dir(&sounds)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .collect();
+    assert_eq!(heard.len(), 1, "one recording of the call: {heard:?}\n{report}");
+    let (samples, rate) = read_wav(&heard[0]);
+    let rate_f = f64::from(rate);
+    let (start, end) = active_span(&samples, 300)
+        .unwrap_or_else(|| panic!("baresip heard no tone ({} samples)\n{report}", samples.len()));
+    let tone = &samples[start..end];
+    let length_ms = tone.len() as f64 * 1000.0 / rate_f;
+    let hz = frequency(tone, rate_f);
+    let peak = tone.iter().map(|s| s.unsigned_abs()).max().unwrap();
+    // The steepest step a 440 Hz sine of this peak takes between two samples, plus G.711's
+    // quantisation at that level (steps of 256 above 4096): anything beyond is a click.
+    let slope = f64::from(peak) * 2.0 * std::f64::consts::PI * 440.0 / rate_f;
+    let allowed = slope * 1.05 + 2.0 * 256.0;
+    let (worst_at, worst) = tone
+        .windows(2)
+        .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+        .enumerate()
+        .max_by_key(|&(_, d)| d)
+        .unwrap();
+    // A pure tone is near zero for one sample per crossing at most: runs are gaps.
+    let quiet = i32::from(peak) / 50;
+    let mut longest_quiet = 0;
+    let mut run = 0;
+    for &s in tone {
+        run = if i32::from(s).abs() <= quiet { run + 1 } else { 0 };
+        longest_quiet = longest_quiet.max(run);
+    }
+    println!(
+        "baresip heard {length_ms:.1} ms at {hz:.2} Hz, peak {peak}, largest step {worst} \
+         (allowed {allowed:.0}), longest quiet run {longest_quiet} samples, {rate} Hz WAV"
+    );
+    assert!(
+        (length_ms - 1500.0).abs() <= 40.0,
+        "tone of {length_ms:.1} ms, not 1500 +/- 40\n{report}"
+    );
+    assert!(
+        (hz - 440.0).abs() <= 4.4,
+        "pitch {hz:.2} Hz, not 440 within 1 %\n{report}"
+    );
+    assert!(
+        f64::from(worst) <= allowed,
+        "click: a step of {worst} at {:.1} ms into the tone (allowed {allowed:.0})\n{report}",
+        worst_at as f64 * 1000.0 / rate_f
+    );
+    assert!(
+        longest_quiet < 3,
+        "a gap of {longest_quiet} near-zero samples inside the tone\n{report}"
+    );
+    assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
+}
+
+// --- d. barge-in ---------------------------------------------------------------------------------
+
+/// Model frames: the bridge's non-silent PCMU payloads.
+fn model_frames(from_bridge: &[Rtp]) -> Vec<&Rtp> {
+    from_bridge
+        .iter()
+        .filter(|p| !is_silence_ulaw(&p.payload))
+        .collect()
+}
+
+#[test]
+fn barge_in_stops_playback_within_a_frame() {
+    if !tools_present("barge_in_stops_playback_within_a_frame", &[SIPP, TCPDUMP]) {
+        return;
+    }
+    let mut setup = Setup::new(15064, 40800);
+    setup.fake = r#"reply = { kind = "tone", frequency_hz = 440, duration_ms = 10000 }"#;
+    setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
+    let bridge = Bridge::start(setup);
+    // Speech; 0.5 s of silence ends the turn (VAD) and the 10 s reply starts; 2 s into it
+    // the caller speaks again.
+    let speech = speech_ulaw();
+    let mut caller = silence_ulaw(500);
+    caller.extend(&speech);
+    caller.extend(silence_ulaw(2500));
+    caller.extend(&speech);
+    caller.extend(silence_ulaw(1500));
+    bridge.caller_audio(&caller);
+    let call_ms = caller.len() / 8 + 500;
+
+    let capture = bridge.capture();
+    let run = bridge.sipp(
+        "e2e_call",
+        &["-m", "1", "-d", &secs(call_ms as u64)],
+        Duration::from_secs(40),
+    );
+    let datagrams = capture.stop();
+    let stopped = bridge.stop();
+    let report = format!("{}\n{}", run.report(), stopped.report());
+    assert!(run.ok(), "SIPp failed\n{report}");
+    let (sipp_port, bridge_port) = one_call_ports(&run, &report);
+    let rtp = call_rtp(&datagrams, sipp_port, bridge_port);
+    let record = &stopped.record;
+    let conns = record.connections();
+    assert_eq!(conns.len(), 1, "one upstream connection\n{report}");
+    let conn = *conns.first().unwrap();
+
+    // The fake's side: the reply, then the caller's speech during it.
+    let responses = record.events(conn, "out", "response.created");
+    assert!(!responses.is_empty(), "no reply\n{report}");
+    let reply_at = unix_us(responses[0]);
+    let next_reply_at = responses.get(1).map_or(u64::MAX, |r| unix_us(r));
+    let barge = record
+        .events(conn, "out", "input_audio_buffer.speech_started")
+        .into_iter()
+        .find(|e| unix_us(e) > reply_at)
+        .unwrap_or_else(|| panic!("no speech_started during the reply\n{report}"));
+    let barge_at = unix_us(barge);
+
+    // The capture's side: the model frames of the first reply, before and after the event.
+    let frames = model_frames(&rtp.from_bridge);
+    let before = frames.iter().filter(|p| p.unix_us <= barge_at).count();
+    let after: Vec<&&Rtp> = frames
+        .iter()
+        .filter(|p| p.unix_us > barge_at && p.unix_us < next_reply_at)
+        .collect();
+    let late_ms: Vec<f64> = after
+        .iter()
+        .map(|p| (p.unix_us - barge_at) as f64 / 1000.0)
+        .collect();
+    println!(
+        "barge-in: {before} model frames before speech_started, {} after (at {late_ms:?} ms)",
+        after.len()
+    );
+    assert!(
+        (50..=150).contains(&before),
+        "the caller spoke about 2 s into the reply: {before} frames had been played\n{report}"
+    );
+    assert!(
+        after.len() <= 1,
+        "{} model frames left the bridge after the fake sent speech_started (at {late_ms:?} ms \
+         after it)\n{report}",
+        after.len()
+    );
+
+    // The truncate: as much as was played, and accepted.
+    let sent_ms = (before + after.len()) as i64 * 20;
+    let truncates = record.events(conn, "in", "conversation.item.truncate");
+    assert_eq!(truncates.len(), 1, "one truncate\n{report}");
+    let truncate = truncates[0];
+    assert!(unix_us(truncate) > barge_at, "truncate after the barge-in\n{report}");
+    let audio_end_ms = truncate["event"]["audio_end_ms"].as_i64().unwrap();
+    assert!(
+        (audio_end_ms - sent_ms).abs() <= 20,
+        "truncate audio_end_ms {audio_end_ms}, but {sent_ms} ms of model audio were sent\n{report}"
+    );
+    let reply = record
+        .of(conn, "out")
+        .filter(|l| unix_us(l) >= unix_us(truncate))
+        .find(|l| {
+            let kind = l["event"]["type"].as_str().unwrap_or("");
+            kind == "error" || kind == "conversation.item.truncated"
+        })
+        .unwrap_or_else(|| panic!("no answer to the truncate\n{report}"));
+    assert_eq!(
+        reply["event"]["type"], "conversation.item.truncated",
+        "the fake refused the truncate: {}\n{report}",
+        reply["event"]
+    );
+    assert_eq!(
+        reply["event"]["item_id"], truncate["event"]["item_id"],
+        "{report}"
+    );
+
+    assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
+    let call = stopped.call_record();
+    assert!(call["barge_ins"].as_u64().unwrap() >= 1, "{call}");
+    assert!(call["frames_after_barge_in"].as_u64().unwrap() <= 1, "{call}");
+    assert_eq!(call["truncate_errors"], 0, "{call}");
+}
+
+// --- e. interrupt_response = false ---------------------------------------------------------------
+
+#[test]
+fn interrupt_response_false_plays_the_whole_reply() {
+    if !tools_present("interrupt_response_false_plays_the_whole_reply", &[SIPP, TCPDUMP]) {
+        return;
+    }
+    let mut setup = Setup::new(15065, 41000);
+    setup.fake = r#"reply = { kind = "tone", frequency_hz = 440, duration_ms = 10000 }"#;
+    // The greeting is the 10 s reply; the caller's turn must neither cut it nor start another.
+    setup.profile = "audio_format = \"g711_ulaw\"\ngreeting = \"Say hello.\"\n\
+                     turn_detection = { type = \"server_vad\", interrupt_response = false, \
+                     create_response = false }"
+        .to_owned();
+    let bridge = Bridge::start(setup);
+    let mut caller = silence_ulaw(2000);
+    caller.extend(speech_ulaw());
+    caller.extend(silence_ulaw(1000));
+    bridge.caller_audio(&caller);
+
+    let capture = bridge.capture();
+    let run = bridge.sipp("e2e_call", &["-m", "1", "-d", "11500"], Duration::from_secs(40));
+    let datagrams = capture.stop();
+    let stopped = bridge.stop();
+    let report = format!("{}\n{}", run.report(), stopped.report());
+    assert!(run.ok(), "SIPp failed\n{report}");
+    let (sipp_port, bridge_port) = one_call_ports(&run, &report);
+    let rtp = call_rtp(&datagrams, sipp_port, bridge_port);
+    let record = &stopped.record;
+    let conns = record.connections();
+    assert_eq!(conns.len(), 1, "one upstream connection\n{report}");
+    let conn = *conns.first().unwrap();
+
+    let frames = model_frames(&rtp.from_bridge);
+    assert!(!frames.is_empty(), "no model audio reached SIPp\n{report}");
+    let (first, last) = (frames[0].unix_us, frames[frames.len() - 1].unix_us);
+    let spoke = record
+        .events(conn, "out", "input_audio_buffer.speech_started")
+        .iter()
+        .map(|e| unix_us(e))
+        .find(|&t| t > first && t < last);
+    let gaps = rtp
+        .from_bridge
+        .iter()
+        .filter(|p| p.unix_us > first && p.unix_us < last && is_silence_ulaw(&p.payload))
+        .count();
+    println!(
+        "interrupt_response=false: {} model frames, {gaps} silent frames among them",
+        frames.len()
+    );
+    assert!(
+        spoke.is_some(),
+        "the fake detected no caller speech during the reply\n{report}"
+    );
+    assert!(
+        frames.len().abs_diff(500) <= 1,
+        "{} model frames, not the whole 10 s reply (500)\n{report}",
+        frames.len()
+    );
+    assert_eq!(gaps, 0, "the reply was not played straight through\n{report}");
+    for kind in ["conversation.item.truncate", "response.cancel"] {
+        assert!(
+            record.events(conn, "in", kind).is_empty(),
+            "the bridge sent {kind}\n{report}"
+        );
+    }
+
+    assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
+    let call = stopped.call_record();
+    assert_eq!(call["truncates"], 0, "{call}");
+}
+
+// --- f. upstream failures ------------------------------------------------------------------------
+
+/// A TCP listener on 127.0.0.1 standing in for a realtime service: each accepted connection
+/// is answered by `answer` (on a thread of its own); returns the port and the accept times.
+fn stand_in_upstream(
+    answer: fn(TcpStream),
+) -> (u16, Arc<Mutex<Vec<u64>>>, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&accepted);
+    // Bounded: the listener lives 30 s at most.
+    let thread = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    seen.lock().unwrap().push(now_unix_us());
+                    stream.set_nonblocking(false).unwrap();
+                    std::thread::spawn(move || answer(stream));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    (port, accepted, thread)
+}
+
+/// Reads the upgrade request and never answers (until the peer goes, or 20 s).
+fn never_answer(mut stream: TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// Answers the upgrade request with 401 and OpenAI's error body.
+fn answer_401(mut stream: TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    let body = r#"{"error":{"message":"Incorrect API key provided: sk-e2e***","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+    let response = format!(
+        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+}
+
+fn openai_upstream(port: u16) -> String {
+    format!(
+        "[upstreams.remote]\nkind = \"openai\"\napi_key_env = \"E2E_API_KEY\"\n\
+         url = \"ws://127.0.0.1:{port}/v1/realtime\"\n"
+    )
+}
+
+#[test]
+fn cancel_while_the_upstream_connects_gets_487() {
+    if !tools_present("cancel_while_the_upstream_connects_gets_487", &[SIPP]) {
+        return;
+    }
+    let (port, accepted, _listener) = stand_in_upstream(never_answer);
+    let mut setup = Setup::new(15066, 41200);
+    setup.upstream = "remote";
+    setup.upstreams = openai_upstream(port);
+    setup.env = vec![("E2E_API_KEY", "sk-e2e-test-key".to_owned())];
+    let bridge = Bridge::start(setup);
+    let started = now_unix_us();
+    let run = bridge.sipp("e2e_cancel", &["-m", "1"], Duration::from_secs(30));
+    let stopped = bridge.stop();
+    let report = format!("{}\n{}", run.report(), stopped.report());
+    assert!(run.ok(), "SIPp failed\n{report}");
+    assert!(
+        run.actions.contains("outcome: 200 to the CANCEL, 487 to the INVITE"),
+        "{report}"
+    );
+    // The CANCEL came while the bridge was connecting: the stand-in saw the connection.
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.iter().any(|&t| t >= started),
+        "the bridge never connected to its upstream\n{report}"
+    );
+
+    assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
+    let call = stopped.call_record();
+    assert_eq!(call["end_reason"], "cancelled", "{call}");
+}
+
+#[test]
+fn upstream_401_gets_503_with_retry_after() {
+    if !tools_present("upstream_401_gets_503_with_retry_after", &[SIPP]) {
+        return;
+    }
+    let (port, accepted, _listener) = stand_in_upstream(answer_401);
+    let mut setup = Setup::new(15067, 41400);
+    setup.upstream = "remote";
+    setup.upstreams = openai_upstream(port);
+    setup.env = vec![("E2E_API_KEY", "sk-e2e-test-key".to_owned())];
+    let bridge = Bridge::start(setup);
+    let run = bridge.sipp("e2e_refused", &["-m", "1"], Duration::from_secs(30));
+    let stopped = bridge.stop();
+    let report = format!("{}\n{}", run.report(), stopped.report());
+    assert!(run.ok(), "SIPp failed\n{report}");
+    assert!(run.actions.contains("503 Retry-After: "), "{report}");
+    assert!(
+        !accepted.lock().unwrap().is_empty(),
+        "the bridge never connected to its upstream\n{report}"
+    );
+    assert!(
+        !stopped.log.contains("sk-e2e-test-key"),
+        "the API key is in the log\n{report}"
+    );
+
+    assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
+    let call = stopped.call_record();
+    assert_eq!(call["end_reason"], "upstream_failed", "{call}");
+}
+
+#[test]
+fn upstream_close_ends_the_call_with_a_reason() {
+    if !tools_present("upstream_close_ends_the_call_with_a_reason", &[SIPP]) {
+        return;
+    }
+    let mut setup = Setup::new(15068, 41600);
+    setup.fake = r#"session_max_duration = "3s""#;
+    setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
+    let bridge = Bridge::start(setup);
+    let mut caller = speech_ulaw();
+    caller.extend(silence_ulaw(1000));
+    bridge.caller_audio(&caller);
+    let run = bridge.sipp("e2e_upstream_drop", &["-m", "1"], Duration::from_secs(30));
+    let stopped = bridge.stop();
+    let report = format!("{}\n{}", run.report(), stopped.report());
+    assert!(run.ok(), "SIPp failed\n{report}");
+    let reason = run
+        .actions
+        .lines()
+        .find_map(|l| l.strip_prefix("BYE Reason: "))
+        .unwrap_or_else(|| panic!("no Reason logged\n{report}"));
+    println!("BYE Reason: {reason}");
+    // The fake closed the session (1001) before the bridge hung up.
+    let conns = stopped.record.connections();
+    assert_eq!(conns.len(), 1, "one upstream connection\n{report}");
+    let closed = stopped
+        .record
+        .of(*conns.first().unwrap(), "out")
+        .find(|l| l.get("close").is_some())
+        .unwrap_or_else(|| panic!("the fake did not close\n{report}"));
+    assert_eq!(closed["close"]["code"], 1001, "{report}");
+
+    assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
+    let call = stopped.call_record();
+    assert_eq!(call["end_reason"], "upstream_closed", "{call}");
+}
+
+// --- g. load -------------------------------------------------------------------------------------
+
+#[test]
+fn twenty_calls_for_thirty_seconds_lose_no_frame() {
+    if !tools_present("twenty_calls_for_thirty_seconds_lose_no_frame", &[SIPP, TCPDUMP]) {
+        return;
+    }
+    const CALLS: usize = 20;
+    let mut setup = Setup::new(15069, 41800);
+    setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
+    let bridge = Bridge::start(setup);
+    let mut caller = speech_ulaw();
+    caller.extend(silence_ulaw(1000));
+    bridge.caller_audio(&caller);
+
+    let capture = bridge.capture();
+    let run = bridge.sipp(
+        "e2e_load",
+        &["-m", "20", "-l", "20", "-r", "20", "-d", "30000"],
+        Duration::from_secs(60),
+    );
+    let datagrams = capture.stop();
+    let stopped = bridge.stop();
+    let report = format!("{}\n{}", run.report(), stopped.report());
+    assert!(run.ok(), "SIPp failed\n{report}");
+    let calls = media_ports(&parse_trace(&run.messages));
+    assert_eq!(calls.len(), CALLS, "calls with media\n{report}");
+
+    // Per call: the frames SIPp sent to the bridge (capture) and the bytes the fake received.
+    let mut sent: Vec<usize> = calls
+        .iter()
+        .map(|(_, sipp_port, bridge_port)| {
+            call_rtp(&datagrams, *sipp_port, *bridge_port)
+                .to_bridge
+                .iter()
+                .map(|p| p.payload.len())
+                .sum()
+        })
+        .collect();
+    let conns = stopped.record.connections();
+    assert_eq!(conns.len(), CALLS, "one upstream connection per call\n{report}");
+    let mut received: Vec<usize> = conns
+        .iter()
+        .map(|&c| stopped.record.appended_bytes(c))
+        .collect();
+    sent.sort_unstable();
+    received.sort_unstable();
+    println!("load: bytes sent per call {sent:?}\nbytes received per call {received:?}");
+    // 30 s of 8 kHz mu-law is 240000 bytes; the BYE comes 30 s after the stream started.
+    for &bytes in &received {
+        assert!(
+            (236_000..=244_000).contains(&bytes),
+            "a call's model received {bytes} bytes, not 30 s of audio\n{report}"
+        );
+    }
+    // What each call sent arrived, less at most the frames still in flight at the BYE.
+    for (s, r) in sent.iter().zip(&received) {
+        assert!(
+            r <= s && s - r <= 2 * 160,
+            "sent {s} bytes, the model received {r}\nsent {sent:?}\nreceived {received:?}\n{report}"
+        );
+    }
+
+    assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
+    let records = call_records(&stopped.log);
+    assert_eq!(records.len(), CALLS, "call records\n{report}");
+    for call in &records {
+        assert_eq!(call["end_reason"], "caller_bye", "{call}");
+        assert_eq!(call["caller_frames_dropped"], 0, "{call}");
+    }
+}
