@@ -1,12 +1,17 @@
-//! The audio bridge of one call, sans-IO: caller G.711 frames go up to the Realtime session,
-//! the model's audio comes down re-framed into the playout [`Pacer`], and barge-in stops
-//! playback at once with an exact account of what the caller heard.
+//! The audio bridge of one call, sans-IO: caller frames (G.711 or Opus) go up to the Realtime
+//! session, the model's audio comes down re-framed (and for Opus encoded) into the playout
+//! [`Pacer`], and barge-in stops playback at once with an exact account of what the caller
+//! heard.
 //!
 //! ## What it owns
 //!
 //! One realtime [`Session`] (the WebSocket protocol state) and one [`Pacer`] (the paced RTP
 //! clock with the per-item account barge-in needs), for a call whose RTP codec is G.711 (PCMU
-//! or PCMA; Opus comes later). The shell feeds it WebSocket text
+//! or PCMA: [`AudioBridge::new`], [`AudioBridge::with_session`]) or Opus
+//! ([`AudioBridge::opus`]: 48 kHz RTP clock, 24 kHz mono on our side, see
+//! [`crate::audio::opus`]). The WebSocket format is the profile's, resolved for the call's
+//! codec ([`AudioFormat::for_codec`]: `auto` is G.711 passthrough on a G.711 call and `pcm16`
+//! on an Opus call). The shell feeds it WebSocket text
 //! ([`AudioBridge::handle_ws_text`]), received RTP frames
 //! ([`AudioBridge::handle_caller_frame`]) and timer expiries
 //! ([`AudioBridge::handle_timeout`]), then drains [`AudioBridge::poll_ws_transmit`],
@@ -15,8 +20,8 @@
 //!
 //! ## Caller side
 //!
-//! Every 20 ms frame from the receiver (concealment included, so the service's VAD sees a
-//! continuous clock) becomes one `input_audio_buffer.append`:
+//! Every frame from the receiver (concealment included, so the service's VAD sees a
+//! continuous clock) becomes one `input_audio_buffer.append`. On a G.711 call:
 //!
 //! - profile format is the call's G.711 law: the octets go through untouched (no decode, no
 //!   re-encode: bit-exact);
@@ -24,19 +29,32 @@
 //!   little-endian s16;
 //! - profile format is the other G.711 law: decode and re-encode.
 //!
+//! On an Opus call each frame is an Opus packet, or an empty payload where the receiver lost
+//! one: the decoder turns it into 24 kHz samples (480 per 20 ms), concealing (PLC) an empty or
+//! corrupt payload ([`BridgeStats::caller_frames_concealed`]). With `pcm16` they are sent as
+//! little-endian s16 (no resampling at all); with a G.711 format they are resampled 24 kHz ->
+//! 8 kHz and encoded (160 octets per 20 ms).
+//!
 //! Frames before the session is ready are dropped and counted (the service would read them in
 //! its default format).
 //!
 //! ## Model side
 //!
 //! Audio deltas come in any size (never assume multiples of a frame; a pcm16 delta may even
-//! split a sample). They are converted to the call's G.711 law (24 kHz -> 8 kHz and encode for
-//! `pcm16`, transcode for the other law, as is for the same law) and accumulated per content
-//! part `(response_id, item_id, content_index)`; every full 20 ms (160 octets) is pushed to the
-//! pacer. `AudioDone` (or a delta of another part: the model streams one part at a time)
-//! pads the remainder with silence and pushes it with its real duration
-//! ([`Pacer::push_partial_frame`]), so a truncate never claims padding, then
-//! [`Pacer::finish_part`].
+//! split a sample). They are accumulated per content part `(response_id, item_id,
+//! content_index)` as what the call's frames are made of, and every full packet time is
+//! pushed to the pacer:
+//!
+//! - G.711 call: octets of the call's law (24 kHz -> 8 kHz and encode for `pcm16`, transcode
+//!   for the other law, as is for the same law); a frame is 160 octets per 20 ms;
+//! - Opus call: 24 kHz samples (as is for `pcm16`; decode and 8 kHz -> 24 kHz for a G.711
+//!   format); a frame is 480 samples per 20 ms, encoded into one Opus packet.
+//!
+//! `AudioDone` (or a delta of another part: the model streams one part at a time) pads the
+//! remainder with silence (G.711 silence octets, or zero samples before encoding) and pushes
+//! it with its real duration, rounded down ([`Pacer::push_partial_frame`]), so a truncate
+//! never claims padding, then [`Pacer::finish_part`]. The pacer counts durations in
+//! milliseconds, whatever the RTP clock.
 //!
 //! ## Barge-in (design.md section 3)
 //!
@@ -68,6 +86,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::audio::opus::{self, EncoderConfig, FrameDuration, OpusDecoder, OpusEncoder, OpusError};
 use crate::audio::{Downsampler24To8, G711Law, Upsampler8To24};
 use crate::config::{AudioFormat, ProfileConfig};
 use crate::realtime::{
@@ -76,6 +95,7 @@ use crate::realtime::{
 use crate::rtp::playout::{
     AudioPart, BargeInAction, FlushedItem, PCMA_SILENCE, PCMU_SILENCE, Pacer, PlayoutEvent,
 };
+use crate::sip::sdp::Codec;
 
 /// Interrupted responses remembered (their late deltas are dropped).
 const INTERRUPTED_RESPONSES: usize = 32;
@@ -91,6 +111,21 @@ pub enum BridgeError {
         /// The pacer's clock rate.
         clock_rate: u32,
     },
+    /// The pacer of an Opus call does not run at the 48 kHz RTP clock of Opus.
+    #[error("the pacer runs at {clock_rate} Hz, not the 48 kHz RTP clock of Opus")]
+    NotOpus {
+        /// The pacer's clock rate.
+        clock_rate: u32,
+    },
+    /// The packet time of an Opus call is not one the encoder produces (10, 20, 40, 60 ms).
+    #[error("no Opus frames of {ptime:?}")]
+    OpusPtime {
+        /// The pacer's packet time.
+        ptime: Duration,
+    },
+    /// libopus refused to create the encoder or decoder.
+    #[error(transparent)]
+    Opus(#[from] OpusError),
 }
 
 /// Why the realtime session ended.
@@ -177,11 +212,14 @@ pub struct BridgeStats {
     pub caller_frames_dropped: u64,
     /// Caller frames appended to the session's input buffer.
     pub caller_frames_appended: u64,
+    /// Opus calls: caller frames the decoder concealed (lost frames the receiver handed over
+    /// empty, and corrupt packets); they are appended like any other.
+    pub caller_frames_concealed: u64,
     /// Model frames queued in the pacer (a padded last frame counts as one).
     pub model_frames_queued: u64,
     /// Model frames sent as RTP.
     pub model_frames_sent: u64,
-    /// Model frames the pacer refused (never expected for G.711).
+    /// Model frames the pacer or the Opus encoder refused (never expected).
     pub model_frames_rejected: u64,
     /// Audio deltas of interrupted responses, dropped.
     pub late_deltas_dropped: u64,
@@ -210,26 +248,64 @@ pub struct BridgeStats {
 /// Audio of one content part on its way to the pacer.
 struct Assembly {
     part: AudioPart,
-    /// Encoded G.711 octets not yet a whole frame.
+    /// G.711 calls: octets of the call's law not yet a whole frame.
     encoded: Vec<u8>,
+    /// Opus calls: 24 kHz samples not yet a whole frame.
+    pcm: Vec<i16>,
     /// pcm16: the first byte of a sample split between two deltas.
     odd_byte: Option<u8>,
     /// Frames of this part pushed to the pacer.
     frames_pushed: u64,
 }
 
-/// The audio path of one G.711 call. See the module documentation.
+/// The call's RTP codec, with the conversion state of both directions.
+enum CallCodec {
+    /// PCMU or PCMA.
+    G711(G711Path),
+    /// Opus at 24 kHz on our side.
+    Opus(Box<OpusPath>),
+}
+
+struct G711Path {
+    law: G711Law,
+    /// Caller side of a pcm16 session: 8 -> 24 kHz.
+    upsampler: Upsampler8To24,
+    /// Model side of a pcm16 session: 24 -> 8 kHz.
+    downsampler: Downsampler24To8,
+}
+
+struct OpusPath {
+    decoder: OpusDecoder,
+    encoder: OpusEncoder,
+    /// Caller side of a G.711 session: 24 -> 8 kHz.
+    downsampler: Downsampler24To8,
+    /// Model side of a G.711 session: 8 -> 24 kHz.
+    upsampler: Upsampler8To24,
+}
+
+impl CallCodec {
+    /// Forgets the model side's resampler history: after a flush the next audio is another
+    /// response's, and must not start with the tail of the interrupted one.
+    fn reset_model_side(&mut self) {
+        match self {
+            CallCodec::G711(path) => path.downsampler.reset(),
+            CallCodec::Opus(path) => path.upsampler.reset(),
+        }
+    }
+}
+
+/// The audio path of one call (G.711 or Opus). See the module documentation.
 pub struct AudioBridge {
     session: Session,
     pacer: Pacer,
-    law: G711Law,
+    codec: CallCodec,
     format: AudioFormat,
     interrupt_response: bool,
+    /// One packet time of model audio as it is assembled: G.711 octets, or 24 kHz samples for
+    /// Opus.
     frame_len: usize,
     frame_ms: u64,
 
-    upsampler: Upsampler8To24,
-    downsampler: Downsampler24To8,
     pcm: Vec<i16>,
     pcm24: Vec<i16>,
     bytes: Vec<u8>,
@@ -247,6 +323,7 @@ pub struct AudioBridge {
 impl AudioBridge {
     /// A bridge for a call whose RTP uses `law`, with a new session for `profile` (connected,
     /// or connecting, at `now`) and `pacer` (configured for that law: payload type, silence).
+    /// The session is configured with the profile's format resolved for the call's codec.
     pub fn new(
         profile: &ProfileConfig,
         dialect: Dialect,
@@ -254,11 +331,15 @@ impl AudioBridge {
         pacer: Pacer,
         now: Instant,
     ) -> Result<AudioBridge, BridgeError> {
-        let session = Session::new(profile, dialect, now);
+        let mut resolved = profile.clone();
+        resolved.audio_format = profile.audio_format.for_codec(g711_codec(law));
+        let session = Session::new(&resolved, dialect, now);
         AudioBridge::with_session(profile, session, law, pacer)
     }
 
-    /// A bridge around an existing `session` (for a custom setup timeout, say).
+    /// A bridge around an existing `session` (for a custom setup timeout, say). Build
+    /// `session` from a profile whose format is resolved for the call
+    /// ([`AudioFormat::for_codec`]), as [`AudioBridge::new`] does, so both agree.
     pub fn with_session(
         profile: &ProfileConfig,
         session: Session,
@@ -270,20 +351,85 @@ impl AudioBridge {
             return Err(BridgeError::NotG711 { clock_rate });
         }
         let frame_len = usize::try_from(pacer.samples_per_frame()).unwrap_or(usize::MAX);
-        let frame_ms = u64::try_from(pacer.config().ptime.as_millis()).unwrap_or(u64::MAX);
-        Ok(AudioBridge {
+        let path = G711Path {
+            law,
+            upsampler: Upsampler8To24::new(),
+            downsampler: Downsampler24To8::new(),
+        };
+        Ok(AudioBridge::assemble(
+            profile,
             session,
             pacer,
-            law,
-            format: profile.audio_format.for_codec(match law {
-                G711Law::Ulaw => crate::sip::sdp::Codec::Pcmu,
-                G711Law::Alaw => crate::sip::sdp::Codec::Pcma,
-            }),
+            CallCodec::G711(path),
+            profile.audio_format.for_codec(g711_codec(law)),
+            frame_len,
+        ))
+    }
+
+    /// A bridge for an Opus call around `session`, with `pacer` configured by
+    /// [`PacerConfig::for_negotiated`](crate::rtp::playout::PacerConfig::for_negotiated) for
+    /// the negotiated Opus stream (48 kHz RTP clock,
+    /// [`OPUS_SILENCE`](crate::rtp::playout::OPUS_SILENCE)). The WebSocket format
+    /// is `profile.audio_format` resolved for Opus (`auto` is `pcm16`); build `session` from a
+    /// profile carrying that resolved format so both agree. The packet time must be one the
+    /// encoder produces (10, 20, 40 or 60 ms).
+    pub fn opus(
+        profile: &ProfileConfig,
+        session: Session,
+        pacer: Pacer,
+    ) -> Result<AudioBridge, BridgeError> {
+        let clock_rate = pacer.config().clock_rate;
+        if clock_rate != opus::RTP_CLOCK_RATE {
+            return Err(BridgeError::NotOpus { clock_rate });
+        }
+        let ptime = pacer.config().ptime;
+        let frame = [
+            FrameDuration::Ms10,
+            FrameDuration::Ms20,
+            FrameDuration::Ms40,
+            FrameDuration::Ms60,
+        ]
+        .into_iter()
+        .find(|frame| Duration::from_millis(u64::from(frame.millis())) == ptime)
+        .ok_or(BridgeError::OpusPtime { ptime })?;
+        let encoder = OpusEncoder::new(EncoderConfig {
+            frame,
+            ..EncoderConfig::default()
+        })?;
+        let frame_len = encoder.frame_samples();
+        let path = OpusPath {
+            decoder: OpusDecoder::new()?,
+            encoder,
+            downsampler: Downsampler24To8::new(),
+            upsampler: Upsampler8To24::new(),
+        };
+        Ok(AudioBridge::assemble(
+            profile,
+            session,
+            pacer,
+            CallCodec::Opus(Box::new(path)),
+            profile.audio_format.for_codec(Codec::Opus),
+            frame_len,
+        ))
+    }
+
+    fn assemble(
+        profile: &ProfileConfig,
+        session: Session,
+        pacer: Pacer,
+        codec: CallCodec,
+        format: AudioFormat,
+        frame_len: usize,
+    ) -> AudioBridge {
+        let frame_ms = u64::try_from(pacer.config().ptime.as_millis()).unwrap_or(u64::MAX);
+        AudioBridge {
+            session,
+            pacer,
+            codec,
+            format,
             interrupt_response: profile.turn_detection.interrupt_response(),
             frame_len,
             frame_ms,
-            upsampler: Upsampler8To24::new(),
-            downsampler: Downsampler24To8::new(),
             pcm: Vec::new(),
             pcm24: Vec::new(),
             bytes: Vec::new(),
@@ -293,7 +439,7 @@ impl AudioBridge {
             ended: false,
             events: VecDeque::new(),
             stats: BridgeStats::default(),
-        })
+        }
     }
 
     /// The realtime session, for commands (`create_response` for a greeting, tool outputs).
@@ -316,6 +462,11 @@ impl AudioBridge {
         &self.pacer
     }
 
+    /// The format on the WebSocket: the profile's, resolved for the call's codec.
+    pub fn audio_format(&self) -> AudioFormat {
+        self.format
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> BridgeStats {
         BridgeStats {
@@ -326,36 +477,64 @@ impl AudioBridge {
 
     // ---- caller side ------------------------------------------------------------------------
 
-    /// One 20 ms frame of caller audio (the RTP payload in the call's G.711 law; concealed
-    /// frames too). See the module documentation.
+    /// One frame of caller audio: the RTP payload in the call's codec. For G.711 the receiver
+    /// hands concealed frames over as payloads too; for Opus it hands over an empty payload
+    /// for a lost frame, which the decoder conceals (as it does a corrupt packet). See the
+    /// module documentation.
     pub fn handle_caller_frame(&mut self, _now: Instant, payload: &[u8]) {
         self.stats.caller_frames_in += 1;
         if !self.session.is_ready() {
             self.stats.caller_frames_dropped += 1;
             return;
         }
-        match (self.format, self.law) {
-            // `Auto` was resolved at construction; on a G.711 call it is passthrough.
-            (AudioFormat::G711Ulaw, G711Law::Ulaw)
-            | (AudioFormat::G711Alaw, G711Law::Alaw)
-            | (AudioFormat::Auto, _) => {
-                self.session.append_audio(payload);
-            }
-            (AudioFormat::Pcm16, law) => {
-                self.pcm.clear();
+        match &mut self.codec {
+            CallCodec::G711(path) => match (self.format, path.law) {
+                // `Auto` was resolved at construction; on a G.711 call it is passthrough.
+                (AudioFormat::G711Ulaw, G711Law::Ulaw)
+                | (AudioFormat::G711Alaw, G711Law::Alaw)
+                | (AudioFormat::Auto, _) => {
+                    self.session.append_audio(payload);
+                }
+                (AudioFormat::Pcm16, law) => {
+                    self.pcm.clear();
+                    self.pcm24.clear();
+                    self.bytes.clear();
+                    law.decode_into(payload, &mut self.pcm);
+                    path.upsampler.process(&self.pcm, &mut self.pcm24);
+                    self.bytes
+                        .extend(self.pcm24.iter().flat_map(|sample| sample.to_le_bytes()));
+                    self.session.append_audio(&self.bytes);
+                }
+                (AudioFormat::G711Ulaw, G711Law::Alaw) | (AudioFormat::G711Alaw, G711Law::Ulaw) => {
+                    self.pcm.clear();
+                    self.bytes.clear();
+                    path.law.decode_into(payload, &mut self.pcm);
+                    other_law(path.law).encode_into(&self.pcm, &mut self.bytes);
+                    self.session.append_audio(&self.bytes);
+                }
+            },
+            CallCodec::Opus(path) => {
                 self.pcm24.clear();
+                let corrupt_before = path.decoder.stats().corrupt;
+                if payload.is_empty() {
+                    path.decoder.conceal(&mut self.pcm24);
+                } else {
+                    path.decoder.decode_or_conceal(payload, &mut self.pcm24);
+                }
+                if payload.is_empty() || path.decoder.stats().corrupt > corrupt_before {
+                    self.stats.caller_frames_concealed += 1;
+                }
                 self.bytes.clear();
-                law.decode_into(payload, &mut self.pcm);
-                self.upsampler.process(&self.pcm, &mut self.pcm24);
-                self.bytes
-                    .extend(self.pcm24.iter().flat_map(|sample| sample.to_le_bytes()));
-                self.session.append_audio(&self.bytes);
-            }
-            (AudioFormat::G711Ulaw, G711Law::Alaw) | (AudioFormat::G711Alaw, G711Law::Ulaw) => {
-                self.pcm.clear();
-                self.bytes.clear();
-                self.law.decode_into(payload, &mut self.pcm);
-                other_law(self.law).encode_into(&self.pcm, &mut self.bytes);
+                match session_law(self.format) {
+                    Some(law) => {
+                        self.pcm.clear();
+                        path.downsampler.process(&self.pcm24, &mut self.pcm);
+                        law.encode_into(&self.pcm, &mut self.bytes);
+                    }
+                    None => self
+                        .bytes
+                        .extend(self.pcm24.iter().flat_map(|sample| sample.to_le_bytes())),
+                }
                 self.session.append_audio(&self.bytes);
             }
         }
@@ -518,71 +697,100 @@ impl AudioBridge {
         let mut assembly = self.assembly.take().unwrap_or_else(|| Assembly {
             part,
             encoded: Vec::new(),
+            pcm: Vec::new(),
             odd_byte: None,
             frames_pushed: 0,
         });
-        self.encode_model_audio(&mut assembly, audio);
+        self.convert_model_audio(&mut assembly, audio);
         self.push_whole_frames(&mut assembly);
         self.assembly = Some(assembly);
     }
 
-    /// Converts model audio in the profile's format to the call's law, appending to the
-    /// assembly.
-    fn encode_model_audio(&mut self, assembly: &mut Assembly, audio: &[u8]) {
-        match (self.format, self.law) {
-            // `Auto` was resolved at construction; on a G.711 call it is passthrough.
-            (AudioFormat::G711Ulaw, G711Law::Ulaw)
-            | (AudioFormat::G711Alaw, G711Law::Alaw)
-            | (AudioFormat::Auto, _) => {
-                assembly.encoded.extend_from_slice(audio);
-            }
-            (AudioFormat::G711Ulaw, G711Law::Alaw) | (AudioFormat::G711Alaw, G711Law::Ulaw) => {
-                self.pcm.clear();
-                other_law(self.law).decode_into(audio, &mut self.pcm);
-                self.law.encode_into(&self.pcm, &mut assembly.encoded);
-            }
-            (AudioFormat::Pcm16, law) => {
-                self.pcm24.clear();
-                let mut rest = audio;
-                if let Some(low) = assembly.odd_byte.take()
-                    && let Some((&high, tail)) = rest.split_first()
-                {
-                    self.pcm24.push(i16::from_le_bytes([low, high]));
-                    rest = tail;
+    /// Converts model audio in the profile's format to what the call's frames are made of,
+    /// appending to the assembly: octets of the call's law (G.711), 24 kHz samples (Opus).
+    fn convert_model_audio(&mut self, assembly: &mut Assembly, audio: &[u8]) {
+        match &mut self.codec {
+            CallCodec::G711(path) => match (self.format, path.law) {
+                // `Auto` was resolved at construction; on a G.711 call it is passthrough.
+                (AudioFormat::G711Ulaw, G711Law::Ulaw)
+                | (AudioFormat::G711Alaw, G711Law::Alaw)
+                | (AudioFormat::Auto, _) => {
+                    assembly.encoded.extend_from_slice(audio);
                 }
-                let mut samples = rest.chunks_exact(2);
-                self.pcm24.extend((&mut samples).map(|pair| match pair {
-                    [low, high] => i16::from_le_bytes([*low, *high]),
-                    _ => 0,
-                }));
-                assembly.odd_byte = samples.remainder().first().copied();
-                self.pcm.clear();
-                self.downsampler.process(&self.pcm24, &mut self.pcm);
-                law.encode_into(&self.pcm, &mut assembly.encoded);
-            }
+                (AudioFormat::G711Ulaw, G711Law::Alaw) | (AudioFormat::G711Alaw, G711Law::Ulaw) => {
+                    self.pcm.clear();
+                    other_law(path.law).decode_into(audio, &mut self.pcm);
+                    path.law.encode_into(&self.pcm, &mut assembly.encoded);
+                }
+                (AudioFormat::Pcm16, law) => {
+                    self.pcm24.clear();
+                    pcm16_samples(&mut assembly.odd_byte, audio, &mut self.pcm24);
+                    self.pcm.clear();
+                    path.downsampler.process(&self.pcm24, &mut self.pcm);
+                    law.encode_into(&self.pcm, &mut assembly.encoded);
+                }
+            },
+            CallCodec::Opus(path) => match session_law(self.format) {
+                Some(law) => {
+                    self.pcm.clear();
+                    law.decode_into(audio, &mut self.pcm);
+                    path.upsampler.process(&self.pcm, &mut assembly.pcm);
+                }
+                // `Auto` was resolved at construction; on an Opus call it is pcm16.
+                None => pcm16_samples(&mut assembly.odd_byte, audio, &mut assembly.pcm),
+            },
         }
     }
 
+    /// Pushes every whole frame of the assembly to the pacer (encoded, for Opus) and keeps the
+    /// remainder.
     fn push_whole_frames(&mut self, assembly: &mut Assembly) {
         if self.frame_len == 0 {
             return;
         }
-        let mut frames = assembly.encoded.chunks_exact(self.frame_len);
-        for frame in &mut frames {
-            match self.pacer.push_frame(&assembly.part, frame) {
-                Ok(()) => {
-                    self.stats.model_frames_queued += 1;
-                    assembly.frames_pushed += 1;
+        match &mut self.codec {
+            CallCodec::G711(_) => {
+                let mut frames = assembly.encoded.chunks_exact(self.frame_len);
+                for frame in &mut frames {
+                    if queue_frame(
+                        &mut self.pacer,
+                        &mut self.stats,
+                        &assembly.part,
+                        frame,
+                        None,
+                    ) {
+                        assembly.frames_pushed += 1;
+                    }
                 }
-                Err(error) => {
-                    self.stats.model_frames_rejected += 1;
-                    tracing::warn!(%error, "model frame refused by the pacer");
+                let whole = assembly
+                    .encoded
+                    .len()
+                    .saturating_sub(frames.remainder().len());
+                assembly.encoded.drain(..whole);
+            }
+            CallCodec::Opus(path) => {
+                let mut frames = assembly.pcm.chunks_exact(self.frame_len);
+                for frame in &mut frames {
+                    self.bytes.clear();
+                    if let Err(error) = path.encoder.encode(frame, &mut self.bytes) {
+                        self.stats.model_frames_rejected += 1;
+                        tracing::warn!(%error, "model frame refused by the Opus encoder");
+                        continue;
+                    }
+                    if queue_frame(
+                        &mut self.pacer,
+                        &mut self.stats,
+                        &assembly.part,
+                        &self.bytes,
+                        None,
+                    ) {
+                        assembly.frames_pushed += 1;
+                    }
                 }
+                let whole = assembly.pcm.len().saturating_sub(frames.remainder().len());
+                assembly.pcm.drain(..whole);
             }
         }
-        let rest = frames.remainder().len();
-        let whole = assembly.encoded.len().saturating_sub(rest);
-        assembly.encoded.drain(..whole);
     }
 
     fn handle_audio_done(&mut self, part: AudioPart) {
@@ -602,26 +810,51 @@ impl AudioBridge {
         let Some(mut assembly) = self.assembly.take() else {
             return;
         };
-        let rest = assembly.encoded.len();
-        if rest > 0 && self.frame_len > 0 {
+        let frame_len = self.frame_len;
+        let rest = match self.codec {
+            CallCodec::G711(_) => assembly.encoded.len(),
+            CallCodec::Opus(_) => assembly.pcm.len(),
+        };
+        if rest > 0 && frame_len > 0 {
+            // The real duration, rounded down: a truncate never claims padding.
             let audio_ms = u64::try_from(rest)
                 .unwrap_or(u64::MAX)
                 .saturating_mul(self.frame_ms)
-                / u64::try_from(self.frame_len).unwrap_or(u64::MAX);
-            let silence = match self.law {
-                G711Law::Ulaw => PCMU_SILENCE,
-                G711Law::Alaw => PCMA_SILENCE,
-            };
-            assembly.encoded.resize(self.frame_len, silence);
-            let audio_ms = u16::try_from(audio_ms).unwrap_or(u16::MAX);
-            match self
-                .pacer
-                .push_partial_frame(&assembly.part, &assembly.encoded, audio_ms)
-            {
-                Ok(()) => self.stats.model_frames_queued += 1,
-                Err(error) => {
-                    self.stats.model_frames_rejected += 1;
-                    tracing::warn!(%error, "model frame refused by the pacer");
+                / u64::try_from(frame_len).unwrap_or(u64::MAX);
+            let audio_ms = Some(u16::try_from(audio_ms).unwrap_or(u16::MAX));
+            match &mut self.codec {
+                CallCodec::G711(path) => {
+                    let silence = match path.law {
+                        G711Law::Ulaw => PCMU_SILENCE,
+                        G711Law::Alaw => PCMA_SILENCE,
+                    };
+                    assembly.encoded.resize(frame_len, silence);
+                    queue_frame(
+                        &mut self.pacer,
+                        &mut self.stats,
+                        &assembly.part,
+                        &assembly.encoded,
+                        audio_ms,
+                    );
+                }
+                CallCodec::Opus(path) => {
+                    assembly.pcm.resize(frame_len, 0);
+                    self.bytes.clear();
+                    match path.encoder.encode(&assembly.pcm, &mut self.bytes) {
+                        Ok(_) => {
+                            queue_frame(
+                                &mut self.pacer,
+                                &mut self.stats,
+                                &assembly.part,
+                                &self.bytes,
+                                audio_ms,
+                            );
+                        }
+                        Err(error) => {
+                            self.stats.model_frames_rejected += 1;
+                            tracing::warn!(%error, "model frame refused by the Opus encoder");
+                        }
+                    }
                 }
             }
         }
@@ -640,7 +873,7 @@ impl AudioBridge {
             .stats()
             .flushed_frames
             .saturating_sub(flushed_before);
-        self.downsampler.reset();
+        self.codec.reset_model_side();
 
         let mut marked = Vec::new();
         for item in &flushed {
@@ -770,6 +1003,72 @@ impl AudioBridge {
                 }
             }
         }
+    }
+}
+
+/// Queues one encoded frame of `part`: a whole packet time, or a padded last frame carrying
+/// `audio_ms` of the model's audio. Returns whether the pacer took it.
+fn queue_frame(
+    pacer: &mut Pacer,
+    stats: &mut BridgeStats,
+    part: &AudioPart,
+    payload: &[u8],
+    audio_ms: Option<u16>,
+) -> bool {
+    let result = match audio_ms {
+        None => pacer.push_frame(part, payload),
+        Some(ms) => pacer.push_partial_frame(part, payload, ms),
+    };
+    match result {
+        Ok(()) => {
+            stats.model_frames_queued += 1;
+            true
+        }
+        Err(error) => {
+            stats.model_frames_rejected += 1;
+            tracing::warn!(%error, "model frame refused by the pacer");
+            false
+        }
+    }
+}
+
+/// Appends the s16le samples of `audio` to `out`; a byte left over (a sample split between
+/// two deltas) waits in `odd_byte` for the next delta.
+fn pcm16_samples(odd_byte: &mut Option<u8>, audio: &[u8], out: &mut Vec<i16>) {
+    let mut rest = audio;
+    if let Some(low) = odd_byte.take() {
+        match rest.split_first() {
+            Some((&high, tail)) => {
+                out.push(i16::from_le_bytes([low, high]));
+                rest = tail;
+            }
+            None => *odd_byte = Some(low),
+        }
+    }
+    let mut samples = rest.chunks_exact(2);
+    out.extend((&mut samples).map(|pair| match pair {
+        [low, high] => i16::from_le_bytes([*low, *high]),
+        _ => 0,
+    }));
+    if let Some(&last) = samples.remainder().first() {
+        *odd_byte = Some(last);
+    }
+}
+
+/// The G.711 law of a session format, `None` for pcm16 (and an unresolved `Auto`, which
+/// means pcm16 where no call decides).
+fn session_law(format: AudioFormat) -> Option<G711Law> {
+    match format {
+        AudioFormat::G711Ulaw => Some(G711Law::Ulaw),
+        AudioFormat::G711Alaw => Some(G711Law::Alaw),
+        AudioFormat::Pcm16 | AudioFormat::Auto => None,
+    }
+}
+
+fn g711_codec(law: G711Law) -> Codec {
+    match law {
+        G711Law::Ulaw => Codec::Pcmu,
+        G711Law::Alaw => Codec::Pcma,
     }
 }
 

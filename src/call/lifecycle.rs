@@ -482,10 +482,7 @@ impl Call {
         self.codec = Some(codec);
         let built = match CallCodec::of(codec) {
             CallCodec::G711(law) => AudioBridge::with_session(&self.profile, session, law, pacer),
-            // The Opus bridge lands with its own commit.
-            CallCodec::Opus => Err(BridgeError::NotG711 {
-                clock_rate: pacer.config().clock_rate,
-            }),
+            CallCodec::Opus => AudioBridge::opus(&self.profile, session, pacer),
         };
         match built {
             Ok(bridge) => {

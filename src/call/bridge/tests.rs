@@ -37,12 +37,22 @@ fn pacer_config(law: G711Law) -> PacerConfig {
     }
 }
 
+fn rtp_start() -> RtpStart {
+    RtpStart {
+        ssrc: 0x1234_5678,
+        sequence: 100,
+        timestamp: 1000,
+    }
+}
+
 struct Sim {
     bridge: AudioBridge,
     t0: Instant,
     now: Instant,
     /// RTP payloads sent, with the time they left.
     rtp: Vec<(Instant, Vec<u8>)>,
+    /// RTP timestamps of the packets in `rtp`.
+    timestamps: Vec<u32>,
     /// WebSocket events sent, `event_id` removed.
     ws: Vec<Value>,
     events: Vec<BridgeEvent>,
@@ -52,18 +62,19 @@ impl Sim {
     /// A bridge whose session is not ready yet.
     fn connecting(body: &str, law: G711Law) -> Sim {
         let t0 = Instant::now();
-        let start = RtpStart {
-            ssrc: 0x1234_5678,
-            sequence: 100,
-            timestamp: 1000,
-        };
-        let pacer = Pacer::new(pacer_config(law), start, t0).unwrap();
+        let pacer = Pacer::new(pacer_config(law), rtp_start(), t0).unwrap();
         let bridge = AudioBridge::new(&profile(body), Dialect::OpenAiGa, law, pacer, t0).unwrap();
+        Sim::with_bridge(bridge, t0)
+    }
+
+    /// A simulation of `bridge`, whose pacer's slot 0 is due at `t0`.
+    fn with_bridge(bridge: AudioBridge, t0: Instant) -> Sim {
         Sim {
             bridge,
             t0,
             now: t0,
             rtp: Vec::new(),
+            timestamps: Vec::new(),
             ws: Vec::new(),
             events: Vec::new(),
         }
@@ -101,6 +112,7 @@ impl Sim {
         while let Some(bytes) = self.bridge.poll_rtp_transmit() {
             let packet = packet::parse(&bytes).unwrap();
             self.rtp.push((self.now, packet.payload.to_vec()));
+            self.timestamps.push(packet.header.timestamp);
         }
         while let Some(event) = self.bridge.poll_event() {
             self.events.push(event);
@@ -675,4 +687,30 @@ fn pcm16_barge_in_truncates_at_the_frames_sent() {
     let sent_before = sim.rtp.len();
     sim.run_to_slot(N + 20);
     assert!(sim.rtp[sent_before..].iter().all(|(_, p)| is_silence(p)));
+}
+
+mod opus;
+
+#[test]
+fn auto_format_on_a_g711_call_configures_the_session_for_passthrough() {
+    for (law, wire) in [(G711Law::Ulaw, "audio/pcmu"), (G711Law::Alaw, "audio/pcma")] {
+        let mut sim = Sim::connecting("", law);
+        sim.feed(json!({"type": "session.created", "event_id": "event_C1",
+            "session": {"type": "realtime", "object": "realtime.session", "id": "sess_1",
+                        "model": "gpt-realtime", "expires_at": 1_767_229_200_u64}}));
+        let update = sim.sent_of_type("session.update");
+        assert_eq!(update.len(), 1, "{:?}", sim.ws);
+        let audio = &update[0]["session"]["audio"];
+        assert_eq!(audio["input"]["format"]["type"], wire, "{audio}");
+        assert_eq!(audio["output"]["format"]["type"], wire, "{audio}");
+        sim.feed(json!({"type": "session.updated", "event_id": "event_C2",
+            "session": {"type": "realtime", "id": "sess_1"}}));
+        // The model's G.711 bytes are counted at 8 per ms: a truncate clamps correctly.
+        sim.feed(response_created("resp_1"));
+        sim.feed(delta("resp_1", "item_A", &pattern(800)));
+        assert_eq!(
+            sim.bridge.session().received_ms(&"item_A".into(), 0),
+            Some(100)
+        );
+    }
 }

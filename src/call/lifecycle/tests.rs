@@ -555,3 +555,55 @@ fn reason_text_from_the_network_cannot_break_the_header() {
         "Q.850;cause=38;text=\"realtime upstream closed: bad quoteX-Injected: 1\""
     );
 }
+
+#[test]
+fn an_opus_call_configures_pcm16_and_builds_the_opus_bridge() {
+    let t0 = Instant::now();
+    let mut call = Call::new(
+        t0,
+        info(),
+        &profile(""),
+        Dialect::OpenAiGa,
+        Some(Codec::Opus),
+        ANSWER_TIMEOUT,
+    );
+    call.handle_connected(t0);
+    call.handle_ws_text(
+        t0,
+        &json!({"type": "session.created", "event_id": "e1",
+                "session": {"type": "realtime", "id": "sess_1"}})
+        .to_string(),
+    );
+    let update: Value = serde_json::from_str(&call.poll_ws_transmit().unwrap()).unwrap();
+    assert_eq!(
+        update["session"]["audio"]["input"]["format"],
+        json!({"type": "audio/pcm", "rate": 24000})
+    );
+    call.handle_ws_text(
+        t0,
+        &json!({"type": "session.updated", "event_id": "e2",
+                "session": {"type": "realtime", "id": "sess_1"}})
+        .to_string(),
+    );
+    assert_eq!(call.poll_action(), Some(CallAction::Answer));
+    let config = PacerConfig {
+        payload_type: 111,
+        clock_rate: 48_000,
+        silence: crate::rtp::playout::OPUS_SILENCE.to_vec(),
+        ..PacerConfig::pcmu()
+    };
+    let start = RtpStart {
+        ssrc: 1,
+        sequence: 1,
+        timestamp: 1,
+    };
+    let pacer = Pacer::new(config, start, t0).unwrap();
+    call.handle_media(t0, Codec::Opus, pacer).unwrap();
+    // A lost caller frame (empty payload) still reaches the model as 20 ms of pcm16.
+    call.handle_caller_frame(t0, &[]);
+    let append: Value = serde_json::from_str(&call.poll_ws_transmit().unwrap()).unwrap();
+    assert_eq!(append["type"], "input_audio_buffer.append");
+    let record = call.record(t0);
+    assert_eq!(record.audio_format, "pcm16");
+    assert_eq!(record.frames_to_model, 1);
+}

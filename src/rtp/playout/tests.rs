@@ -282,6 +282,43 @@ fn partial_last_frame_counts_only_model_audio() {
     }));
 }
 
+/// Durations are counted in milliseconds whatever the clock: at Opus' 48 kHz (960 ticks per
+/// slot) a padded last frame still counts only its audio, before and after a flush.
+#[test]
+fn partial_opus_frames_count_their_audio_at_the_48_khz_clock() {
+    let config = PacerConfig {
+        payload_type: 111,
+        clock_rate: 48_000,
+        silence: OPUS_SILENCE.to_vec(),
+        ..PacerConfig::pcmu()
+    };
+    let mut sim = Sim::with_config(config, start());
+    assert_eq!(sim.pacer.samples_per_frame(), 960);
+    for _ in 0..3 {
+        sim.pacer.push_frame(&part("item_1"), &[0x78; 61]).unwrap();
+    }
+    sim.pacer
+        .push_partial_frame(&part("item_1"), &[0x78; 23], 13)
+        .unwrap();
+    assert_eq!(sim.pacer.queued_ms(), 73);
+    sim.run_frames(4);
+    let report = sim.pacer.flush();
+    assert_eq!(
+        report,
+        [FlushedItem {
+            part: part("item_1"),
+            sent_ms: 73,
+            received_ms: 73,
+            complete: false,
+        }]
+    );
+    let lens: Vec<usize> = sim.sent.iter().map(|s| s.payload.len()).collect();
+    assert_eq!(lens, [61, 61, 61, 23]);
+    for (k, sent) in sim.sent.iter().enumerate() {
+        assert_eq!(sent.header.timestamp, 5000 + 960 * k as u32);
+    }
+}
+
 #[test]
 fn events_started_finished_drained_in_order() {
     let mut sim = Sim::new(start());
