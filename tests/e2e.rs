@@ -5,7 +5,9 @@
 //! per-call log record is checked too, but only as secondary evidence, after the external
 //! checks.
 //!
-//! Every test has its own SIP port and RTP port range on 127.0.0.1, so they run in parallel.
+//! Every test has its own SIP port (15061-15069; SIPp on +100) and RTP port range (200 ports
+//! from 22000 up; below the kernel's ephemeral ports, so no client socket takes one) on
+//! 127.0.0.1, so they run in parallel; nothing is sent to any other address.
 //! SIPp, baresip and tcpdump (and root, for the capture) are required: without them a test
 //! fails with what to install, unless `SRB_SKIP_E2E=1`, which skips it with a message.
 //!
@@ -287,7 +289,7 @@ fn g711_passthrough_is_byte_exact() {
     if !tools_present("g711_passthrough_is_byte_exact", &[SIPP, TCPDUMP]) {
         return;
     }
-    let mut setup = Setup::new(15061, 40000);
+    let mut setup = Setup::new(15061, 22000);
     setup.fake = "record_audio = true";
     setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
     let bridge = Bridge::start(setup);
@@ -372,7 +374,7 @@ fn pcm16_tone_keeps_level_and_frequency() {
     if !tools_present("pcm16_tone_keeps_level_and_frequency", &[SIPP]) {
         return;
     }
-    let mut setup = Setup::new(15062, 40200);
+    let mut setup = Setup::new(15062, 22200);
     setup.fake = "record_audio = true";
     setup.profile = "audio_format = \"pcm16\"".to_owned();
     let bridge = Bridge::start(setup);
@@ -525,7 +527,7 @@ fn reply_tone_reaches_baresip_clean() {
     if !tools_present("reply_tone_reaches_baresip_clean", &[BARESIP]) {
         return;
     }
-    let mut setup = Setup::new(15063, 40400);
+    let mut setup = Setup::new(15063, 22400);
     setup.fake = r#"reply = { kind = "tone", frequency_hz = 440, duration_ms = 1500 }"#;
     // The model speaks first; the caller stays silent (no barge-in).
     setup.profile = "audio_format = \"g711_ulaw\"\ngreeting = \"Say hello.\"".to_owned();
@@ -547,7 +549,7 @@ fn reply_tone_reaches_baresip_clean() {
              net_interface 127.0.0.1\n\
              audio_source aufile,{silence}\n\
              audio_alert aufile,{silence}\n\
-             rtp_ports 40600-40699\n\
+             rtp_ports 22600-22699\n\
              snd_path {sounds}\n\
              module_path {BARESIP_MODULES}\n\
              module g711.so\n\
@@ -782,7 +784,7 @@ fn barge_in_stops_playback_within_a_frame() {
     if !tools_present("barge_in_stops_playback_within_a_frame", &[SIPP, TCPDUMP]) {
         return;
     }
-    let mut setup = Setup::new(15064, 40800);
+    let mut setup = Setup::new(15064, 22800);
     setup.fake = r#"reply = { kind = "tone", frequency_hz = 440, duration_ms = 10000 }"#;
     setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
     let bridge = Bridge::start(setup);
@@ -828,6 +830,17 @@ fn barge_in_stops_playback_within_a_frame() {
 
     // The capture's side: the model frames of the first reply, before and after the event.
     let frames = model_frames(&rtp.from_bridge);
+    // The two clocks agree: the first model frame leaves after the fake created the reply, and
+    // soon after (the fake streams faster than real time).
+    let first_frame = frames
+        .first()
+        .unwrap_or_else(|| panic!("no model audio reached SIPp\n{report}"))
+        .unix_us;
+    assert!(
+        first_frame > reply_at && first_frame - reply_at < 1_000_000,
+        "first model frame {first_frame} us, reply created {reply_at} us: the capture's and \
+         the record's clocks disagree\n{report}"
+    );
     let before = frames.iter().filter(|p| p.unix_us <= barge_at).count();
     let after: Vec<&&Rtp> = frames
         .iter()
@@ -837,8 +850,13 @@ fn barge_in_stops_playback_within_a_frame() {
         .iter()
         .map(|p| (p.unix_us - barge_at) as f64 / 1000.0)
         .collect();
+    let last_before_ms = frames
+        .iter()
+        .rfind(|p| p.unix_us <= barge_at)
+        .map_or(f64::NAN, |p| (barge_at - p.unix_us) as f64 / 1000.0);
     println!(
-        "barge-in: {before} model frames before speech_started, {} after (at {late_ms:?} ms)",
+        "barge-in: {before} model frames before speech_started (the last {last_before_ms:.1} ms \
+         before it), {} after (at {late_ms:?} ms)",
         after.len()
     );
     assert!(
@@ -904,7 +922,7 @@ fn interrupt_response_false_plays_the_whole_reply() {
     ) {
         return;
     }
-    let mut setup = Setup::new(15065, 41000);
+    let mut setup = Setup::new(15065, 23000);
     setup.fake = r#"reply = { kind = "tone", frequency_hz = 440, duration_ms = 10000 }"#;
     // The greeting is the 10 s reply; the caller's turn must neither cut it nor start another.
     setup.profile = "audio_format = \"g711_ulaw\"\ngreeting = \"Say hello.\"\n\
@@ -1049,7 +1067,7 @@ fn cancel_while_the_upstream_connects_gets_487() {
         return;
     }
     let (port, accepted, _listener) = stand_in_upstream(never_answer);
-    let mut setup = Setup::new(15066, 41200);
+    let mut setup = Setup::new(15066, 23200);
     setup.upstream = "remote";
     setup.upstreams = openai_upstream(port);
     setup.env = vec![("E2E_API_KEY", "sk-e2e-test-key".to_owned())];
@@ -1082,7 +1100,7 @@ fn upstream_401_gets_503_with_retry_after() {
         return;
     }
     let (port, accepted, _listener) = stand_in_upstream(answer_401);
-    let mut setup = Setup::new(15067, 41400);
+    let mut setup = Setup::new(15067, 23400);
     setup.upstream = "remote";
     setup.upstreams = openai_upstream(port);
     setup.env = vec![("E2E_API_KEY", "sk-e2e-test-key".to_owned())];
@@ -1111,7 +1129,7 @@ fn upstream_close_ends_the_call_with_a_reason() {
     if !tools_present("upstream_close_ends_the_call_with_a_reason", &[SIPP]) {
         return;
     }
-    let mut setup = Setup::new(15068, 41600);
+    let mut setup = Setup::new(15068, 23600);
     setup.fake = r#"session_max_duration = "3s""#;
     setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
     let bridge = Bridge::start(setup);
@@ -1158,7 +1176,7 @@ fn twenty_calls_for_thirty_seconds_lose_no_frame() {
         return;
     }
     const CALLS: usize = 20;
-    let mut setup = Setup::new(15069, 41800);
+    let mut setup = Setup::new(15069, 23800);
     // The audio in full: base64 sizes alone do not give exact byte counts.
     setup.fake = "record_audio = true";
     setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
