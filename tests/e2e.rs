@@ -134,7 +134,10 @@ profile = "p"
             setup,
         };
         if let Ok(Some(status)) = bridge.daemon.child.try_wait() {
-            panic!("the daemon exited at once ({status}):\n{}", bridge.log_text());
+            panic!(
+                "the daemon exited at once ({status}):\n{}",
+                bridge.log_text()
+            );
         }
         common::wait_for_200(SocketAddr::from((LOCALHOST, bridge.setup.sip_port)));
         bridge
@@ -283,7 +286,11 @@ fn g711_passthrough_is_byte_exact() {
     bridge.caller_audio(&caller);
 
     let capture = bridge.capture();
-    let run = bridge.sipp("e2e_call", &["-m", "1", "-d", "5000"], Duration::from_secs(40));
+    let run = bridge.sipp(
+        "e2e_call",
+        &["-m", "1", "-d", "5000"],
+        Duration::from_secs(40),
+    );
     let datagrams = capture.stop();
     let stopped = bridge.stop();
     let report = format!("{}\n{}", run.report(), stopped.report());
@@ -295,7 +302,8 @@ fn g711_passthrough_is_byte_exact() {
     let mut sent = rtp.to_bridge.clone();
     sent.sort_by_key(|p| p.seq);
     assert!(
-        sent.iter().all(|p| p.payload_type == 0 && p.payload.len() == 160),
+        sent.iter()
+            .all(|p| p.payload_type == 0 && p.payload.len() == 160),
         "PCMU, 20 ms packets\n{report}"
     );
     let sent: Vec<u8> = sent.iter().flat_map(|p| p.payload.clone()).collect();
@@ -356,7 +364,11 @@ fn pcm16_tone_keeps_level_and_frequency() {
     caller.extend(silence_ulaw(1000));
     bridge.caller_audio(&caller);
 
-    let run = bridge.sipp("e2e_call", &["-m", "1", "-d", "4000"], Duration::from_secs(40));
+    let run = bridge.sipp(
+        "e2e_call",
+        &["-m", "1", "-d", "4000"],
+        Duration::from_secs(40),
+    );
     let stopped = bridge.stop();
     let report = format!("{}\n{}", run.report(), stopped.report());
     assert!(run.ok(), "SIPp failed\n{report}");
@@ -555,8 +567,7 @@ fn reply_tone_reaches_baresip_clean() {
     let established = ctrl.command("dial", dial, "CALL_ESTABLISHED", Duration::from_secs(15));
     // The tone is 1.5 s from the answer; listen for 3 s.
     std::thread::sleep(Duration::from_secs(3));
-    let closed = established
-        && ctrl.command("hangup", "", "CALL_CLOSED", Duration::from_secs(5));
+    let closed = established && ctrl.command("hangup", "", "CALL_CLOSED", Duration::from_secs(5));
     ctrl.send("quit", "");
     let baresip_exit = wait_or_kill(&mut baresip, Duration::from_secs(5));
     let stopped = bridge.stop();
@@ -564,7 +575,10 @@ fn reply_tone_reaches_baresip_clean() {
     let report = format!(
         "baresip exit {baresip_exit:?}\n--- ctrl_tcp ---\n{}\n--- baresip ---\n{}\n{}",
         events.join("\n"),
-        tail(&std::fs::read_to_string(&baresip_log).unwrap_or_default(), 10_000),
+        tail(
+            &std::fs::read_to_string(&baresip_log).unwrap_or_default(),
+            10_000
+        ),
         stopped.report()
     );
     assert!(established && closed, "baresip's call failed\n{report}");
@@ -575,11 +589,19 @@ fn reply_tone_reaches_baresip_clean() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
         .collect();
-    assert_eq!(heard.len(), 1, "one recording of the call: {heard:?}\n{report}");
+    assert_eq!(
+        heard.len(),
+        1,
+        "one recording of the call: {heard:?}\n{report}"
+    );
     let (samples, rate) = read_wav(&heard[0]);
     let rate_f = f64::from(rate);
-    let (start, end) = active_span(&samples, 300)
-        .unwrap_or_else(|| panic!("baresip heard no tone ({} samples)\n{report}", samples.len()));
+    let (start, end) = active_span(&samples, 300).unwrap_or_else(|| {
+        panic!(
+            "baresip heard no tone ({} samples)\n{report}",
+            samples.len()
+        )
+    });
     let tone = &samples[start..end];
     let length_ms = tone.len() as f64 * 1000.0 / rate_f;
     let hz = frequency(tone, rate_f);
@@ -599,7 +621,11 @@ fn reply_tone_reaches_baresip_clean() {
     let mut longest_quiet = 0;
     let mut run = 0;
     for &s in tone {
-        run = if i32::from(s).abs() <= quiet { run + 1 } else { 0 };
+        run = if i32::from(s).abs() <= quiet {
+            run + 1
+        } else {
+            0
+        };
         longest_quiet = longest_quiet.max(run);
     }
     println!(
@@ -716,7 +742,10 @@ fn barge_in_stops_playback_within_a_frame() {
     let truncates = record.events(conn, "in", "conversation.item.truncate");
     assert_eq!(truncates.len(), 1, "one truncate\n{report}");
     let truncate = truncates[0];
-    assert!(unix_us(truncate) > barge_at, "truncate after the barge-in\n{report}");
+    assert!(
+        unix_us(truncate) > barge_at,
+        "truncate after the barge-in\n{report}"
+    );
     let audio_end_ms = truncate["event"]["audio_end_ms"].as_i64().unwrap();
     assert!(
         (audio_end_ms - sent_ms).abs() <= 20,
@@ -743,7 +772,10 @@ fn barge_in_stops_playback_within_a_frame() {
     assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
     let call = stopped.call_record();
     assert!(call["barge_ins"].as_u64().unwrap() >= 1, "{call}");
-    assert!(call["frames_after_barge_in"].as_u64().unwrap() <= 1, "{call}");
+    assert!(
+        call["frames_after_barge_in"].as_u64().unwrap() <= 1,
+        "{call}"
+    );
     assert_eq!(call["truncate_errors"], 0, "{call}");
 }
 
@@ -751,7 +783,10 @@ fn barge_in_stops_playback_within_a_frame() {
 
 #[test]
 fn interrupt_response_false_plays_the_whole_reply() {
-    if !tools_present("interrupt_response_false_plays_the_whole_reply", &[SIPP, TCPDUMP]) {
+    if !tools_present(
+        "interrupt_response_false_plays_the_whole_reply",
+        &[SIPP, TCPDUMP],
+    ) {
         return;
     }
     let mut setup = Setup::new(15065, 41000);
@@ -768,7 +803,11 @@ fn interrupt_response_false_plays_the_whole_reply() {
     bridge.caller_audio(&caller);
 
     let capture = bridge.capture();
-    let run = bridge.sipp("e2e_call", &["-m", "1", "-d", "11500"], Duration::from_secs(40));
+    let run = bridge.sipp(
+        "e2e_call",
+        &["-m", "1", "-d", "11500"],
+        Duration::from_secs(40),
+    );
     let datagrams = capture.stop();
     let stopped = bridge.stop();
     let report = format!("{}\n{}", run.report(), stopped.report());
@@ -806,7 +845,10 @@ fn interrupt_response_false_plays_the_whole_reply() {
         "{} model frames, not the whole 10 s reply (500)\n{report}",
         frames.len()
     );
-    assert_eq!(gaps, 0, "the reply was not played straight through\n{report}");
+    assert_eq!(
+        gaps, 0,
+        "the reply was not played straight through\n{report}"
+    );
     for kind in ["conversation.item.truncate", "response.cancel"] {
         assert!(
             record.events(conn, "in", kind).is_empty(),
@@ -903,7 +945,8 @@ fn cancel_while_the_upstream_connects_gets_487() {
     let report = format!("{}\n{}", run.report(), stopped.report());
     assert!(run.ok(), "SIPp failed\n{report}");
     assert!(
-        run.actions.contains("outcome: 200 to the CANCEL, 487 to the INVITE"),
+        run.actions
+            .contains("outcome: 200 to the CANCEL, 487 to the INVITE"),
         "{report}"
     );
     // The CANCEL came while the bridge was connecting: the stand-in saw the connection.
@@ -989,7 +1032,10 @@ fn upstream_close_ends_the_call_with_a_reason() {
 
 #[test]
 fn twenty_calls_for_thirty_seconds_lose_no_frame() {
-    if !tools_present("twenty_calls_for_thirty_seconds_lose_no_frame", &[SIPP, TCPDUMP]) {
+    if !tools_present(
+        "twenty_calls_for_thirty_seconds_lose_no_frame",
+        &[SIPP, TCPDUMP],
+    ) {
         return;
     }
     const CALLS: usize = 20;
@@ -1025,7 +1071,11 @@ fn twenty_calls_for_thirty_seconds_lose_no_frame() {
         })
         .collect();
     let conns = stopped.record.connections();
-    assert_eq!(conns.len(), CALLS, "one upstream connection per call\n{report}");
+    assert_eq!(
+        conns.len(),
+        CALLS,
+        "one upstream connection per call\n{report}"
+    );
     let mut received: Vec<usize> = conns
         .iter()
         .map(|&c| stopped.record.appended_bytes(c))

@@ -321,7 +321,10 @@ impl Record {
     }
 
     pub fn connections(&self) -> BTreeSet<u64> {
-        self.lines.iter().filter_map(|l| l["conn"].as_u64()).collect()
+        self.lines
+            .iter()
+            .filter_map(|l| l["conn"].as_u64())
+            .collect()
     }
 
     /// The lines of one connection, one direction ("in" or "out"), in order.
@@ -378,8 +381,12 @@ impl Record {
                 "response.output_audio.delta" | "response.audio.delta" => deltas += 1,
                 _ => {
                     let shown = if kind.is_empty() {
-                        l.get("close").map_or_else(|| l["event"].to_string(), |c| format!("close {c}"))
-                    } else if kind == "error" || kind.contains("truncate") || kind.contains("speech") {
+                        l.get("close")
+                            .map_or_else(|| l["event"].to_string(), |c| format!("close {c}"))
+                    } else if kind == "error"
+                        || kind.contains("truncate")
+                        || kind.contains("speech")
+                    {
                         l["event"].to_string()
                     } else {
                         kind.to_owned()
@@ -522,7 +529,12 @@ pub fn run_sipp(
 pub fn speech_ulaw() -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/e2e/speech.ulaw");
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(bytes.len() % 160, 0, "{} is whole 20 ms packets", path.display());
+    assert_eq!(
+        bytes.len() % 160,
+        0,
+        "{} is whole 20 ms packets",
+        path.display()
+    );
     bytes
 }
 
@@ -575,8 +587,12 @@ pub fn db(ratio: f64) -> f64 {
 
 /// The first and one-past-last index of the samples above `threshold` in magnitude.
 pub fn active_span(samples: &[i16], threshold: i16) -> Option<(usize, usize)> {
-    let first = samples.iter().position(|s| s.unsigned_abs() > threshold.unsigned_abs())?;
-    let last = samples.iter().rposition(|s| s.unsigned_abs() > threshold.unsigned_abs())?;
+    let first = samples
+        .iter()
+        .position(|s| s.unsigned_abs() > threshold.unsigned_abs())?;
+    let last = samples
+        .iter()
+        .rposition(|s| s.unsigned_abs() > threshold.unsigned_abs())?;
     Some((first, last + 1))
 }
 
@@ -589,7 +605,11 @@ pub fn frequency(samples: &[i16], rate: f64) -> f64 {
             crossings.push(i as f64 + a / (a - b));
         }
     }
-    assert!(crossings.len() >= 3, "no steady tone: {} crossings", crossings.len());
+    assert!(
+        crossings.len() >= 3,
+        "no steady tone: {} crossings",
+        crossings.len()
+    );
     let periods = (crossings.len() - 1) as f64;
     rate * periods / (crossings[crossings.len() - 1] - crossings[0])
 }
