@@ -32,6 +32,11 @@
 //! - **The greeting** (`response.create` with the profile's instructions) is sent when the
 //!   caller's ACK confirms the call, so its first audio is never paced into a stream the
 //!   caller cannot hear yet.
+//! - **The model hears a continuous clock.** Every 20 ms of the call is one append, silence
+//!   included: when the caller's RTP pauses (silence suppression, or a sender that simply
+//!   stops) for [`FILL_AFTER`], silence frames are appended at the real-time rate, so the
+//!   service's VAD sees the turn end; when packets resume, the receiver's gap concealment for
+//!   the time already filled is skipped, so no time is counted twice.
 //! - **Tools** are issue 7's: until then a function call is answered with an error output the
 //!   model can explain, never left hanging.
 
@@ -55,6 +60,11 @@ const TRANSCRIPT_MAX: usize = 16 * 1024;
 const ERRORS_MAX: usize = 16;
 /// Barge-ins whose reaction time is listed in a call's record.
 const BARGE_INS_MAX: usize = 64;
+/// No caller frame for this long while audio is expected (a phone with silence suppression, a
+/// sender that just stops): the model is fed silence, so its VAD hears the turn end.
+const FILL_AFTER: Duration = Duration::from_millis(100);
+/// One caller frame.
+const FRAME: Duration = Duration::from_millis(20);
 
 /// Who the call is between, for logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -279,6 +289,8 @@ pub struct CallRecord {
     pub late_deltas_dropped: u64,
     pub upstream_errors: Vec<String>,
     pub digits: u64,
+    /// Silence frames appended while the caller's RTP paused.
+    pub caller_frames_filled: u64,
     /// Caller frames handed to the bridge, appended to the session, dropped before ready.
     pub caller_frames_in: u64,
     pub frames_to_model: u64,
@@ -333,6 +345,13 @@ pub struct Call {
     /// latency of its first frame).
     out_pending: Option<Instant>,
     frames_sent_seen: u64,
+    /// Whether caller audio is expected now (confirmed, not on hold, our side receives).
+    caller_audio_expected: bool,
+    /// The end of the caller audio accounted for: the last frame handed in, or filled.
+    caller_clock: Option<Instant>,
+    /// Silence frames filled whose gap concealment the receiver has not delivered yet.
+    filled_pending: u64,
+    frames_filled: u64,
 }
 
 impl Call {
@@ -377,6 +396,10 @@ impl Call {
             latency_out: LatencyHistogram::default(),
             out_pending: None,
             frames_sent_seen: 0,
+            caller_audio_expected: false,
+            caller_clock: None,
+            filled_pending: 0,
+            frames_filled: 0,
         }
     }
 
@@ -506,11 +529,63 @@ impl Call {
         self.drain(now);
     }
 
-    /// One 20 ms caller frame from the receiver (concealed frames too).
-    pub fn handle_caller_frame(&mut self, now: Instant, payload: &[u8]) {
+    /// One 20 ms caller frame from the receiver (`concealed`: filled by the receiver for
+    /// lost or skipped time).
+    pub fn handle_caller_frame(&mut self, now: Instant, payload: &[u8], concealed: bool) {
+        self.caller_clock = Some(now);
+        if concealed && self.filled_pending > 0 {
+            // This stretch was already fed to the model as silence.
+            self.filled_pending -= 1;
+            return;
+        }
+        if !concealed {
+            self.filled_pending = 0;
+        }
         if let Some(bridge) = &mut self.bridge {
             bridge.handle_caller_frame(now, payload);
         }
+    }
+
+    /// Whether the caller's audio is expected (the ACK arrived, the call is not on hold and
+    /// our side receives): only then are pauses filled with silence.
+    pub fn set_caller_audio_expected(&mut self, now: Instant, expected: bool) {
+        if expected && !self.caller_audio_expected {
+            self.caller_clock = Some(now);
+        }
+        self.caller_audio_expected = expected;
+    }
+
+    fn fill_due(&self) -> Option<Instant> {
+        if !self.caller_audio_expected || self.bridge.is_none() || self.phase == Phase::Ended {
+            return None;
+        }
+        self.caller_clock.and_then(|at| at.checked_add(FILL_AFTER))
+    }
+
+    /// Appends silence for the time since the last caller frame, in whole frames.
+    fn fill_silence(&mut self, now: Instant) {
+        let (Some(due), Some(mut clock)) = (self.fill_due(), self.caller_clock) else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        let Some(bridge) = &mut self.bridge else {
+            return;
+        };
+        let silence: &[u8] = match self.codec.map(CallCodec::of) {
+            Some(CallCodec::G711(G711Law::Ulaw)) => &[0xFF; 160],
+            Some(CallCodec::G711(G711Law::Alaw)) => &[0xD5; 160],
+            // An empty Opus frame is concealed by the decoder (it fades to silence).
+            Some(CallCodec::Opus) | None => &[],
+        };
+        while clock + FRAME <= now {
+            bridge.handle_caller_frame(now, silence);
+            clock += FRAME;
+            self.filled_pending += 1;
+            self.frames_filled += 1;
+        }
+        self.caller_clock = Some(clock);
     }
 
     /// A key press (RFC 4733 or SIP INFO).
@@ -569,6 +644,7 @@ impl Call {
         {
             self.fail_before_answer(now, CallEnd::AnswerTimeout, "");
         }
+        self.fill_silence(now);
         if let Some(bridge) = &mut self.bridge {
             bridge.handle_timeout(now);
         } else if let Some(session) = &mut self.session {
@@ -631,7 +707,7 @@ impl Call {
             Some(bridge) => bridge.poll_timeout(),
             None => self.session.as_ref().and_then(Session::poll_timeout),
         };
-        [answer, core].into_iter().flatten().min()
+        [answer, core, self.fill_due()].into_iter().flatten().min()
     }
 
     /// The call's record, as of `now` (final once [`Call::is_ended`]).
@@ -668,6 +744,7 @@ impl Call {
             late_deltas_dropped: stats.late_deltas_dropped,
             upstream_errors: self.upstream_errors.clone(),
             digits: self.digits,
+            caller_frames_filled: self.frames_filled,
             caller_frames_in: stats.caller_frames_in,
             frames_to_model: stats.caller_frames_appended,
             caller_frames_dropped: stats.caller_frames_dropped,

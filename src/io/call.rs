@@ -37,7 +37,7 @@ use crate::realtime::{self, ConnectTarget, Dialect};
 use crate::rtp::dtmf::{DtmfEvent, DtmfReceiver};
 use crate::rtp::packet;
 use crate::rtp::playout::{Pacer, PacerConfig, RtpStart};
-use crate::rtp::receive::{ReceiveConfig, ReceiveEvent, Receiver};
+use crate::rtp::receive::{FrameKind, ReceiveConfig, ReceiveEvent, Receiver};
 use crate::rtp::rtcp::{NtpTime, RtcpConfig, RtcpSession};
 use crate::sip::endpoint::CallHandle;
 use crate::sip::sdp::{Direction, Negotiated};
@@ -554,16 +554,19 @@ impl Task {
         if let Some(bridge) = self.core.bridge_mut() {
             bridge.pacer_mut().set_direction(direction);
         }
-        media
-            .receiver
-            .set_expect_media(media.negotiated.direction.receives(), now());
+        let receives = media.negotiated.direction.receives();
+        media.receiver.set_expect_media(receives, now());
+        let expected = self.confirmed && receives && !media.negotiated.is_hold();
+        self.core.set_caller_audio_expected(now(), expected);
     }
 
     /// Hands everything the cores produced to where it goes, until nothing is left.
     async fn drain(&mut self) {
         if let Some(media) = &mut self.media {
             while let Some(frame) = media.receiver.poll_frame() {
-                self.core.handle_caller_frame(now(), &frame.payload);
+                let concealed = frame.kind == FrameKind::Concealed;
+                self.core
+                    .handle_caller_frame(now(), &frame.payload, concealed);
             }
             let mut inactive = false;
             while let Some(event) = media.receiver.poll_event() {
@@ -753,6 +756,7 @@ pub fn log_record(handle: CallHandle, record: &CallRecord, media: Option<&MediaS
         upstream_errors = record.upstream_errors.len(),
         upstream_error_list = %serde_json::to_string(&record.upstream_errors).unwrap_or_default(),
         digits = record.digits,
+        caller_frames_filled = record.caller_frames_filled,
         packets_in = received.map_or(0, |r| r.packets_accepted),
         packets_lost = media.map_or(0, |m| m.packets_lost),
         frames_concealed = received.map_or(0, |r| r.frames_concealed),

@@ -485,7 +485,7 @@ fn caller_frames_reach_the_model_and_model_audio_is_paced_out_with_its_latency()
     let mut sim = Sim::answered("");
     for i in 0..5u64 {
         sim.at(300 + i * 20);
-        sim.call.handle_caller_frame(sim.now, &[0x55; 160]);
+        sim.call.handle_caller_frame(sim.now, &[0x55; 160], false);
     }
     sim.drain();
     let appends = sim
@@ -600,10 +600,60 @@ fn an_opus_call_configures_pcm16_and_builds_the_opus_bridge() {
     let pacer = Pacer::new(config, start, t0).unwrap();
     call.handle_media(t0, Codec::Opus, pacer).unwrap();
     // A lost caller frame (empty payload) still reaches the model as 20 ms of pcm16.
-    call.handle_caller_frame(t0, &[]);
+    call.handle_caller_frame(t0, &[], true);
     let append: Value = serde_json::from_str(&call.poll_ws_transmit().unwrap()).unwrap();
     assert_eq!(append["type"], "input_audio_buffer.append");
     let record = call.record(t0);
     assert_eq!(record.audio_format, "pcm16");
     assert_eq!(record.frames_to_model, 1);
+}
+
+fn appends(sim: &Sim) -> usize {
+    sim.ws
+        .iter()
+        .filter(|e| e["type"] == "input_audio_buffer.append")
+        .count()
+}
+
+#[test]
+fn a_pause_in_the_caller_s_rtp_is_fed_as_silence_and_never_counted_twice() {
+    let mut sim = Sim::answered("");
+    sim.at(300);
+    sim.call.set_caller_audio_expected(sim.now, true);
+    for i in 0..5u64 {
+        sim.at(300 + i * 20);
+        sim.call.handle_caller_frame(sim.now, &[0x55; 160], false);
+    }
+    sim.drain();
+    assert_eq!(appends(&sim), 5);
+    // The sender goes quiet at 380 ms: from 100 ms on, silence at the real-time rate.
+    sim.run_to(470);
+    assert_eq!(appends(&sim), 5, "nothing before the 100 ms threshold");
+    sim.run_to(1_000);
+    assert_eq!(appends(&sim), 5 + 30, "380..980 ms in whole frames");
+    let silence = sim.ws.last().unwrap()["audio"].as_str().unwrap().to_owned();
+    assert_eq!(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, silence).unwrap(),
+        vec![0xFF; 160],
+        "PCMU silence"
+    );
+    // Packets resume: the receiver conceals the 30 frames of the gap, then the new packet.
+    sim.at(1_000);
+    for _ in 0..30 {
+        sim.call.handle_caller_frame(sim.now, &[0xFF; 160], true);
+    }
+    sim.call.handle_caller_frame(sim.now, &[0x55; 160], false);
+    sim.drain();
+    assert_eq!(appends(&sim), 5 + 30 + 1, "the gap was not appended twice");
+    // Loss after that is the receiver's to conceal, and is appended.
+    sim.call.handle_caller_frame(sim.now, &[0xFF; 160], true);
+    sim.drain();
+    assert_eq!(appends(&sim), 37);
+    assert_eq!(sim.call.record(sim.now).caller_frames_filled, 30);
+
+    // On hold (audio not expected) nothing is filled.
+    let mut sim = Sim::answered("");
+    sim.call.set_caller_audio_expected(sim.now, false);
+    sim.run_to(5_000);
+    assert_eq!(appends(&sim), 0);
 }
