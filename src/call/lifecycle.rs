@@ -62,7 +62,7 @@ const ERRORS_MAX: usize = 16;
 const BARGE_INS_MAX: usize = 64;
 /// No caller frame for this long while audio is expected (a phone with silence suppression, a
 /// sender that just stops): the model is fed silence, so its VAD hears the turn end.
-const FILL_AFTER: Duration = Duration::from_millis(100);
+const FILL_AFTER: Duration = Duration::from_millis(200);
 /// One caller frame.
 const FRAME: Duration = Duration::from_millis(20);
 

@@ -626,9 +626,9 @@ fn a_pause_in_the_caller_s_rtp_is_fed_as_silence_and_never_counted_twice() {
     }
     sim.drain();
     assert_eq!(appends(&sim), 5);
-    // The sender goes quiet at 380 ms: from 100 ms on, silence at the real-time rate.
-    sim.run_to(470);
-    assert_eq!(appends(&sim), 5, "nothing before the 100 ms threshold");
+    // The sender goes quiet at 380 ms: from 200 ms on, silence at the real-time rate.
+    sim.run_to(570);
+    assert_eq!(appends(&sim), 5, "nothing before the 200 ms threshold");
     sim.run_to(1_000);
     assert_eq!(appends(&sim), 5 + 30, "380..980 ms in whole frames");
     let silence = sim.ws.last().unwrap()["audio"].as_str().unwrap().to_owned();
