@@ -34,7 +34,7 @@
 //!   caller cannot hear yet.
 //! - **The model hears a continuous clock.** Every 20 ms of the call is one append, silence
 //!   included: when the caller's RTP pauses (silence suppression, or a sender that simply
-//!   stops) for [`FILL_AFTER`], silence frames are appended at the real-time rate, so the
+//!   stops) for 200 ms, silence frames are appended at the real-time rate, so the
 //!   service's VAD sees the turn end; when packets resume, the receiver's gap concealment for
 //!   the time already filled is skipped, so no time is counted twice.
 //! - **Tools** are issue 7's: until then a function call is answered with an error output the
