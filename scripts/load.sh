@@ -161,7 +161,9 @@ EOF
     env -i PATH="$PATH" LOAD_FAKE_KEY=dummy "$bin" run --config "$dir/bridge.toml" 2>"$dir/bridge.log" </dev/null &
     bridge_pid=$!
     "${helper[@]}" ping "$host" "$sip_port"
-    "${helper[@]}" sample "$dir/samples.txt" "$dir/stop" "$bridge_pid" "$dir/sipp.pid" "$dir/fake.pid" &
+    local watched=("$dir/sipp.pid")
+    [[ $fake_mode == external ]] && watched+=("$dir/fake.pid")
+    "${helper[@]}" sample "$dir/samples.txt" "$dir/stop" "$bridge_pid" "${watched[@]}" &
     sampler_pid=$!
 
     # Idle: daemon up, fake upstream listening, no call.
@@ -202,10 +204,13 @@ EOF
     local steady_from steady_to
     steady_from=$(python3 -c "print($t0 + ($calls - 1) / $rate + 2)")
     steady_to=$(python3 -c "print($t0 + $hold_s - 1)")
-    local row
-    row=$("${helper[@]}" report --format "$format" --calls "$calls" --samples "$dir/samples.txt" \
-        --log "$dir/bridge.log" --sipp-stat "$dir/sipp_stat.csv" --detail "$dir/detail.json" \
+    local row report_args
+    report_args=(report --format "$format" --calls "$calls" --samples "$dir/samples.txt"
+        --log "$dir/bridge.log" --sipp-stat "$dir/sipp_stat.csv" --detail "$dir/detail.json"
         --idle-from "$idle_from" --idle-to "$idle_to" --steady-from "$steady_from" --steady-to "$steady_to")
+    # Kept with the run's files, so the row can be computed again from them (LOAD_KEEP=1).
+    printf '%q ' "${helper[@]}" "${report_args[@]}" >"$dir/report.sh"
+    row=$("${helper[@]}" "${report_args[@]}")
     echo "load.sh: $format x $calls: sipp exit $sipp_rc" >&2
     echo "$row" >&2
     [[ $sipp_rc == 0 ]] || { echo "load.sh: SIPp errors (first lines):" >&2; head -5 "$dir/sipp_errors.log" >&2 2>/dev/null || true; }

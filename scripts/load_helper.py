@@ -404,8 +404,8 @@ def report(a):
 
 
 HEADER = (
-    "| format | calls | SIPp ok / failed | end reasons | bridge CPU | CPU per call (% of a core) "
-    "| RSS idle | RSS per call | RTP in -> WS out p50 / p99 | WS in -> RTP out p50 / p99 "
+    "| format | calls | SIPp ok / failed | end reasons | daemon CPU (% of a core) | CPU per call "
+    "| daemon RSS idle | RSS per call | RTP in -> WS out p50 / p99 | WS in -> RTP out p50 / p99 "
     "| barge-ins: reaction p50 / p99 | frames lost in bridge | RTP packets lost | fake CPU (external) | SIPp CPU | load avg |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
