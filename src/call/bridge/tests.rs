@@ -689,6 +689,36 @@ fn pcm16_barge_in_truncates_at_the_frames_sent() {
     assert!(sim.rtp[sent_before..].iter().all(|(_, p)| is_silence(p)));
 }
 
+#[test]
+fn semantic_vad_barge_in_truncates_and_its_interrupt_response_false_is_honoured() {
+    for (interrupt, truncates) in [(true, 1), (false, 0)] {
+        let mut sim = Sim::ready(
+            &format!(
+                "audio_format = \"g711_ulaw\"\n\
+                 turn_detection = {{ type = \"semantic_vad\", interrupt_response = {interrupt} }}"
+            ),
+            G711Law::Ulaw,
+        );
+        model_speaks_fast(&mut sim);
+        sim.run_to_slot(9);
+        sim.ws.clear();
+        sim.feed(speech_started(100));
+        let stats = sim.bridge.stats();
+        assert_eq!(
+            stats.truncates_sent, truncates,
+            "interrupt_response = {interrupt}"
+        );
+        if interrupt {
+            assert_eq!(sim.bridge.pacer().queued_frames(), 0, "flushed at once");
+            assert_eq!(sim.ws[0]["type"], "conversation.item.truncate");
+            assert_eq!(sim.ws[0]["audio_end_ms"], 200);
+        } else {
+            assert!(sim.ws.is_empty(), "{:?}", sim.ws);
+            assert!(sim.bridge.pacer().queued_frames() > 0, "playback goes on");
+        }
+    }
+}
+
 mod opus;
 
 #[test]
