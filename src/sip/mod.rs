@@ -17,6 +17,7 @@
 //!   replies per RFC 3261 18.2.2, dispatch to the call by Call-ID, admit new INVITEs, answer
 //!   the rest statelessly. Its tokio shell is `io::sip`.
 
+pub mod auth;
 pub mod dialog;
 pub mod endpoint;
 pub mod message;
