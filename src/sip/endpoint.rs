@@ -518,6 +518,16 @@ impl Endpoint {
         self.command(call, |c| c.hang_up(now))
     }
 
+    /// Blind transfer of a confirmed call: REFER to `refer_to`.
+    pub fn refer(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        refer_to: &str,
+    ) -> Result<(), EndpointError> {
+        self.command(call, |c| c.refer(now, refer_to))
+    }
+
     /// BYE with a `Reason` header (RFC 3326), or 603 before the answer.
     pub fn hang_up_with_reason(
         &mut self,
