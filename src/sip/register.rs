@@ -30,6 +30,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// 423s followed in a row before giving up for a back-off.
 const MAX_INTERVAL_RETRIES: u32 = 3;
+/// Challenges answered in a row without a final success before giving up for a back-off.
+const MAX_AUTH_ROUNDS: u32 = 3;
 
 /// What one account registers.
 #[derive(Clone, Debug)]
@@ -101,6 +103,8 @@ pub struct Registration {
     nonce_count: u32,
     /// Whether the request in flight carried credentials for the current nonce.
     sent_credentials: bool,
+    /// Challenges answered since the last final non-401/407 response.
+    auth_rounds: u32,
     interval_retries: u32,
     failures: u32,
     refresh_at: Option<Instant>,
@@ -132,6 +136,7 @@ impl Registration {
             challenge: None,
             nonce_count: 0,
             sent_credentials: false,
+            auth_rounds: 0,
             interval_retries: 0,
             failures: 0,
             refresh_at: None,
@@ -322,6 +327,7 @@ impl Registration {
                 }
                 let granted = self.granted_expiry(response).max(1);
                 self.failures = 0;
+                self.auth_rounds = 0;
                 self.interval_retries = 0;
                 let until = now + Duration::from_secs(u64::from(granted));
                 let refresh = Duration::from_secs_f64(f64::from(granted) * REFRESH_AT);
@@ -331,7 +337,18 @@ impl Registration {
                     .push_back(RegistrationEvent::Registered { expires: granted });
             }
             401 | 407 => match Challenge::from_response(response) {
-                Some(challenge) if challenge.stale || !self.sent_credentials => {
+                // A challenge we have not answered yet: the first, a stale nonce, or a new
+                // nonce (a registrar that restarted forgot the old one). The same nonce
+                // challenged again means the credentials are wrong; a registrar that draws a
+                // new nonce for every attempt is given MAX_AUTH_ROUNDS of them.
+                Some(challenge)
+                    if self.auth_rounds < MAX_AUTH_ROUNDS
+                        && (challenge.stale
+                            || !self.sent_credentials
+                            || self.challenge.as_ref().map(|c| &c.nonce)
+                                != Some(&challenge.nonce)) =>
+                {
+                    self.auth_rounds += 1;
                     self.challenge = Some(challenge);
                     self.nonce_count = 0;
                     self.send(now, if unregistering { 0 } else { self.interval });
@@ -394,6 +411,7 @@ impl Registration {
             .min(MAX_BACKOFF);
         self.failures = self.failures.saturating_add(1);
         self.interval_retries = 0;
+        self.auth_rounds = 0;
         self.refresh_at = None;
         self.state = RegState::Failed {
             retry_at: now + retry_in,

@@ -296,3 +296,58 @@ fn unregister_sends_expires_zero_with_credentials_and_ends() {
     sim.answer(20, 200, "Expires: 600\r\n");
     assert!(sim.events.is_empty(), "{:?}", sim.events);
 }
+
+#[test]
+fn a_new_nonce_after_a_registrar_restart_is_answered_and_one_per_attempt_is_bounded() {
+    let mut sim = Sim::new();
+    sim.answer(10, 401, CHALLENGE);
+    sim.answer(20, 200, "Expires: 60\r\n");
+    sim.events.clear();
+    // The refresh carries credentials for n1; the restarted registrar knows only n2.
+    sim.run_to(20 + 51_000);
+    assert!(
+        sim.last()
+            .header("Authorization")
+            .unwrap()
+            .contains("nonce=\"n1\"")
+    );
+    sim.answer(
+        51_100,
+        401,
+        "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n2\", qop=\"auth\"\r\n",
+    );
+    assert!(
+        sim.events.is_empty(),
+        "a new nonce is no refusal: {:?}",
+        sim.events
+    );
+    let retry = sim.last().header("Authorization").unwrap().to_owned();
+    assert!(
+        retry.contains("nonce=\"n2\"") && retry.contains("nc=00000001"),
+        "{retry}"
+    );
+    sim.answer(51_200, 200, "Expires: 60\r\n");
+    assert_eq!(
+        sim.events,
+        vec![RegistrationEvent::Registered { expires: 60 }]
+    );
+
+    // A registrar that draws a new nonce for every attempt, with the password wrong: three
+    // rounds, then a failure with back-off rather than a loop.
+    let mut sim = Sim::new();
+    for round in 0..4u64 {
+        sim.answer(
+            10 + round * 10,
+            401,
+            &format!("WWW-Authenticate: Digest realm=\"pbx\", nonce=\"r{round}\"\r\n"),
+        );
+    }
+    assert_eq!(sim.sent.len(), 4);
+    assert!(matches!(
+        sim.events.as_slice(),
+        [RegistrationEvent::Failed {
+            status: Some(401),
+            ..
+        }]
+    ));
+}
