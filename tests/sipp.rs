@@ -661,6 +661,84 @@ fn lost_ack_retransmits_the_200_then_sends_bye() {
 
 const BARESIP_MODULES: &str = "/usr/lib/baresip/modules";
 
+/// A digest registrar in SIPp (its own digest code checks our credentials): the bridge
+/// registers at start (401, then credentials), logs the granted expiry, and de-registers
+/// (Expires: 0) at shutdown.
+#[test]
+fn bridge_registers_with_digest_and_unregisters_at_shutdown() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_sipp();
+    let ip = Ipv4Addr::new(127, 0, 0, 47);
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("pbx-password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut registrar = Command::new("sipp")
+        .arg("-sf")
+        .arg(scenario("registrar"))
+        .args(["-i", &ip.to_string(), "-p", "5090", "-m", "1", "-nostdin"])
+        .args([
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            "-trace_err",
+            "-trace_msg",
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let accounts = format!(
+        "\n[[sip.accounts]]\nname = \"pbx\"\nregistrar = \"sip:{ip}:5090\"\nusername = \"2001\"\n\
+         password_file = \"{}\"\n",
+        password.display()
+    );
+    let mut bridge = Bridge::start(dir.path(), ip, &accounts);
+    let start = Instant::now();
+    while !bridge.log().contains("registered account=pbx") && start.elapsed() < READY_DEADLINE {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let exit = bridge.stop();
+    let start = Instant::now();
+    let registrar_status = loop {
+        if let Some(status) = registrar.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > STOP_DEADLINE {
+            let _ = registrar.kill();
+            let _ = registrar.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = bridge.log();
+    let sipp_log: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("registrar_"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let report = format!(
+        "--- bridge ---\n{}\n--- SIPp ---\n{}",
+        tail(&log, 6000),
+        tail(&sipp_log, 6000)
+    );
+    assert!(exit.is_some_and(|s| s.success()), "{report}");
+    assert!(
+        registrar_status.is_some_and(|s| s.success()),
+        "the registrar saw no valid credentials or no de-registration\n{report}"
+    );
+    assert!(
+        log.contains("registered account=pbx expires=60"),
+        "{report}"
+    );
+    assert!(log.contains("unregistered account=pbx"), "{report}");
+    assert!(!log.contains("s3cret"), "the password reached the log");
+}
+
 fn require_baresip() {
     match Command::new("baresip")
         .arg("-h")

@@ -125,6 +125,168 @@ pub struct SipConfig {
     pub min_se: u32,
     /// The session interval we ask for when the caller names none, in seconds.
     pub session_expires: u32,
+    /// Registrations with a PBX or registrar.
+    pub accounts: Vec<AccountConfig>,
+}
+
+/// One registration with a PBX or registrar (`[[sip.accounts]]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawAccount")]
+pub struct AccountConfig {
+    /// The label in logs and routes.
+    pub name: Name,
+    /// The registrar URI as written (`sip:pbx.example.com:5060`).
+    pub registrar: String,
+    /// The registrar's host (a name or an IP address; IPv6 without brackets).
+    pub registrar_host: String,
+    /// The registrar's port (5060 when the URI names none).
+    pub registrar_port: u16,
+    /// The user of the address of record (`sip:USER@registrar host`).
+    pub username: String,
+    /// The digest user name.
+    pub auth_username: String,
+    /// Where the password is.
+    pub password: SecretSource,
+    /// The expiry asked for, in seconds.
+    pub expires: u32,
+    /// Send REGISTERs to this host and port instead of the registrar's.
+    pub outbound_proxy: Option<(String, u16)>,
+    /// The transport of the REGISTERs (and of the calls the PBX sends back).
+    pub transport: Transport,
+    /// The user part of our Contact: the Request-URI user of the calls the PBX sends us
+    /// through this account.
+    pub contact_user: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    name: Name,
+    registrar: String,
+    username: String,
+    auth_username: Option<String>,
+    password_env: Option<EnvVarName>,
+    password_file: Option<PathBuf>,
+    #[serde(default = "default_account_expires")]
+    expires: u32,
+    outbound_proxy: Option<String>,
+    #[serde(default = "default_account_transport")]
+    transport: String,
+    contact_user: Option<String>,
+}
+
+fn default_account_expires() -> u32 {
+    600
+}
+
+fn default_account_transport() -> String {
+    "udp".into()
+}
+
+/// `sip:host[:port][;params]` -> (host, port): no `sips:` (no TLS transport), no user part.
+fn sip_host_port(key: &str, uri: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{key} `{uri}` is not a SIP URI such as `sip:pbx.example.com:5060`");
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("SIP:"))
+        .ok_or_else(bad)?;
+    let rest = rest.split(';').next().unwrap_or_default();
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if after.is_empty() => 5060,
+            None => return Err(bad()),
+        };
+        (host.to_owned(), port)
+    } else {
+        match rest.split_once(':') {
+            Some((host, port)) => (host.to_owned(), port.parse().map_err(|_| bad())?),
+            None => (rest.to_owned(), 5060),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+    if !host_ok || port == 0 {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+/// A SIP user part we put in a URI: unreserved characters only, so it needs no escaping.
+fn sip_user(key: &str, user: String) -> Result<String, String> {
+    let ok = !user.is_empty()
+        && user.len() <= 64
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()+".contains(&b));
+    if ok {
+        Ok(user)
+    } else {
+        Err(format!(
+            "{key} `{user}` must be 1-64 letters, digits or - _ . ! ~ * ' ( ) +"
+        ))
+    }
+}
+
+impl TryFrom<RawAccount> for AccountConfig {
+    type Error = String;
+    fn try_from(raw: RawAccount) -> Result<Self, String> {
+        let (registrar_host, registrar_port) = sip_host_port("registrar", &raw.registrar)?;
+        let outbound_proxy = raw
+            .outbound_proxy
+            .as_deref()
+            .map(|p| sip_host_port("outbound_proxy", p))
+            .transpose()?;
+        let password = match (raw.password_env, raw.password_file) {
+            (Some(env), None) => SecretSource::Env(env.into_string()),
+            (None, Some(path)) if path.is_absolute() => SecretSource::File(path),
+            (None, Some(path)) => {
+                return Err(format!(
+                    "password_file `{}` must be an absolute path",
+                    path.display()
+                ));
+            }
+            (Some(_), Some(_)) => return Err("give password_env or password_file, not both".into()),
+            (None, None) => return Err("missing password_env or password_file".into()),
+        };
+        if !(60..=86_400).contains(&raw.expires) {
+            return Err(format!(
+                "expires {} must be between 60 and 86400 seconds",
+                raw.expires
+            ));
+        }
+        let transport = match raw.transport.to_ascii_lowercase().as_str() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            other => return Err(format!("transport `{other}` must be \"udp\" or \"tcp\"")),
+        };
+        let username = sip_user("username", raw.username)?;
+        let auth_username = raw.auth_username.unwrap_or_else(|| username.clone());
+        if auth_username.is_empty() || auth_username.chars().any(|c| c.is_control() || c == '"') {
+            return Err("auth_username must be non-empty, without quotes".into());
+        }
+        let contact_user = sip_user(
+            "contact_user",
+            raw.contact_user.unwrap_or_else(|| username.clone()),
+        )?;
+        Ok(Self {
+            name: raw.name,
+            registrar: raw.registrar,
+            registrar_host,
+            registrar_port,
+            username,
+            auth_username,
+            password,
+            expires: raw.expires,
+            outbound_proxy,
+            transport,
+            contact_user,
+        })
+    }
 }
 
 impl Default for SipConfig {
@@ -147,6 +309,7 @@ impl Default for SipConfig {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             session_timers: true,
+            accounts: Vec::new(),
             min_se: 90,
             session_expires: 1800,
         }
@@ -748,6 +911,9 @@ pub struct RouteConfig {
     /// The caller (P-Asserted-Identity, else From).
     #[serde(default)]
     pub caller: Option<Matcher>,
+    /// Only calls that arrive through this account (`[[sip.accounts]]` name).
+    #[serde(default)]
+    pub account: Option<Name>,
     pub profile: Name,
 }
 
@@ -757,12 +923,24 @@ impl RouteConfig {
     }
 
     pub fn matches(&self, dialed: &str, caller: &str) -> bool {
+        self.account.is_none() && self.matches_parties(dialed, caller)
+    }
+
+    /// Whether a call through `account` (None: sent to us directly) matches.
+    pub fn matches_via(&self, account: Option<&str>, dialed: &str, caller: &str) -> bool {
+        self.account
+            .as_ref()
+            .is_none_or(|a| Some(a.as_str()) == account)
+            && self.matches_parties(dialed, caller)
+    }
+
+    fn matches_parties(&self, dialed: &str, caller: &str) -> bool {
         self.dialed.as_ref().is_none_or(|m| m.matches(dialed))
             && self.caller.as_ref().is_none_or(|m| m.matches(caller))
     }
 
     fn matches_everything(&self) -> bool {
-        self.dialed.is_none() && self.caller.is_none()
+        self.dialed.is_none() && self.caller.is_none() && self.account.is_none()
     }
 }
 
@@ -979,6 +1157,38 @@ impl Config {
             );
         }
 
+        for (i, account) in self.sip.accounts.iter().enumerate() {
+            let earlier = self.sip.accounts.iter().take(i);
+            if earlier.clone().any(|a| a.name == account.name) {
+                problem(
+                    format!("sip.accounts[{i}].name"),
+                    Problem::Value(format!("`{}` is used by an earlier account", account.name)),
+                );
+            }
+            if earlier
+                .clone()
+                .any(|a| a.contact_user == account.contact_user)
+            {
+                problem(
+                    format!("sip.accounts[{i}].contact_user"),
+                    Problem::Value(format!(
+                        "`{}` is used by an earlier account: calls could not be told apart",
+                        account.contact_user
+                    )),
+                );
+            }
+            if !self
+                .sip
+                .listen
+                .iter()
+                .any(|l| l.transport == account.transport)
+            {
+                problem(
+                    format!("sip.accounts[{i}].transport"),
+                    Problem::Value(format!("no sip.listen socket is {}", account.transport)),
+                );
+            }
+        }
         if self.limits.answer_timeout < Duration::from_millis(500)
             || self.limits.answer_timeout > Duration::from_secs(120)
         {
@@ -1052,6 +1262,23 @@ impl Config {
                     },
                 );
             }
+            if let Some(account) = &route.account
+                && !self.sip.accounts.iter().any(|a| &a.name == account)
+            {
+                problem(
+                    format!("routes[{i}].account"),
+                    Problem::UnknownReference {
+                        what: "account",
+                        name: account.to_string(),
+                        defined: self
+                            .sip
+                            .accounts
+                            .iter()
+                            .map(|a| a.name.to_string())
+                            .collect(),
+                    },
+                );
+            }
             let shadowed = self.routes.len() - i - 1;
             if route.matches_everything() && shadowed > 0 {
                 problem(
@@ -1065,7 +1292,19 @@ impl Config {
 
     /// The first route that accepts a call from `caller` to `dialed`.
     pub fn route(&self, dialed: &str, caller: &str) -> Option<&RouteConfig> {
-        self.routes.iter().find(|r| r.matches(dialed, caller))
+        self.route_via(None, dialed, caller)
+    }
+
+    /// The route of a call that came through `account` (None: sent to us directly).
+    pub fn route_via(
+        &self,
+        account: Option<&str>,
+        dialed: &str,
+        caller: &str,
+    ) -> Option<&RouteConfig> {
+        self.routes
+            .iter()
+            .find(|r| r.matches_via(account, dialed, caller))
     }
 
     /// Upstreams that some route can reach (through its profile).
@@ -1081,16 +1320,25 @@ impl Config {
 
     /// Tries to load every API key that a route can need; returns what failed.
     pub fn check_secrets(&self) -> Vec<SecretProblem> {
-        self.routed_upstreams()
-            .filter_map(|(name, upstream)| {
-                let source = upstream.api_key()?;
-                let field = upstream.api_key_field()?;
-                source.load().err().map(|error| SecretProblem {
-                    key: format!("upstreams.{name}.{field}"),
-                    error,
-                })
+        let upstreams = self.routed_upstreams().filter_map(|(name, upstream)| {
+            let source = upstream.api_key()?;
+            let field = upstream.api_key_field()?;
+            source.load().err().map(|error| SecretProblem {
+                key: format!("upstreams.{name}.{field}"),
+                error,
             })
-            .collect()
+        });
+        let accounts = self.sip.accounts.iter().enumerate().filter_map(|(i, a)| {
+            let field = match a.password {
+                SecretSource::Env(_) => "password_env",
+                SecretSource::File(_) => "password_file",
+            };
+            a.password.load().err().map(|error| SecretProblem {
+                key: format!("sip.accounts[{i}].{field}"),
+                error,
+            })
+        });
+        upstreams.chain(accounts).collect()
     }
 
     /// A one-line description for `check-config` and the start-up log.

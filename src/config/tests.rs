@@ -645,3 +645,92 @@ fn dtmf_and_answer_timeout_defaults_and_checks() {
         Config::from_toml(&format!("[limits]\nanswer_timeout = \"100ms\"\n{base}")).unwrap_err();
     assert!(bad.to_string().contains("limits.answer_timeout"), "{bad}");
 }
+
+#[test]
+fn accounts_parse_with_defaults_and_are_checked() {
+    let base = "[upstreams.f]\nkind = \"fake\"\n[profiles.p]\nupstream = \"f\"\n";
+    let c = Config::from_toml(&format!(
+        "[[sip.accounts]]\nname = \"pbx\"\nregistrar = \"sip:pbx.example.com\"\nusername = \"2001\"\n\
+         password_env = \"PBX_PASSWORD\"\n\
+         [[sip.accounts]]\nname = \"pbx2\"\nregistrar = \"sip:[2001:db8::1]:5080;transport=tcp\"\n\
+         username = \"2002\"\nauth_username = \"auth-2002\"\npassword_file = \"/run/pw\"\n\
+         expires = 120\noutbound_proxy = \"sip:10.0.0.1:5070\"\ntransport = \"tcp\"\ncontact_user = \"bot\"\n\
+         {base}[[routes]]\naccount = \"pbx2\"\nprofile = \"p\"\n[[routes]]\nprofile = \"p\"\n"
+    ))
+    .unwrap();
+    let [a, b] = c.sip.accounts.as_slice() else {
+        panic!()
+    };
+    assert_eq!(
+        (a.registrar_host.as_str(), a.registrar_port),
+        ("pbx.example.com", 5060)
+    );
+    assert_eq!(
+        (a.auth_username.as_str(), a.contact_user.as_str()),
+        ("2001", "2001")
+    );
+    assert_eq!((a.expires, a.transport), (600, Transport::Udp));
+    assert_eq!(
+        (b.registrar_host.as_str(), b.registrar_port),
+        ("2001:db8::1", 5080)
+    );
+    assert_eq!(b.outbound_proxy, Some(("10.0.0.1".to_owned(), 5070)));
+    assert_eq!(
+        (b.auth_username.as_str(), b.contact_user.as_str()),
+        ("auth-2002", "bot")
+    );
+    // Routing by account: the first route only takes calls through pbx2.
+    assert_eq!(
+        c.route_via(Some("pbx2"), "x", "y")
+            .unwrap()
+            .account
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "pbx2"
+    );
+    assert!(
+        c.route_via(Some("pbx"), "x", "y")
+            .unwrap()
+            .account
+            .is_none()
+    );
+    assert!(c.route("x", "y").unwrap().account.is_none());
+
+    for (bad, key) in [
+        (
+            "registrar = \"sips:pbx\"\nusername = \"1\"\npassword_env = \"P\"",
+            "sip.accounts",
+        ),
+        (
+            "registrar = \"sip:pbx\"\nusername = \"a b\"\npassword_env = \"P\"",
+            "sip.accounts",
+        ),
+        ("registrar = \"sip:pbx\"\nusername = \"1\"", "sip.accounts"),
+        (
+            "registrar = \"sip:pbx\"\nusername = \"1\"\npassword_env = \"P\"\nexpires = 10",
+            "sip.accounts",
+        ),
+    ] {
+        let e = Config::from_toml(&format!(
+            "[[sip.accounts]]\nname = \"a\"\n{bad}\n{base}[[routes]]\nprofile = \"p\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains(key), "{e}");
+    }
+    let e = Config::from_toml(&format!(
+        "{base}[[routes]]\naccount = \"nope\"\nprofile = \"p\"\n[[routes]]\nprofile = \"p\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("routes[0].account"), "{e}");
+    let twice = "[[sip.accounts]]\nname = \"a\"\nregistrar = \"sip:pbx\"\nusername = \"1\"\npassword_env = \"P\"\n";
+    let e = Config::from_toml(&format!(
+        "{twice}{}{base}[[routes]]\nprofile = \"p\"\n",
+        twice.replace("name = \"a\"", "name = \"b\"")
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("sip.accounts[1].contact_user"),
+        "{e}"
+    );
+}

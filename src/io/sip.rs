@@ -45,6 +45,7 @@ use crate::sip::endpoint::{
     Outgoing, Target, TransportKind,
 };
 use crate::sip::message::{FramingLimits, SipMessage, StreamFramer};
+use crate::sip::register::{RegisterConfig, Registration, RegistrationEvent};
 use crate::sip::sdp::{Codec, CodecPrefs, LocalMedia};
 use crate::sip::transaction::{TimerConfig, Wire};
 
@@ -193,7 +194,15 @@ struct Admitter<'a> {
 
 impl Admission for Admitter<'_> {
     fn admit(&mut self, invite: &SipMessage, local: SocketAddr, _remote: SocketAddr) -> Admit {
-        let dialed = crate::sip::endpoint::dialed(invite);
+        let account = crate::sip::endpoint::account_for(
+            invite,
+            self.config
+                .sip
+                .accounts
+                .iter()
+                .map(|a| (a.contact_user.as_str(), a.name.as_str())),
+        );
+        let dialed = crate::sip::endpoint::dialed_via(invite, account.is_some());
         let caller = crate::sip::endpoint::caller(invite);
         if self.stopping {
             tracing::info!(call_id = invite.call_id(), "shutting down: 503");
@@ -203,8 +212,8 @@ impl Admission for Admitter<'_> {
                 retry_after: Some(BUSY_RETRY_AFTER_SECS),
             };
         }
-        let Some(route) = self.config.route(&dialed, &caller) else {
-            tracing::info!(call_id = invite.call_id(), %dialed, %caller, "no route: 404");
+        let Some(route) = self.config.route_via(account, &dialed, &caller) else {
+            tracing::info!(call_id = invite.call_id(), %dialed, %caller, ?account, "no route: 404");
             return Admit::Refuse {
                 status: 404,
                 reason: "Not Found",
@@ -286,6 +295,17 @@ pub async fn serve(
         tracing::info!(transport = kind.name(), %addr, "listening");
     }
     let udp = listeners.udp.clone();
+    let udp_addrs: Vec<SocketAddr> = listeners
+        .udp
+        .iter()
+        .filter_map(|s| s.local_addr().ok())
+        .collect();
+    let tcp_addrs: Vec<SocketAddr> = listeners
+        .local_addrs()
+        .into_iter()
+        .filter(|(kind, _)| *kind == TransportKind::Tcp)
+        .map(|(_, addr)| addr)
+        .collect();
     for (index, socket) in listeners.udp.iter().enumerate() {
         tokio::spawn(udp_receiver(index, Arc::clone(socket), net_tx.clone()));
     }
@@ -319,6 +339,7 @@ pub async fn serve(
         None => None,
     };
     let mut endpoint = Endpoint::new(endpoint_config(&config), Box::new(random_u64));
+    start_registrations(&config, &udp_addrs, &tcp_addrs, public_ip, &mut endpoint).await;
     let mut state = Loop {
         config: Arc::clone(&config),
         udp,
@@ -384,6 +405,7 @@ pub async fn serve(
                 tracing::info!(calls, "stopping: hanging up every call");
                 state.stopping = true;
                 state.hang_up_all(&mut endpoint);
+                endpoint.unregister_all(now());
                 stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
             }
             Some((call, report)) = media_rx.recv() => state.call_report(&mut endpoint, call, report),
@@ -399,6 +421,98 @@ pub async fn serve(
         {
             return Ok(());
         }
+    }
+}
+
+/// Registers every `[[sip.accounts]]`: resolves the registrar (or outbound proxy), works out
+/// the address our Contact and Via name (the listener of the account's transport and family,
+/// its wildcard made concrete towards the registrar, or `public_address`), and hands the
+/// registration to the endpoint. An account whose registrar does not resolve is logged and
+/// skipped.
+async fn start_registrations(
+    config: &Config,
+    udp_addrs: &[SocketAddr],
+    tcp_addrs: &[SocketAddr],
+    public_ip: Option<IpAddr>,
+    endpoint: &mut Endpoint,
+) {
+    for account in &config.sip.accounts {
+        let (host, port) = account
+            .outbound_proxy
+            .clone()
+            .unwrap_or_else(|| (account.registrar_host.clone(), account.registrar_port));
+        let lookup = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await;
+        let Some(target) = lookup.ok().and_then(Result::ok).and_then(|mut a| a.next()) else {
+            tracing::error!(account = %account.name, %host, "registrar does not resolve: not registering");
+            continue;
+        };
+        let (kind, addrs) = match account.transport {
+            Transport::Udp => (TransportKind::Udp, udp_addrs),
+            Transport::Tcp => (TransportKind::Tcp, tcp_addrs),
+        };
+        let Some((index, local)) = addrs
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.is_ipv4() == target.is_ipv4())
+        else {
+            tracing::error!(account = %account.name, %target, "no listen socket of this transport and address family: not registering");
+            continue;
+        };
+        let ip = public_ip
+            .or_else(|| (!local.ip().is_unspecified()).then_some(local.ip()))
+            .or_else(|| route_source(target))
+            .unwrap_or(local.ip());
+        let host_port = match ip {
+            IpAddr::V4(v4) => format!("{v4}:{}", local.port()),
+            IpAddr::V6(v6) => format!("[{v6}]:{}", local.port()),
+        };
+        let transport_param = match account.transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+        };
+        let password = match account.password.load() {
+            Ok(password) => password.expose().to_owned(),
+            Err(error) => {
+                tracing::error!(account = %account.name, %error, "cannot read the password: not registering");
+                continue;
+            }
+        };
+        let registrar_host = if account.registrar_host.contains(':') {
+            format!("[{}]", account.registrar_host)
+        } else {
+            account.registrar_host.clone()
+        };
+        let register = RegisterConfig {
+            registrar: format!("sip:{registrar_host}:{}", account.registrar_port),
+            aor: format!("sip:{}@{registrar_host}", account.username),
+            auth_username: account.auth_username.clone(),
+            password,
+            contact: format!("sip:{}@{host_port}{transport_param}", account.contact_user),
+            via: format!("{} {host_port}", kind.name()),
+            expires: account.expires,
+            user_agent: config.sip.user_agent.clone(),
+            timers: TimerConfig {
+                t1: config.sip.t1,
+                t2: config.sip.t2,
+                ..TimerConfig::default()
+            },
+            reliable: kind == TransportKind::Tcp,
+        };
+        tracing::info!(account = %account.name, registrar = %account.registrar, %target, contact = %register.contact, "registering");
+        let flow = (kind == TransportKind::Udp).then_some(Flow::Udp(index));
+        let registration = Registration::new(now(), register, Box::new(random_u64));
+        endpoint.add_registration(
+            account.name.to_string(),
+            account.contact_user.clone(),
+            registration,
+            Target::Addr(target),
+            kind,
+            flow,
+        );
     }
 }
 
@@ -666,15 +780,29 @@ impl Loop {
     fn call_logic(&mut self, endpoint: &mut Endpoint, event: EndpointEvent) {
         let now = now();
         match event {
+            EndpointEvent::Registration { account, event } => match event {
+                RegistrationEvent::Registered { expires } => {
+                    tracing::info!(%account, expires, "registered");
+                }
+                RegistrationEvent::Failed {
+                    status,
+                    reason,
+                    retry_in,
+                } => {
+                    tracing::warn!(%account, ?status, %reason, retry_in_s = retry_in.as_secs(), "registration failed");
+                }
+                RegistrationEvent::Unregistered => tracing::info!(%account, "unregistered"),
+            },
             EndpointEvent::IncomingCall {
                 call,
                 call_id,
                 dialed,
                 caller,
+                account,
                 remote,
                 transport,
             } => {
-                tracing::info!(call = %call, %call_id, %dialed, %caller, %remote, transport = transport.name(), "incoming call");
+                tracing::info!(call = %call, %call_id, %dialed, %caller, ?account, %remote, transport = transport.name(), "incoming call");
                 let deadline = now
                     .checked_add(self.config.limits.max_call_duration)
                     .unwrap_or(now);
@@ -682,7 +810,8 @@ impl Loop {
                 let sockets = self.bound.remove(&call_id);
                 let port = sockets.as_ref().map(|s| s.port);
                 let task = sockets.and_then(|sockets| {
-                    self.start_call(endpoint, call, &call_id, &dialed, &caller, sockets)
+                    let parties = (account.as_deref(), dialed.as_str(), caller.as_str());
+                    self.start_call(endpoint, call, &call_id, parties, sockets)
                 });
                 let started = task.is_some();
                 self.calls.insert(
@@ -766,12 +895,11 @@ impl Loop {
         endpoint: &Endpoint,
         call: CallHandle,
         call_id: &str,
-        dialed: &str,
-        caller: &str,
+        (account, dialed, caller): (Option<&str>, &str, &str),
         sockets: MediaSockets,
     ) -> Option<CallTask> {
         let config = Arc::clone(&self.config);
-        let Some(route) = config.route(dialed, caller) else {
+        let Some(route) = config.route_via(account, dialed, caller) else {
             tracing::warn!(call = %call, "the route that admitted the call is gone");
             return None;
         };

@@ -95,7 +95,7 @@ mod tests;
 /// Server transactions one call keeps at once (its INVITE, a re-INVITE, in-dialog requests).
 const MAX_SERVER_TRANSACTIONS: usize = 32;
 /// The methods we accept in a dialog, for `Allow`.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY";
 /// The option tags we support, for `Supported`.
 pub const SUPPORTED: &str = "timer";
 /// The body types we accept, for `Accept`.
@@ -226,6 +226,13 @@ pub enum DialogEvent {
     /// The caller pressed a key, signalled by SIP INFO (`application/dtmf-relay`) rather than
     /// RFC 4733 in the media.
     Digit(crate::rtp::dtmf::DigitPress),
+    /// The peer accepted our REFER (202): the transfer is being attempted; NOTIFYs follow.
+    TransferAccepted,
+    /// The peer refused our REFER (`status`), or it got no answer (`None`).
+    TransferFailed { status: Option<u16> },
+    /// A NOTIFY about our REFER (RFC 3515 sipfrag): the status of the transferred call so far;
+    /// `terminated` when the subscription ended (the status is then final).
+    TransferProgress { status: u16, terminated: bool },
     /// The call is over. Emitted exactly once, last.
     Ended {
         /// Why.
@@ -378,6 +385,8 @@ impl ServerTx {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ClientPurpose {
     Bye,
+    /// A blind transfer (RFC 3515).
+    Refer,
     /// A session refresh for this interval (seconds).
     Refresh(u32),
 }
@@ -520,6 +529,8 @@ pub struct UasCall {
     bye_deferred: bool,
     /// The `Reason` header (RFC 3326) of our BYE, from [`UasCall::hang_up_with_reason`].
     bye_reason: Option<String>,
+    /// Our REFER awaits its final response.
+    refer_pending: bool,
     servers: Vec<ServerTx>,
     clients: Vec<ClientTx>,
     transmits: VecDeque<Transmit>,
@@ -566,6 +577,7 @@ impl UasCall {
             local_reinvite: None,
             bye_deferred: false,
             bye_reason: None,
+            refer_pending: false,
             servers: Vec::new(),
             clients: Vec::new(),
             transmits: VecDeque::new(),
@@ -751,6 +763,25 @@ impl UasCall {
         self.hang_up(now)
     }
 
+    /// Blind transfer (RFC 3515): REFER to `refer_to` (a SIP URI) with `Referred-By` naming
+    /// us. The outcome comes as [`DialogEvent::TransferAccepted`] / `TransferFailed`, then
+    /// `TransferProgress` from the peer's NOTIFYs. Only in a confirmed call, one at a time.
+    pub fn refer(&mut self, now: Instant, refer_to: &str) -> Result<(), DialogError> {
+        self.require_state("refer", CallState::Confirmed)?;
+        if self.refer_pending {
+            return Err(self.not_allowed("refer"));
+        }
+        self.refer_pending = true;
+        let referred_by = format!("<{}>", self.invite.to().uri.raw);
+        let extra = [
+            ("Refer-To", format!("<{}>", sanitize(refer_to))),
+            ("Referred-By", sanitize(&referred_by)),
+        ];
+        self.send_request(now, "REFER", ClientPurpose::Refer, &extra, None);
+        self.pump(now);
+        Ok(())
+    }
+
     /// The codec the call will use: what [`UasCall::answer`] picks from the offer, or, for an
     /// offerless INVITE, our most preferred codec (the one our offer lists first). `None` when
     /// the offer has no codec we take (the answer will be a 488).
@@ -823,6 +854,7 @@ impl UasCall {
                     "INVITE" => self.handle_reinvite(now, request, key),
                     "UPDATE" => self.handle_update(now, request, key),
                     "INFO" => self.handle_info(now, request, key),
+                    "NOTIFY" => self.handle_notify(now, request, key),
                     "OPTIONS" => {
                         let mut extra = self.capability_headers();
                         extra.push(("Accept", ACCEPT.to_owned()));
@@ -1647,6 +1679,46 @@ impl UasCall {
     /// SIP INFO in the dialog: `application/dtmf-relay` carries a key press (the legacy,
     /// package-less usage PBXs send; RFC 6086 section 2.3 keeps it legal). Another body type
     /// gets 415 with what we accept; a relay body without a readable signal, 400.
+    /// NOTIFY for our REFER's implicit subscription (RFC 3515 section 2.4.4): the body is a
+    /// `message/sipfrag` status line of the transferred call.
+    fn handle_notify(&mut self, now: Instant, request: &SipMessage, key: TransactionKey) {
+        let is_refer = request
+            .header("Event")
+            .is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("refer"));
+        if !is_refer {
+            let response = self.response(
+                request,
+                489,
+                "Bad Event",
+                &[("Allow-Events", "refer".to_owned())],
+            );
+            self.reply_once(now, key, 489, response);
+            return;
+        }
+        let terminated = request
+            .header("Subscription-State")
+            .is_some_and(|s| s.trim().to_ascii_lowercase().starts_with("terminated"));
+        let status = std::str::from_utf8(request.body())
+            .ok()
+            .and_then(|body| body.lines().next())
+            .and_then(|line| line.strip_prefix("SIP/2.0 "))
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse::<u16>().ok())
+            .filter(|code| (100..700).contains(code));
+        match status {
+            Some(status) => {
+                self.events
+                    .push_back(DialogEvent::TransferProgress { status, terminated });
+                let response = self.response(request, 200, "OK", &[]);
+                self.reply_once(now, key, 200, response);
+            }
+            None => {
+                let response = self.response(request, 400, "Bad Request", &[]);
+                self.reply_once(now, key, 400, response);
+            }
+        }
+    }
+
     fn handle_info(&mut self, now: Instant, request: &SipMessage, key: TransactionKey) {
         const DTMF_RELAY: &str = "application/dtmf-relay";
         let (code, reason, extra) = match request.content_type().as_deref() {
@@ -1859,6 +1931,25 @@ impl UasCall {
                     }
                     // The BYE's outcome changes nothing: the call ended when it was sent.
                     ClientPurpose::Bye => {}
+                    ClientPurpose::Refer if self.refer_pending => match event {
+                        TxEvent::Response { status, .. } if (200..300).contains(&status) => {
+                            self.refer_pending = false;
+                            self.events.push_back(DialogEvent::TransferAccepted);
+                        }
+                        TxEvent::Response { status, .. } if status >= 300 => {
+                            self.refer_pending = false;
+                            self.events.push_back(DialogEvent::TransferFailed {
+                                status: Some(status),
+                            });
+                        }
+                        TxEvent::Timeout | TxEvent::TransportError => {
+                            self.refer_pending = false;
+                            self.events
+                                .push_back(DialogEvent::TransferFailed { status: None });
+                        }
+                        _ => {}
+                    },
+                    ClientPurpose::Refer => {}
                 }
             }
         }

@@ -38,6 +38,7 @@ use super::message::{
     HostPort, ParseError, SipMessage, Uri, Via, build_error_response, build_response, parse,
     sanitize, split_outside,
 };
+use super::register::{RegState, Registration, RegistrationEvent};
 use super::sdp::{CodecPrefs, LocalMedia};
 use super::transaction::{TimerConfig, Wire};
 
@@ -143,10 +144,20 @@ pub enum EndpointEvent {
         dialed: String,
         /// Who calls: the P-Asserted-Identity user, else the From user (may be empty).
         caller: String,
+        /// The account it came through (its Request-URI user is that account's Contact user);
+        /// `dialed` is then the To user, the number the caller dialed at the PBX.
+        account: Option<String>,
         /// The peer the INVITE came from.
         remote: SocketAddr,
         /// The transport it came over.
         transport: TransportKind,
+    },
+    /// A registration with a PBX reported (registered, failed, unregistered).
+    Registration {
+        /// The account's name.
+        account: String,
+        /// What happened.
+        event: RegistrationEvent,
     },
     /// Something happened in a call's dialog (media negotiated, confirmed, ended...).
     Dialog {
@@ -261,9 +272,21 @@ pub struct Endpoint {
     /// absorbing retransmissions).
     calls: HashMap<String, Vec<CallHandle>>,
     deadlines: BTreeSet<(Instant, CallHandle)>,
+    /// Registrations with PBXs ([`Endpoint::add_registration`]).
+    registrations: Vec<RegSlot>,
     transmits: VecDeque<Outgoing>,
     events: VecDeque<EndpointEvent>,
     stats: EndpointStats,
+}
+
+/// One account's registration and where its REGISTERs go.
+struct RegSlot {
+    account: String,
+    contact_user: String,
+    registration: Registration,
+    target: Target,
+    transport: TransportKind,
+    flow: Option<Flow>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -286,6 +309,7 @@ impl Endpoint {
             slots: HashMap::new(),
             calls: HashMap::new(),
             deadlines: BTreeSet::new(),
+            registrations: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),
@@ -303,6 +327,78 @@ impl Endpoint {
         self.slots
             .values()
             .any(|slot| slot.call.awaiting_responses())
+            || self
+                .registrations
+                .iter()
+                .any(|r| r.registration.state() == RegState::Unregistering)
+    }
+
+    /// Keeps `registration` (of `account`, whose calls come to `contact_user`) alive: its
+    /// REGISTERs go to `target` over `transport`, its responses are matched by Call-ID, and
+    /// its reports come out as [`EndpointEvent::Registration`].
+    pub fn add_registration(
+        &mut self,
+        account: String,
+        contact_user: String,
+        registration: Registration,
+        target: Target,
+        transport: TransportKind,
+        flow: Option<Flow>,
+    ) {
+        self.registrations.push(RegSlot {
+            account,
+            contact_user,
+            registration,
+            target,
+            transport,
+            flow,
+        });
+        self.pump_registrations();
+    }
+
+    /// De-registers every account (shutdown): `Expires: 0`.
+    pub fn unregister_all(&mut self, now: Instant) {
+        for slot in &mut self.registrations {
+            slot.registration.unregister(now);
+        }
+        self.pump_registrations();
+    }
+
+    /// Each account and where its registration stands.
+    pub fn registrations(&self) -> impl Iterator<Item = (&str, RegState)> {
+        self.registrations
+            .iter()
+            .map(|r| (r.account.as_str(), r.registration.state()))
+    }
+
+    /// The account an INVITE came through: its Request-URI user is an account's Contact user.
+    pub fn account_of(&self, invite: &SipMessage) -> Option<&str> {
+        account_for(
+            invite,
+            self.registrations
+                .iter()
+                .map(|r| (r.contact_user.as_str(), r.account.as_str())),
+        )
+    }
+
+    fn pump_registrations(&mut self) {
+        for slot in &mut self.registrations {
+            while let Some(transmit) = slot.registration.poll_transmit() {
+                self.transmits.push_back(Outgoing {
+                    transport: slot.transport,
+                    flow: slot.flow,
+                    target: slot.target.clone(),
+                    payload: transmit.payload,
+                    retransmission: transmit.retransmission,
+                });
+            }
+            while let Some(event) = slot.registration.poll_event() {
+                self.events.push_back(EndpointEvent::Registration {
+                    account: slot.account.clone(),
+                    event,
+                });
+            }
+        }
     }
 
     /// Counters.
@@ -367,11 +463,23 @@ impl Endpoint {
             }
             self.after_call(handle);
         }
+        for slot in &mut self.registrations {
+            if slot.registration.poll_timeout().is_some_and(|at| at <= now) {
+                slot.registration.handle_timeout(now);
+            }
+        }
+        self.pump_registrations();
     }
 
     /// When [`Endpoint::handle_timeout`] should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        let calls = self.deadlines.first().map(|(at, _)| *at);
+        let registrations = self
+            .registrations
+            .iter()
+            .filter_map(|r| r.registration.poll_timeout())
+            .min();
+        [calls, registrations].into_iter().flatten().min()
     }
 
     /// The next message to send.
@@ -408,6 +516,16 @@ impl Endpoint {
     /// BYE (or 603 before the answer).
     pub fn hang_up(&mut self, now: Instant, call: CallHandle) -> Result<(), EndpointError> {
         self.command(call, |c| c.hang_up(now))
+    }
+
+    /// Blind transfer of a confirmed call: REFER to `refer_to`.
+    pub fn refer(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        refer_to: &str,
+    ) -> Result<(), EndpointError> {
+        self.command(call, |c| c.refer(now, refer_to))
     }
 
     /// BYE with a `Reason` header (RFC 3326), or 603 before the answer.
@@ -518,6 +636,15 @@ impl Endpoint {
     }
 
     fn handle_response(&mut self, now: Instant, response: &SipMessage) {
+        if let Some(slot) = self
+            .registrations
+            .iter_mut()
+            .find(|r| r.registration.call_id() == response.call_id())
+        {
+            slot.registration.handle_response(now, response);
+            self.pump_registrations();
+            return;
+        }
         // Responses answer our requests, whose From tag is the call's local tag.
         let found = self.calls.get(response.call_id()).and_then(|handles| {
             handles.iter().copied().find(|h| {
@@ -660,10 +787,12 @@ impl Endpoint {
         let handle = CallHandle(self.next_handle);
         self.next_handle += 1;
         let call_id = invite.call_id().to_owned();
+        let account = self.account_of(invite).map(str::to_owned);
         self.events.push_back(EndpointEvent::IncomingCall {
             call: handle,
             call_id: call_id.clone(),
-            dialed: dialed(invite),
+            dialed: dialed_via(invite, account.is_some()),
+            account,
             caller: caller(invite),
             remote: incoming.remote,
             transport,
@@ -912,6 +1041,30 @@ pub fn dialed(invite: &SipMessage) -> String {
         .or_else(|| invite.to().uri.user.clone())
         .unwrap_or_default();
     unescape_user(&user)
+}
+
+/// The account of `accounts` (`(contact user, account)` pairs) whose Contact user is the
+/// INVITE's Request-URI user.
+pub fn account_for<'a>(
+    invite: &SipMessage,
+    accounts: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<&'a str> {
+    let user = unescape_user(invite.request_uri()?.user.as_deref()?);
+    accounts
+        .into_iter()
+        .find(|(contact_user, _)| *contact_user == user)
+        .map(|(_, account)| account)
+}
+
+/// The dialed number of a call that came through an account (`via_account`: the To user, as
+/// the Request-URI is our Contact) or directly ([`dialed`]).
+pub fn dialed_via(invite: &SipMessage, via_account: bool) -> String {
+    if via_account {
+        let to = invite.to().uri.user.clone().unwrap_or_default();
+        unescape_user(&to)
+    } else {
+        dialed(invite)
+    }
 }
 
 /// The caller: the first P-Asserted-Identity user, else the From user.

@@ -1980,3 +1980,95 @@ fn planned_codec_is_the_answer_s_codec_before_the_answer() {
     rig.act(0, |c, now| c.answer(now).unwrap());
     assert_eq!(rig.call.planned_codec(), Some(Codec::Pcmu));
 }
+
+#[test]
+fn blind_transfer_refer_then_notify_progress_to_the_final_status() {
+    // Not before the call is confirmed.
+    let mut early = Rig::new(sip(INVITE_HEAD, OFFER));
+    assert!(early.call.refer(early.at(10), "sip:operator@pbx").is_err());
+
+    let mut rig = Rig::confirmed();
+    rig.act(1_000, |c, now| {
+        c.refer(now, "sip:operator@pbx.example.com").unwrap()
+    });
+    let sent = rig.take();
+    assert_eq!(sent.len(), 1);
+    let refer = &sent[0].1;
+    assert_eq!(refer.method(), Some("REFER"));
+    assert_eq!(
+        refer.header("Refer-To"),
+        Some("<sip:operator@pbx.example.com>")
+    );
+    assert_eq!(refer.header("Referred-By"), Some("<sip:bot@192.0.2.1>"));
+    assert_eq!(refer.to().tag(), Some("alicetag"));
+    // One at a time.
+    assert!(rig.call.refer(rig.at(1_001), "sip:other@pbx").is_err());
+    let accepted = parse(&build_response(refer, 202, "Accepted", None)).unwrap();
+    rig.response(1_050, accepted);
+    assert_eq!(rig.take_events(), vec![DialogEvent::TransferAccepted]);
+
+    let notify = |cseq: u32, frag: &str, state: &str| {
+        sip(
+            &in_dialog(
+                "NOTIFY",
+                cseq,
+                &format!("z9hG4bKn{cseq}"),
+                &format!(
+                    "Event: refer\nSubscription-State: {state}\nContent-Type: message/sipfrag"
+                ),
+            ),
+            frag,
+        )
+    };
+    rig.request(
+        1_100,
+        notify(11, "SIP/2.0 100 Trying\n", "active;expires=60"),
+    );
+    rig.request(
+        2_000,
+        notify(12, "SIP/2.0 200 OK\n", "terminated;reason=noresource"),
+    );
+    assert_eq!(
+        rig.take_events(),
+        vec![
+            DialogEvent::TransferProgress {
+                status: 100,
+                terminated: false
+            },
+            DialogEvent::TransferProgress {
+                status: 200,
+                terminated: true
+            },
+        ]
+    );
+    let replies: Vec<u16> = rig
+        .take()
+        .iter()
+        .filter_map(|(_, m, _)| m.status_code())
+        .collect();
+    assert_eq!(replies, vec![200, 200]);
+    // A NOTIFY for another event package is refused.
+    rig.request(
+        2_100,
+        sip(&in_dialog("NOTIFY", 13, "z9hG4bKn13", "Event: dialog"), ""),
+    );
+    assert_eq!(rig.take()[0].1.status_code(), Some(489));
+}
+
+#[test]
+fn a_refused_refer_is_reported() {
+    let mut rig = Rig::confirmed();
+    rig.act(1_000, |c, now| c.refer(now, "sip:nobody@pbx").unwrap());
+    let refer = rig.take()[0].1.clone();
+    rig.response(
+        1_050,
+        parse(&build_response(&refer, 403, "Forbidden", None)).unwrap(),
+    );
+    assert_eq!(
+        rig.take_events(),
+        vec![DialogEvent::TransferFailed { status: Some(403) }]
+    );
+    // The call goes on, and another transfer may be tried.
+    rig.act(2_000, |c, now| c.refer(now, "sip:operator@pbx").unwrap());
+    assert_eq!(rig.take()[0].1.method(), Some("REFER"));
+}

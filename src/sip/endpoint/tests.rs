@@ -694,3 +694,114 @@ fn awaiting_responses_follows_our_bye_not_the_retransmission_timers() {
     assert!(!ep.awaiting_responses());
     assert_eq!(ep.call_count(), 1);
 }
+
+#[test]
+fn registrations_send_to_their_target_take_their_responses_and_name_the_account_of_calls() {
+    use crate::sip::register::{RegisterConfig, Registration, RegistrationEvent};
+    let mut ep = endpoint();
+    let now = Instant::now();
+    let mut n = 0;
+    let registration = Registration::new(
+        now,
+        RegisterConfig {
+            registrar: "sip:127.0.0.9:5090".into(),
+            aor: "sip:2001@127.0.0.9".into(),
+            auth_username: "2001".into(),
+            password: "pw".into(),
+            contact: "sip:bot2001@127.0.0.1:5060".into(),
+            via: "UDP 127.0.0.1:5060".into(),
+            expires: 600,
+            user_agent: String::new(),
+            timers: TimerConfig::default(),
+            reliable: false,
+        },
+        Box::new(move || {
+            n += 1;
+            n
+        }),
+    );
+    ep.add_registration(
+        "pbx".into(),
+        "bot2001".into(),
+        registration,
+        Target::Addr(addr("127.0.0.9:5090")),
+        TransportKind::Udp,
+        Some(Flow::Udp(0)),
+    );
+    let out = ep.poll_transmit().unwrap();
+    assert_eq!(out.target, Target::Addr(addr("127.0.0.9:5090")));
+    assert_eq!(out.flow, Some(Flow::Udp(0)));
+    let register = crate::sip::message::parse(&out.payload).unwrap();
+    assert_eq!(register.method(), Some("REGISTER"));
+    // Its 200 is the registration's, not a stray response.
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=r\r\nCall-ID: {}\r\nCSeq: 1 REGISTER\r\n\
+         Expires: 300\r\nContent-Length: 0\r\n\r\n",
+        register.header("Via").unwrap(),
+        register.header("From").unwrap(),
+        register.header("To").unwrap(),
+        register.call_id()
+    );
+    let mut policy = Policy::accept();
+    feed(&mut ep, now, Flow::Udp(0), &ok, &mut policy);
+    assert_eq!(
+        ep.poll_event(),
+        Some(EndpointEvent::Registration {
+            account: "pbx".into(),
+            event: RegistrationEvent::Registered { expires: 300 }
+        })
+    );
+    assert_eq!(ep.stats().stray_responses, 0);
+    assert!(matches!(
+        ep.registrations().next(),
+        Some(("pbx", crate::sip::register::RegState::Registered { .. }))
+    ));
+    // A call to our Contact came through the account; its dialed number is the To user.
+    let via = "SIP/2.0/UDP 127.0.0.2:40000;branch=z9hG4bKacc1";
+    let text = invite(via, "acc-1", "")
+        .replacen(
+            "INVITE sip:100@127.0.0.1",
+            "INVITE sip:bot2001@127.0.0.1:5060",
+            1,
+        )
+        .replace(
+            "To: <sip:100@127.0.0.1>",
+            "To: <sip:+4930555@pbx.example.com>",
+        );
+    feed(&mut ep, now, Flow::Udp(0), &text, &mut policy);
+    let incoming = std::iter::from_fn(|| ep.poll_event())
+        .find(|e| matches!(e, EndpointEvent::IncomingCall { .. }))
+        .unwrap();
+    let EndpointEvent::IncomingCall {
+        account, dialed, ..
+    } = incoming
+    else {
+        unreachable!()
+    };
+    assert_eq!(account.as_deref(), Some("pbx"));
+    assert_eq!(dialed, "+4930555");
+    // A direct call: no account, the Request-URI user.
+    let text = invite(
+        "SIP/2.0/UDP 127.0.0.2:40000;branch=z9hG4bKacc2",
+        "acc-2",
+        "",
+    );
+    feed(&mut ep, now, Flow::Udp(0), &text, &mut policy);
+    let EndpointEvent::IncomingCall {
+        account, dialed, ..
+    } = std::iter::from_fn(|| ep.poll_event())
+        .find(|e| matches!(e, EndpointEvent::IncomingCall { .. }))
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!((account, dialed.as_str()), (None, "100"));
+    // Shutdown: Expires: 0, and the endpoint waits for its answer.
+    ep.unregister_all(now);
+    let out = std::iter::from_fn(|| ep.poll_transmit())
+        .find(|o| o.target == Target::Addr(addr("127.0.0.9:5090")))
+        .unwrap();
+    let unregister = crate::sip::message::parse(&out.payload).unwrap();
+    assert_eq!(unregister.header("Expires"), Some("0"));
+    assert!(ep.awaiting_responses());
+}
