@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use crate::audio::G711Law;
 use crate::config::{DtmfConfig, ProfileConfig};
-use crate::realtime::{Dialect, ServerError, Session, SessionEvent, SetupFailure};
+use crate::realtime::{CallId, Dialect, ServerError, Session, SessionEvent, SetupFailure};
 use crate::rtp::playout::Pacer;
 use crate::sip::sdp::Codec;
 
@@ -106,6 +106,10 @@ pub enum CallEnd {
     MediaFailed,
     /// The SIP side ended it otherwise: no ACK, session timer, refused offer, transport.
     Signalling,
+    /// Transferred to a human (REFER accepted and the new call answered): BYE with a Reason.
+    Transferred,
+    /// The assistant ended the call (`end_call`), after its last words played.
+    EndedByAssistant,
 }
 
 impl CallEnd {
@@ -123,6 +127,8 @@ impl CallEnd {
             Self::Shutdown => "shutdown",
             Self::MediaFailed => "media_failed",
             Self::Signalling => "signalling",
+            Self::Transferred => "transferred",
+            Self::EndedByAssistant => "ended_by_assistant",
         }
     }
 
@@ -139,6 +145,8 @@ impl CallEnd {
             Self::MaxDuration => (16, "maximum call duration reached"),
             Self::Shutdown => (16, "bridge shutting down"),
             Self::MediaFailed => (41, "media setup failed"),
+            Self::Transferred => (16, "call transferred"),
+            Self::EndedByAssistant => (16, "call ended by the assistant"),
             Self::CallerBye | Self::Cancelled | Self::Signalling => (16, "call ended"),
         };
         let detail: String = detail
@@ -169,7 +177,37 @@ pub enum CallAction {
     HangUp { reason: String },
     /// Close the WebSocket normally: nothing more will be sent on it.
     CloseUpstream,
+    /// Blind transfer: REFER the caller to this SIP URI.
+    Transfer { uri: String },
 }
+
+/// What became of a REFER (from the dialog).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// 202 Accepted: the peer is trying.
+    Accepted,
+    /// Refused with this status, or no answer (`None`).
+    Refused(Option<u16>),
+    /// A NOTIFY: the transferred call's status; `terminated` ends the subscription.
+    Progress { status: u16, terminated: bool },
+}
+
+/// Something the call does once the model's audio now queued has played.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum AfterPlayout {
+    /// REFER to `uri` (after the announcement, if any).
+    Transfer {
+        uri: String,
+        tool_call: Option<CallId>,
+        /// A response was asked for (the announcement) and has not been seen yet.
+        awaiting_response: bool,
+    },
+    /// Hang up (`end_call`).
+    HangUp,
+}
+
+/// The longest wait for the queued audio before a deferred transfer or hang-up goes ahead.
+const AFTER_PLAYOUT_LIMIT: Duration = Duration::from_secs(30);
 
 /// The call's audio codec on RTP, as the bridge needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,6 +390,10 @@ pub struct Call {
     /// Silence frames filled whose gap concealment the receiver has not delivered yet.
     filled_pending: u64,
     frames_filled: u64,
+    /// A transfer or hang-up waiting for the queued audio, and since when.
+    after_playout: Option<(AfterPlayout, Instant)>,
+    /// A REFER is out: its tool call (if the model asked), for the failure report.
+    transfer: Option<(String, Option<CallId>)>,
 }
 
 impl Call {
@@ -400,6 +442,8 @@ impl Call {
             caller_clock: None,
             filled_pending: 0,
             frames_filled: 0,
+            after_playout: None,
+            transfer: None,
         }
     }
 
@@ -669,6 +713,153 @@ impl Call {
         }
     }
 
+    /// Transfers the caller to `uri` (a blind REFER). With an `announcement` the model is
+    /// first asked to say it (as the response to `tool_call`, when the model asked for the
+    /// transfer) and the REFER leaves once that audio has played.
+    pub fn start_transfer(
+        &mut self,
+        now: Instant,
+        uri: &str,
+        tool_call: Option<CallId>,
+        announcement: Option<&str>,
+    ) {
+        if self.phase != Phase::Answered || self.transfer.is_some() {
+            if let Some(call_id) = tool_call {
+                self.tool_output(
+                    &call_id,
+                    r#"{"error":"a transfer is not possible right now"}"#.to_owned(),
+                );
+            }
+            self.drain(now);
+            return;
+        }
+        let mut awaiting_response = false;
+        if let Some(text) = announcement
+            && let Some(bridge) = &mut self.bridge
+        {
+            let session = bridge.session_mut();
+            let result = match &tool_call {
+                // The output of the tool call is followed by a response of the session's own.
+                Some(call_id) => session
+                    .submit_tool_output(call_id, r#"{"status":"transferring"}"#.to_owned())
+                    .and_then(|()| session.create_response(Some(text))),
+                None => session.create_response(Some(text)),
+            };
+            match result {
+                Ok(()) => awaiting_response = true,
+                Err(error) => self.note_error(format!("transfer announcement: {error}")),
+            }
+        }
+        self.after_playout = Some((
+            AfterPlayout::Transfer {
+                uri: uri.to_owned(),
+                tool_call,
+                awaiting_response,
+            },
+            now,
+        ));
+        self.drain(now);
+    }
+
+    /// What became of the REFER.
+    pub fn handle_transfer(&mut self, now: Instant, outcome: TransferOutcome) {
+        let Some((uri, tool_call)) = self.transfer.clone() else {
+            return;
+        };
+        let failed = match outcome {
+            TransferOutcome::Accepted => return,
+            TransferOutcome::Progress { status, .. } if (200..300).contains(&status) => {
+                self.transfer = None;
+                self.hang_up(now, CallEnd::Transferred, &uri);
+                return;
+            }
+            TransferOutcome::Progress { status, terminated } => {
+                if status < 300 && !terminated {
+                    return;
+                }
+                Some(status)
+            }
+            TransferOutcome::Refused(status) => status,
+        };
+        self.transfer = None;
+        let reason = match failed {
+            Some(status) if status < 300 => "the transfer ended without an answer".to_owned(),
+            Some(status) => format!("the transfer failed with SIP status {status}"),
+            None => "the transfer got no answer".to_owned(),
+        };
+        self.note_error(format!("transfer to {uri}: {reason}"));
+        let output = serde_json::json!({ "error": reason }).to_string();
+        match tool_call {
+            Some(call_id) => self.tool_output(&call_id, output),
+            None => {
+                if let Some(bridge) = &mut self.bridge {
+                    let session = bridge.session_mut();
+                    let text = format!("The transfer did not work: {reason}. Tell the caller.");
+                    if let Err(error) = session
+                        .add_user_text(&text)
+                        .and_then(|()| session.create_response(None))
+                    {
+                        self.note_error(format!("transfer report: {error}"));
+                    }
+                }
+            }
+        }
+        self.drain(now);
+    }
+
+    /// Hangs up once the model's audio now queued has played (`end_call`).
+    pub fn end_after_playout(&mut self, now: Instant) {
+        if self.phase == Phase::Answered && self.after_playout.is_none() {
+            self.after_playout = Some((AfterPlayout::HangUp, now));
+        }
+        self.drain(now);
+    }
+
+    /// Answers a tool call with `output` (the session asks for the next response itself).
+    pub fn tool_output(&mut self, call_id: &CallId, output: String) {
+        let Some(bridge) = &mut self.bridge else {
+            return;
+        };
+        if let Err(error) = bridge.session_mut().submit_tool_output(call_id, output) {
+            self.note_error(format!("tool output: {error}"));
+        }
+    }
+
+    /// Runs a deferred transfer or hang-up once the queued audio has played and no response
+    /// is under way (or after [`AFTER_PLAYOUT_LIMIT`]).
+    fn run_after_playout(&mut self, now: Instant) {
+        let Some((pending, since)) = &self.after_playout else {
+            return;
+        };
+        let Some(bridge) = &self.bridge else {
+            return;
+        };
+        let waiting_for_response = matches!(
+            pending,
+            AfterPlayout::Transfer {
+                awaiting_response: true,
+                ..
+            }
+        );
+        let quiet = bridge.pacer().is_idle()
+            && bridge.session().active_response().is_none()
+            && !waiting_for_response;
+        let overdue = now.saturating_duration_since(*since) >= AFTER_PLAYOUT_LIMIT;
+        if !(quiet || overdue) {
+            return;
+        }
+        let Some((pending, _)) = self.after_playout.take() else {
+            return;
+        };
+        match pending {
+            AfterPlayout::HangUp => self.hang_up(now, CallEnd::EndedByAssistant, ""),
+            AfterPlayout::Transfer { uri, tool_call, .. } => {
+                self.transfer = Some((uri.clone(), tool_call));
+                self.actions.push_back(CallAction::Transfer { uri });
+            }
+        }
+    }
+
     // ---- outputs ----------------------------------------------------------------------------
 
     /// The next thing the shell must do.
@@ -707,7 +898,14 @@ impl Call {
             Some(bridge) => bridge.poll_timeout(),
             None => self.session.as_ref().and_then(Session::poll_timeout),
         };
-        [answer, core, self.fill_due()].into_iter().flatten().min()
+        let after = self
+            .after_playout
+            .as_ref()
+            .and_then(|(_, since)| since.checked_add(AFTER_PLAYOUT_LIMIT));
+        [answer, core, self.fill_due(), after]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The call's record, as of `now` (final once [`Call::is_ended`]).
@@ -841,6 +1039,9 @@ impl Call {
                 BridgeEvent::Ready { .. } | BridgeEvent::BargeIn(_) | BridgeEvent::Playout(_) => {}
             }
         }
+        if self.phase == Phase::Answered {
+            self.run_after_playout(now);
+        }
     }
 
     fn session_event(&mut self, now: Instant, event: SessionEvent) {
@@ -867,6 +1068,17 @@ impl Call {
                     self.session_ended(now, SessionEnd::Fatal(error));
                 } else {
                     self.note_error(error_text(&error));
+                }
+            }
+            SessionEvent::ResponseCreated { .. } => {
+                if let Some((
+                    AfterPlayout::Transfer {
+                        awaiting_response, ..
+                    },
+                    _,
+                )) = &mut self.after_playout
+                {
+                    *awaiting_response = false;
                 }
             }
             SessionEvent::CallerTranscript { text, .. } => {

@@ -21,6 +21,6 @@ pub use bridge::{
     AudioBridge, BargeIn, BridgeError, BridgeEvent, BridgeStats, EndReason, Truncated,
 };
 pub use lifecycle::{
-    Call, CallAction, CallCodec, CallEnd, CallInfo, CallRecord, LatencyHistogram,
+    Call, CallAction, CallCodec, CallEnd, CallInfo, CallRecord, LatencyHistogram, TransferOutcome,
     UPSTREAM_RETRY_AFTER_SECS,
 };

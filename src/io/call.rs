@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::call::{Call, CallAction, CallEnd, CallRecord};
+use crate::call::{Call, CallAction, CallEnd, CallRecord, TransferOutcome};
 use crate::config::{Config, Name, UpstreamConfig};
 use crate::fake_realtime::{self, FakeHandle};
 use crate::io::media::{MediaConfig, MediaSockets, MediaSummary};
@@ -133,6 +133,8 @@ enum Command {
     Digit(char),
     /// We end the call (max duration, shutdown).
     End(CallEnd),
+    /// What became of our REFER.
+    Transfer(TransferOutcome),
     /// The dialog is over (`CallEnd` as classified by the loop).
     SipEnded(CallEnd, String),
 }
@@ -170,6 +172,11 @@ impl CallTask {
     /// A digit from SIP INFO.
     pub fn digit(&self, digit: char) {
         let _ = self.commands.send(Command::Digit(digit));
+    }
+
+    /// What became of the call's REFER.
+    pub fn transfer(&self, outcome: TransferOutcome) {
+        let _ = self.commands.send(Command::Transfer(outcome));
     }
 
     /// Ends the call from our side for `reason`.
@@ -448,6 +455,7 @@ impl Task {
             }
             Some(Command::Digit(digit)) => self.core.handle_digit(now, digit),
             Some(Command::End(reason)) => self.core.end_call(now, reason),
+            Some(Command::Transfer(outcome)) => self.core.handle_transfer(now, outcome),
             Some(Command::SipEnded(end, detail)) => {
                 self.sip_ended = true;
                 self.core.handle_sip_ended(now, end, &detail);

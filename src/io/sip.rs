@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use crate::call::{Call, CallAction, CallEnd, CallInfo};
+use crate::call::{Call, CallAction, CallEnd, CallInfo, TransferOutcome};
 use crate::config::{CodecName, Config, PublicAddress, Transport};
 use crate::io::call::{self as call_task, CallReport, CallTask, Upstreams};
 use crate::io::media::{MediaConfig, MediaSockets};
@@ -733,6 +733,16 @@ impl Loop {
             }
             // The task closes its own WebSocket.
             CallReport::Action(CallAction::CloseUpstream) => Ok(()),
+            CallReport::Action(CallAction::Transfer { uri }) => {
+                tracing::info!(call = %call, %uri, "transferring (REFER)");
+                let result = endpoint.refer(now, call, &uri);
+                if result.is_err()
+                    && let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref())
+                {
+                    task.transfer(TransferOutcome::Refused(None));
+                }
+                result
+            }
             CallReport::Finished(finished) => {
                 self.media_running = self.media_running.saturating_sub(1);
                 let (record, media) = *finished;
@@ -875,6 +885,21 @@ impl Loop {
                     tracing::debug!(call = %call, "confirmed");
                     if let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref()) {
                         task.confirm();
+                    }
+                }
+                DialogEvent::TransferAccepted
+                | DialogEvent::TransferFailed { .. }
+                | DialogEvent::TransferProgress { .. } => {
+                    tracing::info!(call = %call, ?event, "transfer");
+                    let outcome = match event {
+                        DialogEvent::TransferFailed { status } => TransferOutcome::Refused(status),
+                        DialogEvent::TransferProgress { status, terminated } => {
+                            TransferOutcome::Progress { status, terminated }
+                        }
+                        _ => TransferOutcome::Accepted,
+                    };
+                    if let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref()) {
+                        task.transfer(outcome);
                     }
                 }
                 DialogEvent::Digit(press) => {

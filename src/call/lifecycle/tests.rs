@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::*;
+use crate::call::TransferOutcome;
 use crate::config::Config;
 use crate::rtp::playout::{PacerConfig, RtpStart};
 
@@ -656,4 +657,170 @@ fn a_pause_in_the_caller_s_rtp_is_fed_as_silence_and_never_counted_twice() {
     sim.call.set_caller_audio_expected(sim.now, false);
     sim.run_to(5_000);
     assert_eq!(appends(&sim), 0);
+}
+
+fn model_says(sim: &mut Sim, ms_of_audio: usize) {
+    sim.feed(json!({"type": "response.created", "event_id": "rc",
+        "response": {"id": "resp_9", "status": "in_progress", "output": []}}));
+    let audio = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        vec![0x11u8; ms_of_audio * 8],
+    );
+    sim.feed(
+        json!({"type": "response.output_audio.delta", "event_id": "d9",
+        "response_id": "resp_9", "item_id": "item_9", "output_index": 0, "content_index": 0,
+        "delta": audio}),
+    );
+    sim.feed(
+        json!({"type": "response.output_audio.done", "event_id": "ad9",
+        "response_id": "resp_9", "item_id": "item_9", "output_index": 0, "content_index": 0}),
+    );
+    sim.feed(json!({"type": "response.done", "event_id": "rd9",
+        "response": {"id": "resp_9", "status": "completed", "output": []}}));
+}
+
+#[test]
+fn a_transfer_refers_at_once_and_hangs_up_when_the_new_call_is_answered() {
+    let mut sim = Sim::answered("");
+    sim.at(1_000);
+    sim.call
+        .start_transfer(sim.now, "sip:operator@pbx", None, None);
+    sim.drain();
+    assert_eq!(
+        sim.actions,
+        vec![CallAction::Transfer {
+            uri: "sip:operator@pbx".into()
+        }]
+    );
+    sim.actions.clear();
+    for outcome in [
+        TransferOutcome::Accepted,
+        TransferOutcome::Progress {
+            status: 100,
+            terminated: false,
+        },
+        TransferOutcome::Progress {
+            status: 180,
+            terminated: false,
+        },
+    ] {
+        sim.call.handle_transfer(sim.now, outcome);
+        sim.drain();
+    }
+    assert!(sim.actions.is_empty(), "{:?}", sim.actions);
+    sim.at(4_000);
+    sim.call.handle_transfer(
+        sim.now,
+        TransferOutcome::Progress {
+            status: 200,
+            terminated: true,
+        },
+    );
+    sim.drain();
+    assert_eq!(
+        sim.actions[0],
+        CallAction::HangUp {
+            reason: "Q.850;cause=16;text=\"call transferred: sip:operator@pbx\"".into()
+        }
+    );
+    assert_eq!(sim.call.record(sim.now).end, CallEnd::Transferred);
+}
+
+#[test]
+fn an_announced_transfer_waits_for_the_announcement_to_play() {
+    let mut sim = Sim::answered("");
+    sim.run_to(1_000);
+    let tool: CallId = "call_7".into();
+    sim.call.start_transfer(
+        sim.now,
+        "sip:sales@pbx",
+        Some(tool),
+        Some("Tell the caller you are connecting them to sales."),
+    );
+    sim.drain();
+    assert!(sim.actions.is_empty());
+    assert!(
+        sim.ws.iter().any(
+            |e| e["item"]["type"] == "function_call_output" && e["item"]["call_id"] == "call_7"
+        )
+    );
+    // The announcement: 400 ms of audio, played from the pacer before the REFER.
+    model_says(&mut sim, 400);
+    sim.run_to(1_300);
+    assert!(sim.actions.is_empty(), "still playing: {:?}", sim.actions);
+    sim.run_to(1_500);
+    assert_eq!(
+        sim.actions,
+        vec![CallAction::Transfer {
+            uri: "sip:sales@pbx".into()
+        }]
+    );
+    assert!(
+        sim.rtp >= 20,
+        "the announcement played first ({} frames)",
+        sim.rtp
+    );
+}
+
+#[test]
+fn a_refused_transfer_is_told_to_the_model_and_the_call_goes_on() {
+    let mut sim = Sim::answered("");
+    sim.call
+        .start_transfer(sim.now, "sip:busy@pbx", Some("call_8".into()), None);
+    sim.drain();
+    sim.ws.clear();
+    sim.call
+        .handle_transfer(sim.now, TransferOutcome::Refused(Some(486)));
+    sim.drain();
+    let output = sim
+        .ws
+        .iter()
+        .find(|e| e["item"]["type"] == "function_call_output")
+        .unwrap();
+    assert_eq!(output["item"]["call_id"], "call_8");
+    assert!(
+        output["item"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("SIP status 486")
+    );
+    assert!(!sim.call.is_ended());
+    // A final failure in a NOTIFY counts as a refusal too.
+    sim.call.start_transfer(sim.now, "sip:busy@pbx", None, None);
+    sim.drain();
+    sim.call.handle_transfer(
+        sim.now,
+        TransferOutcome::Progress {
+            status: 603,
+            terminated: true,
+        },
+    );
+    sim.drain();
+    assert!(sim.ws.iter().any(|e| {
+        e["type"] == "conversation.item.create"
+            && e["item"]["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("603"))
+    }));
+    assert!(!sim.call.is_ended());
+}
+
+#[test]
+fn end_call_hangs_up_after_the_queued_audio() {
+    let mut sim = Sim::answered("");
+    sim.run_to(1_000);
+    model_says(&mut sim, 600);
+    sim.call.end_after_playout(sim.now);
+    sim.drain();
+    sim.run_to(1_500);
+    assert!(sim.actions.is_empty(), "audio still queued");
+    sim.run_to(1_700);
+    assert_eq!(
+        sim.actions[0],
+        CallAction::HangUp {
+            reason: "Q.850;cause=16;text=\"call ended by the assistant\"".into()
+        }
+    );
+    assert!(sim.rtp >= 30, "{}", sim.rtp);
+    assert_eq!(sim.call.record(sim.now).end, CallEnd::EndedByAssistant);
 }
