@@ -7,7 +7,7 @@
 //! | `kamailio_setup_registers_and_proxies_sipp` | the setup itself, SIPp only: REGISTER is challenged (401) and saved, an INVITE is challenged (407), relayed to the registered contact with Record-Route, and ACK and BYE cross the proxy |
 //! | `bridge_registers_at_kamailio_and_answers_through_it` | the daemon registers its account (`[[sip.accounts]]`, 401 answered, the registrar's shorter expiry taken), a caller challenged with 407 reaches it through Kamailio and the account's route, the caller's speech reaches the fake whole and its reply comes back as RTP, BYE crosses the proxy |
 //! | `bridge_registers_with_sha256_digest` | the same registration when Kamailio challenges with algorithm=SHA-256 |
-//! | `bridge_registers_again_after_kamailio_restarts` | after a Kamailio restart (bindings lost) the daemon's refresh registers it again and a call gets through (ignored: fails on a daemon bug, see the attribute) |
+//! | `bridge_registers_again_after_kamailio_restarts` | after a Kamailio restart (bindings lost) the daemon's refresh registers it again and a call gets through |
 //!
 //! Each test has its own ports on 127.0.0.1 (Kamailio 15081-15089, the daemon or the called SIPp
 //! on +100, the calling SIPp on +200, the daemon's RTP from 24000, 200 ports a test), so they
@@ -739,9 +739,6 @@ fn bridge_registers_at_kamailio_and_answers_through_it() {
 }
 
 #[test]
-#[ignore = "daemon bug: a refresh REGISTER with the old nonce gets 401 with a new nonce from the \
-            restarted registrar and is taken as `credentials refused`, for good \
-            (src/sip/register.rs, 401/407 arm); run with --ignored"]
 fn bridge_registers_again_after_kamailio_restarts() {
     if !tools_present(
         "bridge_registers_again_after_kamailio_restarts",
