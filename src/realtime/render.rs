@@ -191,6 +191,7 @@ mod tests {
             name = "lookup_order"
             description = "Find an order"
             parameters = { type = "object", properties = { id = { type = "string" } }, required = ["id"] }
+            url = "https://crm.example.com/order"
             "#,
         )
     }
