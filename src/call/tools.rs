@@ -5,7 +5,7 @@
 //! alone, what that means:
 //!
 //! - a webhook tool of the profile: POST a JSON body to its URL ([`ToolInvocation::Webhook`];
-//!   the shell `io::webhook::post` does it, and [`webhook_output`] turns what came back
+//!   the shell [`crate::io::webhook::post`] does it, and [`webhook_output`] turns what came back
 //!   into the function's output);
 //! - the built-in `end_call` (when the profile enables it): hang up ([`ToolInvocation::EndCall`]);
 //! - the built-in `transfer_call` (when the profile has transfer targets): transfer the caller to
