@@ -645,7 +645,8 @@ pub struct ProfileConfig {
     /// actions can send the caller.
     #[serde(default)]
     pub transfer_targets: Vec<TransferTarget>,
-    /// What the model is told to say before it transfers the caller.
+    /// What the model is asked to say when it transfers the caller (the call has it said
+    /// once, after `transfer_call`; not part of the tool's description).
     #[serde(default)]
     pub transfer_announcement: Option<String>,
     /// What a key pressed during the call (RFC 4733 or SIP INFO) tells the model or does.

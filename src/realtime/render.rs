@@ -10,7 +10,8 @@
 //!
 //! Tools have the same shape in every dialect: the profile's webhook tools, then the built-in
 //! `end_call` (when enabled) and `transfer_call` (when the profile has transfer targets; its
-//! `target` argument is an enum of their names, and its description lists what each is).
+//! `target` argument is an enum of their names, and its description lists what each is; the
+//! `transfer_announcement` is not in it, the call has the model say it when it transfers).
 
 use serde_json::{Map, Value, json};
 
@@ -106,11 +107,8 @@ pub fn tool_definitions(profile: &ProfileConfig) -> Vec<Value> {
         for target in &profile.transfer_targets {
             description.push_str(&format!("\n- {}: {}", target.name, target.description));
         }
-        if let Some(announcement) = &profile.transfer_announcement {
-            description.push_str(&format!(
-                "\nBefore you call this function, tell the caller: \"{announcement}\""
-            ));
-        }
+        // `transfer_announcement` is not part of the description: the call asks the model to
+        // say it once the function has been called, so it is said exactly once.
         let names: Vec<&str> = profile
             .transfer_targets
             .iter()
@@ -396,7 +394,7 @@ mod tests {
     }
 
     /// A webhook tool, end_call with the default description, two transfer targets and an
-    /// announcement.
+    /// announcement (which the call speaks, not the tool description).
     fn with_built_ins() -> ProfileConfig {
         profile(
             r#"
@@ -434,8 +432,7 @@ mod tests {
                 "name": "transfer_call",
                 "description": "Transfer the caller to a person or department (the call leaves \
                     you). Targets:\n- operator: The front desk\n- billing: Invoices and \
-                    payments\nBefore you call this function, tell the caller: \"One moment, I \
-                    am connecting you.\"",
+                    payments",
                 "parameters": {
                     "type": "object",
                     "properties": {
