@@ -432,7 +432,7 @@ async fn tool_call_round_trip_is_sequenced_without_conflicts() {
     for dialect in [Dialect::OpenAiGa, Dialect::AzurePreview] {
         let profile = format!(
             "audio_format = \"g711_ulaw\"\n{VAD}\n[[profiles.p.tools]]\nname = \"lookup_order\"\n\
-             description = \"Find an order\"\n\
+             description = \"Find an order\"\nurl = \"http://127.0.0.1:9/lookup\"\n\
              parameters = {{ type = \"object\", properties = {{ order_number = {{ type = \"string\" }} }} }}"
         );
         let (mut client, _) = open(dialect, &profile, &server, KEY).await.unwrap();

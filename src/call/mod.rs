@@ -13,9 +13,13 @@
 //! - [`lifecycle`]: the life of one call ([`Call`]): upstream connect before the answer,
 //!   200 only once the session is ready, 503 on failure, greeting, digits, who ends the call
 //!   and why (BYE with a Reason), and the one record every call leaves.
+//! - [`tools`]: what a function call from the model does (a webhook POST, hanging up, a
+//!   transfer, or a rejection the model can explain), what the model hears back, and what a
+//!   keypad key does by itself.
 
 pub mod bridge;
 pub mod lifecycle;
+pub mod tools;
 
 pub use bridge::{
     AudioBridge, BargeIn, BridgeError, BridgeEvent, BridgeStats, EndReason, Truncated,

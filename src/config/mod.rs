@@ -58,9 +58,16 @@ use serde::Deserialize;
 
 pub use secret::{SecretError, SecretSource, SecretString};
 pub use types::{
-    EnvVarName, Listen, LogFilter, Matcher, Name, PortRange, PublicAddress, ServiceUrl, ToolName,
-    Transport,
+    Digit, EnvVarName, HeaderName, Listen, LogFilter, Matcher, Name, PortRange, PublicAddress,
+    ServiceUrl, SipUri, ToolName, Transport, WebhookUrl,
 };
+
+/// The built-in tool that hangs up (offered when a profile sets `end_call = true`).
+pub const END_CALL_TOOL: &str = "end_call";
+/// The built-in tool that transfers the caller (offered when a profile has transfer targets).
+pub const TRANSFER_CALL_TOOL: &str = "transfer_call";
+/// Names no webhook tool may take.
+pub const BUILTIN_TOOLS: [&str; 2] = [END_CALL_TOOL, TRANSFER_CALL_TOOL];
 
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "SRB_";
@@ -625,11 +632,53 @@ pub struct ProfileConfig {
     /// Instructions for a first response at answer, so the model speaks first.
     #[serde(default)]
     pub greeting: Option<String>,
+    /// Webhook tools: functions the model may call, each answered by an HTTP POST.
     #[serde(default)]
     pub tools: Vec<ToolConfig>,
-    /// What a key pressed during the call (RFC 4733 or SIP INFO) tells the model.
+    /// Offer the built-in `end_call` tool, with which the model hangs up.
+    #[serde(default)]
+    pub end_call: bool,
+    /// The description of `end_call` the model sees; a default when unset.
+    #[serde(default)]
+    pub end_call_description: Option<String>,
+    /// Where the built-in `transfer_call` tool (offered when this is not empty) and digit
+    /// actions can send the caller.
+    #[serde(default)]
+    pub transfer_targets: Vec<TransferTarget>,
+    /// What the model is asked to say when it transfers the caller (the call has it said
+    /// once, after `transfer_call`; not part of the tool's description).
+    #[serde(default)]
+    pub transfer_announcement: Option<String>,
+    /// What a key pressed during the call (RFC 4733 or SIP INFO) tells the model or does.
     #[serde(default)]
     pub dtmf: DtmfConfig,
+}
+
+impl ProfileConfig {
+    /// The transfer target named `name`.
+    pub fn transfer_target(&self, name: &str) -> Option<&TransferTarget> {
+        self.transfer_targets
+            .iter()
+            .find(|t| t.name.as_str() == name)
+    }
+
+    /// The webhook tool named `name`.
+    pub fn tool(&self, name: &str) -> Option<&ToolConfig> {
+        self.tools.iter().find(|t| t.name.as_str() == name)
+    }
+}
+
+/// A place the caller can be transferred to (a SIP REFER to `uri`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferTarget {
+    /// What the model and digit actions call it (`transfer_call`'s `target`).
+    pub name: Name,
+    /// Who or what is there, so the model can choose (`the front desk`, `invoices and
+    /// payments`).
+    pub description: String,
+    /// Where the call goes (`sip:100@pbx.example.com`).
+    pub uri: SipUri,
 }
 
 /// Keypad digits during a call become a user text item for the model.
@@ -642,6 +691,9 @@ pub struct DtmfConfig {
     pub template: String,
     /// Ask the model to answer at once (`response.create`) rather than wait for speech.
     pub create_response: bool,
+    /// Keys that do something themselves instead of being told to the model (also when
+    /// `enabled` is false).
+    pub actions: BTreeMap<Digit, DigitAction>,
 }
 
 impl Default for DtmfConfig {
@@ -650,6 +702,41 @@ impl Default for DtmfConfig {
             enabled: true,
             template: "The caller pressed {digit} on the telephone keypad.".into(),
             create_response: true,
+            actions: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a key does: `{ transfer = "TARGET" }` or `{ end_call = true }`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawDigitAction")]
+pub enum DigitAction {
+    /// Transfer the caller to the named transfer target.
+    Transfer(Name),
+    /// Hang up.
+    EndCall,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDigitAction {
+    transfer: Option<Name>,
+    end_call: Option<bool>,
+}
+
+impl TryFrom<RawDigitAction> for DigitAction {
+    type Error = String;
+    fn try_from(raw: RawDigitAction) -> Result<Self, String> {
+        match (raw.transfer, raw.end_call) {
+            (Some(target), None) => Ok(Self::Transfer(target)),
+            (None, Some(true)) => Ok(Self::EndCall),
+            (None, Some(false)) => {
+                Err("end_call = false does nothing: remove the key's action instead".into())
+            }
+            (Some(_), Some(_)) => Err("give transfer or end_call, not both".into()),
+            (None, None) => {
+                Err("an action is { transfer = \"TARGET\" } or { end_call = true }".into())
+            }
         }
     }
 }
@@ -882,15 +969,157 @@ pub enum Eagerness {
     Auto,
 }
 
-/// A function the model may call.
+/// A function the model may call, answered by an HTTP POST to `url`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawToolConfig")]
 pub struct ToolConfig {
     pub name: ToolName,
     pub description: String,
     /// JSON Schema of the arguments (an object schema).
-    #[serde(default = "empty_object_schema")]
     pub parameters: serde_json::Value,
+    /// Where the call is POSTed.
+    pub url: WebhookUrl,
+    /// How long the webhook may take, connect to last byte (100ms-60s).
+    pub timeout: Duration,
+    /// Extra request headers (an API key, say), by name.
+    pub headers: BTreeMap<HeaderName, HeaderValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToolConfig {
+    name: ToolName,
+    description: String,
+    #[serde(default = "empty_object_schema")]
+    parameters: serde_json::Value,
+    url: Option<WebhookUrl>,
+    #[serde(default = "default_tool_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default)]
+    headers: BTreeMap<HeaderName, HeaderValue>,
+}
+
+fn default_tool_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl TryFrom<RawToolConfig> for ToolConfig {
+    type Error = String;
+    fn try_from(raw: RawToolConfig) -> Result<Self, String> {
+        let name = raw.name.as_str();
+        if name == END_CALL_TOOL {
+            return Err(format!(
+                "`{name}` is a built-in tool: enable it with `end_call = true` in the profile"
+            ));
+        }
+        if name == TRANSFER_CALL_TOOL {
+            return Err(format!(
+                "`{name}` is a built-in tool: it is offered when the profile has \
+                 [[profiles.NAME.transfer_targets]]"
+            ));
+        }
+        let url = raw.url.ok_or_else(|| {
+            format!(
+                "tool `{name}` has no url: a tool is answered by an HTTP POST to its url \
+                 (the built-in tools are end_call and transfer_call)"
+            )
+        })?;
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(60));
+        if raw.timeout < min || raw.timeout > max {
+            return Err(format!(
+                "tool `{name}`: timeout must be between 100ms and 60s"
+            ));
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for header in raw.headers.keys() {
+            let lower = header.as_str().to_ascii_lowercase();
+            if seen.contains(&lower) {
+                return Err(format!(
+                    "tool `{name}`: header `{header}` is given twice (names ignore case)"
+                ));
+            }
+            seen.push(lower);
+        }
+        Ok(Self {
+            name: raw.name,
+            description: raw.description,
+            parameters: raw.parameters,
+            url,
+            timeout: raw.timeout,
+            headers: raw.headers,
+        })
+    }
+}
+
+/// The value of a webhook header: written in the configuration, or a secret read from the
+/// environment or a file when the request is made. `Debug` never prints a value.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawHeaderValue")]
+pub enum HeaderValue {
+    /// `{ value = "..." }`.
+    Plain(String),
+    /// `{ value_env = "VAR" }` or `{ value_file = "/abs/path" }`.
+    Secret(SecretSource),
+}
+
+impl fmt::Debug for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // A plain value can still be a credential someone chose not to move out.
+            Self::Plain(_) => f.write_str("value:[redacted]"),
+            Self::Secret(source) => source.fmt(f),
+        }
+    }
+}
+
+impl HeaderValue {
+    /// The value to send: the plain value, or the secret loaded now.
+    pub fn load(&self) -> Result<SecretString, SecretError> {
+        match self {
+            Self::Plain(value) => Ok(SecretString::new(value.clone())),
+            Self::Secret(source) => source.load(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderValue {
+    value: Option<String>,
+    value_env: Option<EnvVarName>,
+    value_file: Option<PathBuf>,
+}
+
+impl TryFrom<RawHeaderValue> for HeaderValue {
+    type Error = String;
+    fn try_from(raw: RawHeaderValue) -> Result<Self, String> {
+        match (raw.value, raw.value_env, raw.value_file) {
+            (Some(value), None, None) => {
+                if !is_header_value(&value) {
+                    // Never echo the value: it may be a credential.
+                    return Err("value must be printable ASCII (no line breaks)".into());
+                }
+                Ok(Self::Plain(value))
+            }
+            (None, Some(env), None) => Ok(Self::Secret(SecretSource::Env(env.into_string()))),
+            (None, None, Some(path)) if path.is_absolute() => {
+                Ok(Self::Secret(SecretSource::File(path)))
+            }
+            (None, None, Some(path)) => Err(format!(
+                "value_file `{}` must be an absolute path",
+                path.display()
+            )),
+            (None, None, None) => Err("give one of value, value_env or value_file".into()),
+            _ => Err("give only one of value, value_env and value_file".into()),
+        }
+    }
+}
+
+/// Whether `value` can go into an HTTP header as it is: printable ASCII, spaces and tabs.
+pub fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 fn empty_object_schema() -> serde_json::Value {
@@ -984,6 +1213,8 @@ pub enum Problem {
     DefaultRouteNotLast { shadowed: usize },
     #[error("tool `{0}` is defined twice")]
     DuplicateTool(String),
+    #[error("transfer target `{0}` is defined twice")]
+    DuplicateTarget(String),
     #[error(
         "parameters must be a JSON-schema object (a table), such as {{ type = \"object\", properties = {{}} }}"
     )]
@@ -1222,6 +1453,69 @@ impl Config {
             {
                 problem(format!("profiles.{name}.greeting"), Problem::Empty);
             }
+            for (i, target) in profile.transfer_targets.iter().enumerate() {
+                let key = format!("profiles.{name}.transfer_targets[{i}]");
+                if profile
+                    .transfer_targets
+                    .iter()
+                    .take(i)
+                    .any(|t| t.name == target.name)
+                {
+                    problem(
+                        format!("{key}.name"),
+                        Problem::DuplicateTarget(target.name.to_string()),
+                    );
+                }
+                if target.description.trim().is_empty() {
+                    problem(format!("{key}.description"), Problem::Empty);
+                }
+            }
+            if let Some(announcement) = &profile.transfer_announcement {
+                if announcement.trim().is_empty() {
+                    problem(
+                        format!("profiles.{name}.transfer_announcement"),
+                        Problem::Empty,
+                    );
+                } else if profile.transfer_targets.is_empty() {
+                    problem(
+                        format!("profiles.{name}.transfer_announcement"),
+                        Problem::Value(
+                            "there are no transfer_targets, so nothing is transferred".into(),
+                        ),
+                    );
+                }
+            }
+            if let Some(description) = &profile.end_call_description {
+                if description.trim().is_empty() {
+                    problem(
+                        format!("profiles.{name}.end_call_description"),
+                        Problem::Empty,
+                    );
+                } else if !profile.end_call {
+                    problem(
+                        format!("profiles.{name}.end_call_description"),
+                        Problem::Value("needs end_call = true".into()),
+                    );
+                }
+            }
+            for (digit, action) in &profile.dtmf.actions {
+                if let DigitAction::Transfer(target) = action
+                    && profile.transfer_target(target.as_str()).is_none()
+                {
+                    problem(
+                        format!("profiles.{name}.dtmf.actions.\"{digit}\".transfer"),
+                        Problem::UnknownReference {
+                            what: "transfer target",
+                            name: target.to_string(),
+                            defined: profile
+                                .transfer_targets
+                                .iter()
+                                .map(|t| t.name.to_string())
+                                .collect(),
+                        },
+                    );
+                }
+            }
             if profile.dtmf.enabled && !profile.dtmf.template.contains("{digit}") {
                 problem(
                     format!("profiles.{name}.dtmf.template"),
@@ -1318,7 +1612,8 @@ impl Config {
         })
     }
 
-    /// Tries to load every API key that a route can need; returns what failed.
+    /// Tries to load every secret that a route can need (API keys, webhook header secrets);
+    /// returns what failed.
     pub fn check_secrets(&self) -> Vec<SecretProblem> {
         let upstreams = self.routed_upstreams().filter_map(|(name, upstream)| {
             let source = upstream.api_key()?;
@@ -1338,7 +1633,31 @@ impl Config {
                 error,
             })
         });
-        upstreams.chain(accounts).collect()
+        let mut problems: Vec<SecretProblem> = upstreams.chain(accounts).collect();
+        let routed = self
+            .profiles
+            .iter()
+            .filter(|(name, _)| self.routes.iter().any(|r| &r.profile == *name));
+        for (name, profile) in routed {
+            for (i, tool) in profile.tools.iter().enumerate() {
+                for (header, value) in &tool.headers {
+                    let HeaderValue::Secret(source) = value else {
+                        continue;
+                    };
+                    let field = match source {
+                        SecretSource::Env(_) => "value_env",
+                        SecretSource::File(_) => "value_file",
+                    };
+                    if let Err(error) = source.load() {
+                        problems.push(SecretProblem {
+                            key: format!("profiles.{name}.tools[{i}].headers.{header}.{field}"),
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+        problems
     }
 
     /// A one-line description for `check-config` and the start-up log.

@@ -64,6 +64,11 @@ pub enum SecretError {
 pub struct SecretString(String);
 
 impl SecretString {
+    /// Wraps a value that must stay out of logs.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
     /// The secret itself, for the one place that puts it in a request header.
     pub fn expose(&self) -> &str {
         &self.0

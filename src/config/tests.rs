@@ -113,6 +113,7 @@ turn_detection = { type = "server_vad", threshold = 0.7, prefix_padding_ms = 200
 name = "lookup_order"
 description = "Find an order by number."
 parameters = { type = "object", properties = { number = { type = "string" } }, required = ["number"] }
+url = "https://crm.example.com/hooks/order"
 
 [profiles.sales]
 upstream = "azure"
@@ -400,9 +401,9 @@ fn tools_are_checked() {
         "upstream = \"local\"",
         r#"upstream = "local"
 tools = [
-  { name = "a", description = "first" },
-  { name = "a", description = "again" },
-  { name = "b", description = "", parameters = "x" },
+  { name = "a", description = "first", url = "https://x.example/a" },
+  { name = "a", description = "again", url = "https://x.example/a" },
+  { name = "b", description = "", parameters = "x", url = "https://x.example/b" },
 ]"#,
     );
     let keys: Vec<String> = problems(&tools).into_iter().map(|p| p.key).collect();
@@ -416,7 +417,7 @@ tools = [
     );
     let bad_name = MINIMAL.replace(
         "upstream = \"local\"",
-        "upstream = \"local\"\ntools = [{ name = \"has space\", description = \"d\" }]",
+        "upstream = \"local\"\ntools = [{ name = \"has space\", description = \"d\", url = \"https://x.example/\" }]",
     );
     assert_eq!(only_problem(&bad_name).0, "profiles.echo.tools.0.name");
 }
@@ -732,5 +733,328 @@ fn accounts_parse_with_defaults_and_are_checked() {
     assert!(
         e.to_string().contains("sip.accounts[1].contact_user"),
         "{e}"
+    );
+}
+
+/// MINIMAL with `body` added to the profile (before its sub-tables).
+fn with_profile(body: &str) -> String {
+    MINIMAL.replace(
+        "upstream = \"local\"",
+        &format!("upstream = \"local\"\n{body}"),
+    )
+}
+
+fn echo(config: &Config) -> &ProfileConfig {
+    &config.profiles[&"echo".parse().unwrap()]
+}
+
+#[test]
+fn webhook_tools_get_url_timeout_and_headers() {
+    let c = Config::from_toml(&with_profile(
+        r#"
+[[profiles.echo.tools]]
+name = "lookup_order"
+description = "Find an order"
+url = "https://crm.example.com/hooks/order?tenant=7"
+timeout = "2500ms"
+headers = { Authorization = { value_env = "CRM_TOKEN" }, X-Tenant = { value = "acme" }, X-Key = { value_file = "/run/credentials/crm" } }
+
+[[profiles.echo.tools]]
+name = "local"
+description = "On this host"
+url = "http://127.0.0.1:8080/tool"
+"#,
+    ))
+    .unwrap();
+    let tools = &echo(&c).tools;
+    let t = &tools[0];
+    assert_eq!(
+        t.url.url().as_str(),
+        "https://crm.example.com/hooks/order?tenant=7"
+    );
+    assert_eq!(t.timeout, Duration::from_millis(2500));
+    let headers: Vec<(&str, &HeaderValue)> =
+        t.headers.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    assert_eq!(
+        headers,
+        [
+            (
+                "Authorization",
+                &HeaderValue::Secret(SecretSource::Env("CRM_TOKEN".into()))
+            ),
+            (
+                "X-Key",
+                &HeaderValue::Secret(SecretSource::File("/run/credentials/crm".into()))
+            ),
+            ("X-Tenant", &HeaderValue::Plain("acme".into())),
+        ]
+    );
+    // Defaults: 5 s, no headers; http:// to loopback is fine.
+    assert_eq!(tools[1].timeout, Duration::from_secs(5));
+    assert!(tools[1].headers.is_empty());
+    assert_eq!(echo(&c).tool("local").unwrap().url.url().scheme(), "http");
+    // Header values never reach Debug output.
+    let debug = format!("{:?}", t.headers);
+    assert!(!debug.contains("acme"), "{debug}");
+    assert!(debug.contains("env:CRM_TOKEN"), "{debug}");
+}
+
+#[test]
+fn webhook_tool_problems_are_named() {
+    let tool = |extra: &str| {
+        with_profile(&format!(
+            "[[profiles.echo.tools]]\nname = \"t\"\ndescription = \"d\"\n{extra}"
+        ))
+    };
+    for (extra, needle) in [
+        ("", "has no url"),
+        ("url = \"http://crm.example.com/x\"", "only to a loopback"),
+        ("url = \"ftp://127.0.0.1/x\"", "not http or https"),
+        (
+            "url = \"https://u:p@crm.example.com/\"",
+            "headers, not in the URL",
+        ),
+        (
+            "url = \"https://crm.example.com/?token=abc\"",
+            "looks like a credential",
+        ),
+        (
+            "url = \"https://x.example/\"\ntimeout = \"50ms\"",
+            "between 100ms and 60s",
+        ),
+        (
+            "url = \"https://x.example/\"\ntimeout = \"61s\"",
+            "between 100ms and 60s",
+        ),
+        (
+            "url = \"https://x.example/\"\nheaders = { Host = { value = \"a\" } }",
+            "set by the bridge",
+        ),
+        (
+            "url = \"https://x.example/\"\nheaders = { \"bad name\" = { value = \"a\" } }",
+            "not an HTTP header name",
+        ),
+        (
+            "url = \"https://x.example/\"\nheaders = { X-A = { value = \"a\" }, x-a = { value = \"b\" } }",
+            "given twice",
+        ),
+        (
+            "url = \"https://x.example/\"\nheaders = { X-A = { value = \"a\\nb\" } }",
+            "printable ASCII",
+        ),
+        (
+            "url = \"https://x.example/\"\nheaders = { X-A = { value = \"a\", value_env = \"B\" } }",
+            "only one of",
+        ),
+        (
+            "url = \"https://x.example/\"\nheaders = { X-A = {} }",
+            "give one of",
+        ),
+        (
+            "url = \"https://x.example/\"\nheaders = { X-A = { value_file = \"key\" } }",
+            "absolute path",
+        ),
+        (
+            "url = \"https://x.example/\"\nheaders = { X-A = { value_env = \"sk-123\" } }",
+            "not an environment variable name",
+        ),
+    ] {
+        let (key, msg) = only_problem(&tool(extra));
+        assert!(key.starts_with("profiles.echo.tools"), "{extra}: {key}");
+        assert!(msg.contains(needle), "{extra}: {msg}");
+    }
+    // A header value is never echoed in an error.
+    let (_, msg) = only_problem(&tool(
+        "url = \"https://x.example/\"\nheaders = { X-A = { value = \"sk-secret\\r\\n\" } }",
+    ));
+    assert!(!msg.contains("sk-secret"), "{msg}");
+}
+
+#[test]
+fn built_in_names_cannot_be_webhook_tools() {
+    for (name, needle) in [
+        ("end_call", "end_call = true"),
+        ("transfer_call", "transfer_targets"),
+    ] {
+        let (key, msg) = only_problem(&with_profile(&format!(
+            "[[profiles.echo.tools]]\nname = \"{name}\"\ndescription = \"d\"\nurl = \"https://x.example/\""
+        )));
+        assert_eq!(key, "profiles.echo.tools.0", "{msg}");
+        assert!(msg.contains("built-in") && msg.contains(needle), "{msg}");
+    }
+}
+
+#[test]
+fn built_in_tools_transfer_targets_and_digit_actions() {
+    let c = Config::from_toml(&with_profile(
+        r##"end_call = true
+end_call_description = "Hang up after saying goodbye."
+transfer_announcement = "One moment, I am connecting you."
+[[profiles.echo.transfer_targets]]
+name = "operator"
+description = "The front desk"
+uri = "sip:100@pbx.example.com"
+[[profiles.echo.transfer_targets]]
+name = "billing"
+description = "Invoices and payments"
+uri = "sips:billing@pbx.example.com;transport=tls"
+[profiles.echo.dtmf.actions]
+"0" = { transfer = "operator" }
+"#" = { end_call = true }
+"b" = { transfer = "billing" }
+"##,
+    ))
+    .unwrap();
+    let p = echo(&c);
+    assert!(p.end_call);
+    assert_eq!(
+        p.end_call_description.as_deref(),
+        Some("Hang up after saying goodbye.")
+    );
+    assert_eq!(p.transfer_targets.len(), 2);
+    assert_eq!(
+        p.transfer_target("billing").unwrap().uri.as_str(),
+        "sips:billing@pbx.example.com;transport=tls"
+    );
+    assert!(p.transfer_target("sales").is_none());
+    let actions: Vec<(char, &DigitAction)> = p
+        .dtmf
+        .actions
+        .iter()
+        .map(|(d, a)| (d.as_char(), a))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ('#', &DigitAction::EndCall),
+            ('0', &DigitAction::Transfer("operator".parse().unwrap())),
+            ('B', &DigitAction::Transfer("billing".parse().unwrap())),
+        ]
+    );
+
+    // Defaults: nothing built in, no targets, no actions.
+    let c = Config::from_toml(MINIMAL).unwrap();
+    let p = echo(&c);
+    assert!(!p.end_call && p.end_call_description.is_none());
+    assert!(p.transfer_targets.is_empty() && p.transfer_announcement.is_none());
+    assert!(p.dtmf.actions.is_empty());
+}
+
+#[test]
+fn transfer_and_digit_problems_are_named() {
+    let target = |name: &str, uri: &str| {
+        format!(
+            "[[profiles.echo.transfer_targets]]\nname = \"{name}\"\ndescription = \"d\"\nuri = \"{uri}\"\n"
+        )
+    };
+    let op = target("operator", "sip:100@pbx.example.com");
+
+    let twice = with_profile(&format!("{op}{op}"));
+    assert_eq!(
+        only_problem(&twice),
+        (
+            "profiles.echo.transfer_targets[1].name".into(),
+            "transfer target `operator` is defined twice".into()
+        )
+    );
+
+    let unknown = with_profile(&format!(
+        "{op}[profiles.echo.dtmf.actions]\n\"0\" = {{ transfer = \"sales\" }}\n"
+    ));
+    let (key, msg) = only_problem(&unknown);
+    assert_eq!(key, "profiles.echo.dtmf.actions.\"0\".transfer");
+    assert_eq!(msg, "no transfer target named `sales` (defined: operator)");
+
+    for (body, key_start, needle) in [
+        (
+            target("x", "tel:+4930123"),
+            "profiles.echo.transfer_targets",
+            "sip: or sips:",
+        ),
+        (
+            target("x", "sip:100@pbx.example.com>;evil"),
+            "profiles.echo.transfer_targets",
+            "angle brackets",
+        ),
+        (
+            target("has space", "sip:1@h"),
+            "profiles.echo.transfer_targets",
+            "not a valid name",
+        ),
+        (
+            "[profiles.echo.dtmf.actions]\n\"E\" = { end_call = true }\n".to_owned(),
+            "profiles.echo.dtmf.actions",
+            "not a keypad key",
+        ),
+        (
+            "[profiles.echo.dtmf.actions]\n\"12\" = { end_call = true }\n".to_owned(),
+            "profiles.echo.dtmf.actions",
+            "not a keypad key",
+        ),
+        (
+            "[profiles.echo.dtmf.actions]\n\"1\" = { end_call = false }\n".to_owned(),
+            "profiles.echo.dtmf.actions",
+            "does nothing",
+        ),
+        (
+            format!("{op}[profiles.echo.dtmf.actions]\n\"1\" = {{ end_call = true, transfer = \"operator\" }}\n"),
+            "profiles.echo.dtmf.actions",
+            "not both",
+        ),
+        (
+            "[profiles.echo.dtmf.actions]\n\"1\" = {}\n".to_owned(),
+            "profiles.echo.dtmf.actions",
+            "end_call = true",
+        ),
+        (
+            "end_call_description = \"Bye\"".to_owned(),
+            "profiles.echo.end_call_description",
+            "needs end_call = true",
+        ),
+        (
+            "end_call = true\nend_call_description = \" \"".to_owned(),
+            "profiles.echo.end_call_description",
+            "must not be empty",
+        ),
+        (
+            "transfer_announcement = \"Hold on\"".to_owned(),
+            "profiles.echo.transfer_announcement",
+            "no transfer_targets",
+        ),
+        (
+            format!("transfer_announcement = \"\"\n{op}"),
+            "profiles.echo.transfer_announcement",
+            "must not be empty",
+        ),
+        (
+            "[[profiles.echo.transfer_targets]]\nname = \"x\"\ndescription = \"\"\nuri = \"sip:1@h\"\n"
+                .to_owned(),
+            "profiles.echo.transfer_targets[0].description",
+            "must not be empty",
+        ),
+    ] {
+        let (key, msg) = only_problem(&with_profile(&body));
+        assert!(key.starts_with(key_start), "{body}: {key}");
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+}
+
+#[test]
+fn check_secrets_covers_webhook_headers_of_routed_profiles() {
+    let c = Config::from_toml(&with_profile(
+        r#"[[profiles.echo.tools]]
+name = "t"
+description = "d"
+url = "https://x.example/"
+headers = { X-Key = { value_env = "SRB_TEST_SURELY_UNSET_WEBHOOK_KEY" }, X-Plain = { value = "p" } }
+"#,
+    ))
+    .unwrap();
+    let problems = c.check_secrets();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(
+        problems[0].to_string(),
+        "profiles.echo.tools[0].headers.X-Key.value_env: environment variable \
+         SRB_TEST_SURELY_UNSET_WEBHOOK_KEY is not set"
     );
 }

@@ -267,20 +267,7 @@ impl FromStr for ServiceUrl {
             return Err(format!("`{s}` has no host"));
         }
         // A gateway key in the query would be printed wherever the URL is (probe, logs).
-        if let Some((name, _)) = url.query_pairs().find(|(name, _)| {
-            let name = name.to_ascii_lowercase();
-            [
-                "key",
-                "api-key",
-                "api_key",
-                "apikey",
-                "token",
-                "access_token",
-                "sig",
-                "signature",
-            ]
-            .contains(&name.as_str())
-        }) {
+        if let Some(name) = credential_in_query(&url) {
             return Err(format!(
                 "query parameter `{name}` looks like a credential: put it in api_key_env or \
                  api_key_file"
@@ -308,6 +295,199 @@ impl FromStr for ServiceUrl {
     }
 }
 deserialize_from_str!(ServiceUrl, "a wss:// URL");
+
+/// The name of a query parameter of `url` that looks like a credential, if any: such a URL
+/// would put the secret wherever the URL is printed.
+fn credential_in_query(url: &url::Url) -> Option<String> {
+    url.query_pairs()
+        .map(|(name, _)| name.into_owned())
+        .find(|name| {
+            let name = name.to_ascii_lowercase();
+            [
+                "key",
+                "api-key",
+                "api_key",
+                "apikey",
+                "token",
+                "access_token",
+                "sig",
+                "signature",
+            ]
+            .contains(&name.as_str())
+        })
+}
+
+/// The URL of a tool's webhook: `https://`, or plain `http://` only to a loopback IP address
+/// (the same rule as an upstream's `url`). Credentials belong in the tool's `headers`, so
+/// user information and credential-like query parameters are refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookUrl(url::Url);
+
+impl WebhookUrl {
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for WebhookUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("put credentials in the tool's headers, not in the URL".into());
+        }
+        if url.host().is_none() {
+            return Err(format!("`{s}` has no host"));
+        }
+        if let Some(name) = credential_in_query(&url) {
+            return Err(format!(
+                "query parameter `{name}` looks like a credential: put it in the tool's \
+                 headers (value_env or value_file)"
+            ));
+        }
+        match url.scheme() {
+            "https" => Ok(Self(url)),
+            "http" if is_loopback_url(&url) => Ok(Self(url)),
+            "http" => Err(format!(
+                "`{s}`: plain http:// is allowed only to a loopback IP address (127.0.0.1, \
+                 [::1]); use https://"
+            )),
+            other => Err(format!("`{s}`: scheme `{other}` is not http or https")),
+        }
+    }
+}
+deserialize_from_str!(WebhookUrl, "an https:// URL");
+
+/// A SIP URI to transfer a call to (`sip:` or `sips:`), as it will go into a Refer-To header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SipUri(String);
+
+impl SipUri {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SipUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for SipUri {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            |why: &str| format!("`{s}` is not a SIP URI ({why}); write `sip:100@pbx.example.com`");
+        let lower = s.to_ascii_lowercase();
+        if !(lower.starts_with("sip:") || lower.starts_with("sips:")) {
+            return Err(bad("it must start with sip: or sips:"));
+        }
+        // It goes into a header between angle brackets: nothing that could end or split it.
+        if s.bytes()
+            .any(|b| !b.is_ascii_graphic() || matches!(b, b'<' | b'>' | b'"'))
+        {
+            return Err(bad("no spaces, quotes or angle brackets"));
+        }
+        let uri = rsip::Uri::try_from(s).map_err(|_| bad("it does not parse"))?;
+        if uri.host().to_string().is_empty() {
+            return Err(bad("it has no host"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+deserialize_from_str!(SipUri, "a SIP URI such as `sip:100@pbx.example.com`");
+
+/// A telephone keypad key: `0`-`9`, `*`, `#` or `A`-`D` (RFC 4733 events 0-15), stored upper
+/// case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digit(char);
+
+impl Digit {
+    pub fn as_char(self) -> char {
+        self.0
+    }
+
+    /// The key `c` stands for, if it is one (`a`-`d` count as `A`-`D`).
+    pub fn new(c: char) -> Option<Self> {
+        let c = c.to_ascii_uppercase();
+        (c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D')).then_some(Self(c))
+    }
+}
+
+impl fmt::Display for Digit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for Digit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut chars = s.chars();
+        match (chars.next().and_then(Self::new), chars.next()) {
+            (Some(digit), None) => Ok(digit),
+            _ => Err(format!(
+                "`{s}` is not a keypad key: use one of 0-9, *, # or A-D"
+            )),
+        }
+    }
+}
+deserialize_from_str!(Digit, "a keypad key (0-9, *, #, A-D)");
+
+/// The name of an HTTP request header a webhook sends. Headers the bridge sets itself
+/// (`Host`, `Content-Type`, `Content-Length`, and the connection-level ones) cannot be set.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeaderName(String);
+
+impl HeaderName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for HeaderName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        // RFC 9110 token characters.
+        let token = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(format!("`{s}` is not an HTTP header name"));
+        }
+        let reserved = [
+            "host",
+            "content-type",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-connection",
+        ];
+        if reserved.contains(&s.to_ascii_lowercase().as_str()) {
+            return Err(format!("header `{s}` is set by the bridge itself"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+deserialize_from_str!(HeaderName, "an HTTP header name");
 
 /// How a route matches a number: a prefix (`{ prefix = "+4930" }`) or a regular expression
 /// (`{ regex = "^\\+4930[0-9]{4}$" }`, anchored only where the pattern says so).

@@ -8,12 +8,14 @@
 //! - [`ws`]: the WebSocket connection to a realtime service (TLS, auth, handshake errors).
 //! - [`realtime`]: the task that drives one realtime session core over that connection.
 //! - [`probe`]: connect, configure, send a second of silence, report: the `probe` command.
+//! - [`webhook`]: one HTTP POST of a tool call to its webhook, with a deadline.
 
 pub mod call;
 pub mod media;
 pub mod probe;
 pub mod realtime;
 pub mod sip;
+pub mod webhook;
 pub mod ws;
 
 /// Installs rustls' process-wide crypto provider (ring). tokio-tungstenite builds its TLS

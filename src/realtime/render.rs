@@ -7,13 +7,23 @@
 //! or `null`, never a boolean (an old Azure doc said boolean), and `idle_timeout_ms` exists
 //! only in GA (and only when set). The model is not part of the session: it is fixed by the
 //! connect URL.
+//!
+//! Tools have the same shape in every dialect: the profile's webhook tools, then the built-in
+//! `end_call` (when enabled) and `transfer_call` (when the profile has transfer targets; its
+//! `target` argument is an enum of their names, and its description lists what each is; the
+//! `transfer_announcement` is not in it, the call has the model say it when it transfers).
 
 use serde_json::{Map, Value, json};
 
 use super::Dialect;
 use crate::config::{
-    AudioFormat, Eagerness, NoiseReduction, ProfileConfig, TranscriptionConfig, TurnDetection,
+    AudioFormat, END_CALL_TOOL, Eagerness, NoiseReduction, ProfileConfig, TRANSFER_CALL_TOOL,
+    TranscriptionConfig, TurnDetection,
 };
+
+/// What the model is told `end_call` does when the profile does not say.
+pub const END_CALL_DESCRIPTION: &str = "End the telephone call (hang up). Use it when the \
+    caller says goodbye or asks to end the call, after you have said goodbye.";
 
 /// The complete `session.update` event for `profile` in `dialect`, without an `event_id` (the
 /// session core adds one when it sends it).
@@ -23,18 +33,7 @@ pub fn session_update(profile: &ProfileConfig, dialect: Dialect) -> Value {
 
 /// The `session` object of [`session_update`].
 pub fn session_object(profile: &ProfileConfig, dialect: Dialect) -> Value {
-    let tools: Vec<Value> = profile
-        .tools
-        .iter()
-        .map(|t| {
-            json!({
-                "type": "function",
-                "name": t.name.as_str(),
-                "description": t.description,
-                "parameters": t.parameters,
-            })
-        })
-        .collect();
+    let tools = tool_definitions(profile);
     let transcription = profile.transcription.as_ref().map(transcription);
     let noise_reduction = noise_reduction(profile.noise_reduction);
     match dialect {
@@ -77,6 +76,62 @@ pub fn session_object(profile: &ProfileConfig, dialect: Dialect) -> Value {
             })
         }
     }
+}
+
+/// The `tools` array of the session: webhook tools, then the built-ins the profile enables.
+pub fn tool_definitions(profile: &ProfileConfig) -> Vec<Value> {
+    let mut tools: Vec<Value> = profile
+        .tools
+        .iter()
+        .map(|t| {
+            json!({
+                "type": "function",
+                "name": t.name.as_str(),
+                "description": t.description,
+                "parameters": t.parameters,
+            })
+        })
+        .collect();
+    if profile.end_call {
+        tools.push(json!({
+            "type": "function",
+            "name": END_CALL_TOOL,
+            "description": profile.end_call_description.as_deref().unwrap_or(END_CALL_DESCRIPTION),
+            "parameters": { "type": "object", "properties": {} },
+        }));
+    }
+    if !profile.transfer_targets.is_empty() {
+        let mut description = String::from(
+            "Transfer the caller to a person or department (the call leaves you). Targets:",
+        );
+        for target in &profile.transfer_targets {
+            description.push_str(&format!("\n- {}: {}", target.name, target.description));
+        }
+        // `transfer_announcement` is not part of the description: the call asks the model to
+        // say it once the function has been called, so it is said exactly once.
+        let names: Vec<&str> = profile
+            .transfer_targets
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        tools.push(json!({
+            "type": "function",
+            "name": TRANSFER_CALL_TOOL,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "target": {
+                        "type": "string",
+                        "enum": names,
+                        "description": "Where to transfer the caller.",
+                    },
+                },
+                "required": ["target"],
+            },
+        }));
+    }
+    tools
 }
 
 fn ga_format(format: AudioFormat) -> Value {
@@ -191,6 +246,7 @@ mod tests {
             name = "lookup_order"
             description = "Find an order"
             parameters = { type = "object", properties = { id = { type = "string" } }, required = ["id"] }
+            url = "https://crm.example.com/order"
             "#,
         )
     }
@@ -334,6 +390,107 @@ mod tests {
                     "tool_choice": "auto"
                 }
             })
+        );
+    }
+
+    /// A webhook tool, end_call with the default description, two transfer targets and an
+    /// announcement (which the call speaks, not the tool description).
+    fn with_built_ins() -> ProfileConfig {
+        profile(
+            r#"
+            end_call = true
+            transfer_announcement = "One moment, I am connecting you."
+            [[profiles.p.tools]]
+            name = "lookup_order"
+            description = "Find an order"
+            parameters = { type = "object", properties = { id = { type = "string" } }, required = ["id"] }
+            url = "https://crm.example.com/order"
+            [[profiles.p.transfer_targets]]
+            name = "operator"
+            description = "The front desk"
+            uri = "sip:100@pbx.example.com"
+            [[profiles.p.transfer_targets]]
+            name = "billing"
+            description = "Invoices and payments"
+            uri = "sip:200@pbx.example.com"
+            "#,
+        )
+    }
+
+    fn built_in_tools() -> Value {
+        json!([
+            full_tools()[0],
+            {
+                "type": "function",
+                "name": "end_call",
+                "description": "End the telephone call (hang up). Use it when the caller says \
+                    goodbye or asks to end the call, after you have said goodbye.",
+                "parameters": {"type": "object", "properties": {}}
+            },
+            {
+                "type": "function",
+                "name": "transfer_call",
+                "description": "Transfer the caller to a person or department (the call leaves \
+                    you). Targets:\n- operator: The front desk\n- billing: Invoices and \
+                    payments",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "target": {
+                            "type": "string",
+                            "enum": ["operator", "billing"],
+                            "description": "Where to transfer the caller."
+                        }
+                    },
+                    "required": ["target"]
+                }
+            }
+        ])
+    }
+
+    #[test]
+    fn built_in_tools_follow_webhook_tools_in_every_dialect() {
+        let p = with_built_ins();
+        for dialect in [Dialect::OpenAiGa, Dialect::AzureGa, Dialect::AzurePreview] {
+            let update = session_update(&p, dialect);
+            assert_eq!(update["session"]["tools"], built_in_tools(), "{dialect:?}");
+            assert_eq!(
+                update["session"]["tool_choice"],
+                json!("auto"),
+                "{dialect:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn end_call_alone_with_its_own_description_and_transfer_without_announcement() {
+        let p = profile("end_call = true\nend_call_description = \"Hang up when done.\"");
+        assert_eq!(
+            session_update(&p, Dialect::AzurePreview)["session"]["tools"],
+            json!([{
+                "type": "function",
+                "name": "end_call",
+                "description": "Hang up when done.",
+                "parameters": {"type": "object", "properties": {}}
+            }])
+        );
+        let p = profile(
+            "[[profiles.p.transfer_targets]]\nname = \"sales\"\ndescription = \"Sales team\"\n\
+             uri = \"sip:sales@pbx.example.com\"",
+        );
+        let tools = session_update(&p, Dialect::OpenAiGa)["session"]["tools"].clone();
+        assert_eq!(tools.as_array().unwrap().len(), 1);
+        assert_eq!(tools[0]["name"], json!("transfer_call"));
+        assert_eq!(
+            tools[0]["description"],
+            json!(
+                "Transfer the caller to a person or department (the call leaves you). \
+                 Targets:\n- sales: Sales team"
+            )
+        );
+        assert_eq!(
+            tools[0]["parameters"]["properties"]["target"]["enum"],
+            json!(["sales"])
         );
     }
 
