@@ -661,6 +661,38 @@ fn lost_ack_retransmits_the_200_then_sends_bye() {
 
 const BARESIP_MODULES: &str = "/usr/lib/baresip/modules";
 
+/// Blind transfer with a real peer: the caller presses 0 (SIP INFO), the profile maps 0 to the
+/// transfer target "operator", the bridge sends REFER (Refer-To the target, Referred-By us),
+/// follows the NOTIFYs and, once the sipfrag says 200, hangs up with a Reason.
+#[test]
+fn digit_action_transfers_the_caller_by_refer() {
+    const TRANSFER: &str = "\n[[profiles.echo.transfer_targets]]\nname = \"operator\"\n\
+        description = \"The front desk\"\nuri = \"sip:operator@pbx.example.com\"\n\
+        [profiles.echo.dtmf.actions]\n\"0\" = { transfer = \"operator\" }\n";
+    let case = Case {
+        limits: TRANSFER,
+        ..Case::udp("transfer", 48)
+    };
+    let outcome = interop(&case, &[]);
+    assert!(
+        outcome
+            .actions
+            .contains("REFER to sip:operator@pbx.example.com"),
+        "{}",
+        outcome.report
+    );
+    assert!(
+        outcome.actions.contains("BYE reason: call transferred"),
+        "{}",
+        outcome.report
+    );
+    assert!(
+        outcome.report.contains("end_reason=\"transferred\""),
+        "{}",
+        outcome.report
+    );
+}
+
 /// A digest registrar in SIPp (its own digest code checks our credentials): the bridge
 /// registers at start (401, then credentials), logs the granted expiry, and de-registers
 /// (Expires: 0) at shutdown.

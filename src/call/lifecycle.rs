@@ -40,17 +40,18 @@
 //! - **Tools** are issue 7's: until then a function call is answered with an error output the
 //!   model can explain, never left hanging.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::audio::G711Law;
-use crate::config::{DtmfConfig, ProfileConfig};
+use crate::config::{DtmfConfig, HeaderName, HeaderValue, ProfileConfig, WebhookUrl};
 use crate::realtime::{CallId, Dialect, ServerError, Session, SessionEvent, SetupFailure};
 use crate::rtp::playout::Pacer;
 use crate::sip::sdp::Codec;
 
 use super::bridge::{AudioBridge, BridgeError, BridgeEvent, EndReason as SessionEnd};
+use super::tools::{self, KeyAction, ToolInvocation, WebhookOutcome};
 
 /// Retry-After (seconds) of the 503 sent when the upstream cannot be reached.
 pub const UPSTREAM_RETRY_AFTER_SECS: u32 = 30;
@@ -163,7 +164,7 @@ impl CallEnd {
 }
 
 /// What the call asks of its shell.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum CallAction {
     /// The upstream session is ready: answer the INVITE (200 OK).
     Answer,
@@ -179,6 +180,15 @@ pub enum CallAction {
     CloseUpstream,
     /// Blind transfer: REFER the caller to this SIP URI.
     Transfer { uri: String },
+    /// Run a webhook tool (never on the media path: the shell spawns the request) and hand
+    /// the outcome to [`Call::handle_webhook_result`].
+    Webhook {
+        call_id: CallId,
+        url: WebhookUrl,
+        timeout: Duration,
+        headers: BTreeMap<HeaderName, HeaderValue>,
+        body: serde_json::Value,
+    },
 }
 
 /// What became of a REFER (from the dialog).
@@ -635,6 +645,19 @@ impl Call {
     /// A key press (RFC 4733 or SIP INFO).
     pub fn handle_digit(&mut self, now: Instant, digit: char) {
         self.digits += 1;
+        // A key with an action acts, whether or not digits are told to the model.
+        match tools::digit_action(&self.profile, digit) {
+            Some(KeyAction::Transfer { uri, .. }) => {
+                let announcement = self.profile.transfer_announcement.clone();
+                self.start_transfer(now, uri.as_str(), None, announcement.as_deref());
+                return;
+            }
+            Some(KeyAction::EndCall) => {
+                self.end_after_playout(now);
+                return;
+            }
+            None => {}
+        }
         let DtmfConfig {
             enabled,
             create_response,
@@ -737,15 +760,9 @@ impl Call {
         if let Some(text) = announcement
             && let Some(bridge) = &mut self.bridge
         {
-            let session = bridge.session_mut();
-            let result = match &tool_call {
-                // The output of the tool call is followed by a response of the session's own.
-                Some(call_id) => session
-                    .submit_tool_output(call_id, r#"{"status":"transferring"}"#.to_owned())
-                    .and_then(|()| session.create_response(Some(text))),
-                None => session.create_response(Some(text)),
-            };
-            match result {
+            // The tool call gets its output only if the transfer fails (the model then
+            // explains); the announcement is a response of its own.
+            match bridge.session_mut().create_response(Some(text)) {
                 Ok(()) => awaiting_response = true,
                 Err(error) => self.note_error(format!("transfer announcement: {error}")),
             }
@@ -803,6 +820,23 @@ impl Call {
                     }
                 }
             }
+        }
+        self.drain(now);
+    }
+
+    /// A webhook tool's outcome (from the shell).
+    pub fn handle_webhook_result(
+        &mut self,
+        now: Instant,
+        call_id: &CallId,
+        outcome: &WebhookOutcome,
+        timeout: Duration,
+    ) {
+        if let WebhookOutcome::Timeout | WebhookOutcome::Error(_) = outcome {
+            self.note_error(format!("webhook {call_id}: {outcome:?}"));
+        }
+        if self.phase == Phase::Answered {
+            self.tool_output(call_id, tools::webhook_output(outcome, timeout));
         }
         self.drain(now);
     }
@@ -1087,16 +1121,44 @@ impl Call {
             SessionEvent::AssistantTranscript { text, .. } => {
                 append_transcript(&mut self.assistant_transcript, &text)
             }
-            SessionEvent::ToolCall { call_id, name, .. } => {
-                // Issue 7 brings tools; until then the model hears that this one failed.
-                let output = serde_json::json!({
-                    "error": format!("the tool {name} is not available on this line"),
-                })
-                .to_string();
-                if let Some(bridge) = &mut self.bridge
-                    && let Err(error) = bridge.session_mut().submit_tool_output(&call_id, output)
-                {
-                    self.note_error(format!("tool output: {error}"));
+            SessionEvent::ToolCall {
+                call_id,
+                name,
+                arguments,
+            } => {
+                tracing::info!(call_id = %self.info.call_id, tool = %name, "tool call");
+                match tools::invoke(&self.profile, &self.info, call_id, &name, &arguments) {
+                    ToolInvocation::Webhook {
+                        call_id,
+                        url,
+                        timeout,
+                        headers,
+                        body,
+                    } => self.actions.push_back(CallAction::Webhook {
+                        call_id,
+                        url,
+                        timeout,
+                        headers,
+                        body,
+                    }),
+                    // No output: the call ends after the words already queued.
+                    ToolInvocation::EndCall { .. } => {
+                        if self.phase == Phase::Answered && self.after_playout.is_none() {
+                            self.after_playout = Some((AfterPlayout::HangUp, now));
+                        }
+                    }
+                    ToolInvocation::Transfer { call_id, uri, .. } => {
+                        let announcement = self.profile.transfer_announcement.clone();
+                        self.start_transfer(
+                            now,
+                            uri.as_str(),
+                            Some(call_id),
+                            announcement.as_deref(),
+                        );
+                    }
+                    ToolInvocation::Reject { call_id, output } => {
+                        self.tool_output(&call_id, output);
+                    }
                 }
             }
             _ => {}

@@ -27,13 +27,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::call::tools::WebhookOutcome;
 use crate::call::{Call, CallAction, CallEnd, CallRecord, TransferOutcome};
 use crate::config::{Config, Name, UpstreamConfig};
 use crate::fake_realtime::{self, FakeHandle};
 use crate::io::media::{MediaConfig, MediaSockets, MediaSummary};
 use crate::io::sip::random_u64;
 use crate::io::ws::{self, WsStream};
-use crate::realtime::{self, ConnectTarget, Dialect};
+use crate::realtime::{self, CallId, ConnectTarget, Dialect};
 use crate::rtp::dtmf::{DtmfEvent, DtmfReceiver};
 use crate::rtp::packet;
 use crate::rtp::playout::{Pacer, PacerConfig, RtpStart};
@@ -204,6 +205,7 @@ pub fn spawn(
     let rtp = UdpSocket::from_std(sockets.rtp)?;
     let rtcp_socket = UdpSocket::from_std(sockets.rtcp)?;
     let (commands, rx) = mpsc::unbounded_channel();
+    let (webhook_tx, webhook_rx) = mpsc::unbounded_channel();
     let mut task = Task {
         handle,
         core,
@@ -217,8 +219,9 @@ pub fn spawn(
         sip_ended: false,
         send_errors: 0,
         last_heard: now(),
+        webhook_tx,
     };
-    tokio::spawn(async move { task.run(rx, upstream).await });
+    tokio::spawn(async move { task.run(rx, webhook_rx, upstream).await });
     Ok(CallTask { commands })
 }
 
@@ -246,7 +249,12 @@ struct Task {
     send_errors: u64,
     /// When the upstream last sent a frame (keepalive).
     last_heard: Instant,
+    /// Webhook outcomes, from the request tasks this task spawned.
+    webhook_tx: mpsc::UnboundedSender<WebhookDone>,
 }
+
+/// A webhook request's outcome: the tool call, what came back, the timeout it had.
+type WebhookDone = (CallId, WebhookOutcome, Duration);
 
 fn receive_config(config: &MediaConfig) -> ReceiveConfig {
     ReceiveConfig {
@@ -275,6 +283,7 @@ impl Task {
     async fn run(
         &mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
+        mut webhooks: mpsc::UnboundedReceiver<WebhookDone>,
         upstream: UpstreamTarget,
     ) {
         // Connect, while the caller hears ringing; a CANCEL or the answer deadline may come
@@ -368,6 +377,9 @@ impl Task {
                     }
                 }
                 command = commands.recv() => self.command(command),
+                Some((call_id, outcome, timeout)) = webhooks.recv() => {
+                    self.core.handle_webhook_result(now(), &call_id, &outcome, timeout);
+                }
                 _ = ping.tick(), if self.ws.is_some() => self.keepalive().await,
             }
             let appended_before = self.appended();
@@ -635,6 +647,22 @@ impl Task {
         }
         // What the core decided.
         while let Some(action) = self.core.poll_action() {
+            if let CallAction::Webhook {
+                call_id,
+                url,
+                timeout,
+                headers,
+                body,
+            } = action
+            {
+                // Off the media path: its own task; the outcome comes back by channel.
+                let done = self.webhook_tx.clone();
+                tokio::spawn(async move {
+                    let outcome = crate::io::webhook::post(url, timeout, headers, body).await;
+                    let _ = done.send((call_id, outcome, timeout));
+                });
+                continue;
+            }
             if action == CallAction::CloseUpstream {
                 if let Some(mut ws) = self.ws.take() {
                     let close = CloseFrame {

@@ -731,8 +731,8 @@ impl Loop {
                 tracing::info!(call = %call, %reason, "hanging up");
                 endpoint.hang_up_with_reason(now, call, &reason)
             }
-            // The task closes its own WebSocket.
-            CallReport::Action(CallAction::CloseUpstream) => Ok(()),
+            // The task closes its own WebSocket and runs its own webhooks.
+            CallReport::Action(CallAction::CloseUpstream | CallAction::Webhook { .. }) => Ok(()),
             CallReport::Action(CallAction::Transfer { uri }) => {
                 tracing::info!(call = %call, %uri, "transferring (REFER)");
                 let result = endpoint.refer(now, call, &uri);

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::call::TransferOutcome;
+use crate::call::tools::WebhookOutcome;
 use crate::config::Config;
 use crate::rtp::playout::{PacerConfig, RtpStart};
 
@@ -473,11 +474,11 @@ fn a_tool_call_is_answered_with_an_error_output() {
         .find(|e| e["item"]["type"] == "function_call_output")
         .unwrap_or_else(|| panic!("{:?}", sim.ws));
     assert_eq!(output["item"]["call_id"], "call_7");
+    // The profile has no such tool: an error output naming the tools there are.
+    let text = output["item"]["output"].as_str().unwrap();
     assert!(
-        output["item"]["output"]
-            .as_str()
-            .unwrap()
-            .contains("lookup_order is not available")
+        text.contains("error") && text.contains("lookup_order"),
+        "{text}"
     );
 }
 
@@ -739,10 +740,14 @@ fn an_announced_transfer_waits_for_the_announcement_to_play() {
     );
     sim.drain();
     assert!(sim.actions.is_empty());
+    // The announcement is a response of its own; the tool call gets an output only if the
+    // transfer fails.
+    assert!(sim.ws.iter().any(|e| e["type"] == "response.create"
+        && e["response"]["instructions"] == "Tell the caller you are connecting them to sales."));
     assert!(
-        sim.ws.iter().any(
-            |e| e["item"]["type"] == "function_call_output" && e["item"]["call_id"] == "call_7"
-        )
+        !sim.ws
+            .iter()
+            .any(|e| e["item"]["type"] == "function_call_output")
     );
     // The announcement: 400 ms of audio, played from the pacer before the REFER.
     model_says(&mut sim, 400);
@@ -823,4 +828,146 @@ fn end_call_hangs_up_after_the_queued_audio() {
     );
     assert!(sim.rtp >= 30, "{}", sim.rtp);
     assert_eq!(sim.call.record(sim.now).end, CallEnd::EndedByAssistant);
+}
+
+const TOOLS: &str = "end_call = true\n\
+    [[tools]]\nname = \"lookup_order\"\ndescription = \"Order status\"\nurl = \"http://127.0.0.1:9/orders\"\ntimeout = \"2s\"\n\
+    [[transfer_targets]]\nname = \"operator\"\ndescription = \"The front desk\"\nuri = \"sip:100@pbx.example.com\"\n\
+    [dtmf.actions]\n\"0\" = { transfer = \"operator\" }\n\"#\" = { end_call = true }\n";
+
+/// The profile TOML above, under `[profiles.p]` (its sub-tables need the full path).
+fn tools_profile() -> String {
+    TOOLS
+        .replace("[[tools]]", "[[profiles.p.tools]]")
+        .replace("[[transfer_targets]]", "[[profiles.p.transfer_targets]]")
+        .replace("[dtmf.actions]", "[profiles.p.dtmf.actions]")
+}
+
+fn tool_call(sim: &mut Sim, call_id: &str, name: &str, arguments: &str) {
+    sim.feed(json!({"type": "response.created", "event_id": "tc1",
+        "response": {"id": "resp_t", "status": "in_progress", "output": []}}));
+    sim.feed(
+        json!({"type": "response.output_item.done", "event_id": "tc2",
+        "response_id": "resp_t", "output_index": 0,
+        "item": {"id": "item_t", "type": "function_call", "status": "completed",
+                 "call_id": call_id, "name": name, "arguments": arguments}}),
+    );
+}
+
+#[test]
+fn a_webhook_tool_call_goes_to_the_shell_and_its_answer_to_the_model() {
+    let mut sim = Sim::answered(&tools_profile());
+    tool_call(
+        &mut sim,
+        "call_w",
+        "lookup_order",
+        r#"{"order_number":"A-17"}"#,
+    );
+    let Some(CallAction::Webhook {
+        call_id,
+        url,
+        timeout,
+        body,
+        ..
+    }) = sim.actions.first().cloned()
+    else {
+        panic!("{:?}", sim.actions)
+    };
+    assert_eq!(call_id.as_str(), "call_w");
+    assert_eq!(url.url().as_str(), "http://127.0.0.1:9/orders");
+    assert_eq!(timeout, Duration::from_secs(2));
+    assert_eq!(body["call_id"], "c1@example");
+    assert_eq!(body["caller"], "+4930111");
+    assert_eq!(body["arguments"]["order_number"], "A-17");
+    sim.ws.clear();
+    let outcome = WebhookOutcome::Response {
+        status: 200,
+        body: br#"{"status":"shipped"}"#.to_vec(),
+    };
+    sim.call
+        .handle_webhook_result(sim.now, &call_id, &outcome, timeout);
+    sim.drain();
+    let output = sim
+        .ws
+        .iter()
+        .find(|e| e["item"]["type"] == "function_call_output")
+        .unwrap_or_else(|| panic!("{:?}", sim.ws));
+    assert_eq!(output["item"]["output"], r#"{"status":"shipped"}"#);
+    // A timeout becomes an output the model can explain.
+    sim.ws.clear();
+    sim.call
+        .handle_webhook_result(sim.now, &call_id, &WebhookOutcome::Timeout, timeout);
+    sim.drain();
+    assert!(sim.ws.iter().any(|e| {
+        e["item"]["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("did not answer within 2 s"))
+    }));
+}
+
+#[test]
+fn end_call_and_transfer_call_tools_and_digit_actions_act() {
+    // end_call: hang up once the queued audio has played (none here).
+    let mut sim = Sim::answered(&tools_profile());
+    tool_call(&mut sim, "call_e", "end_call", "{}");
+    sim.feed(json!({"type": "response.done", "event_id": "td",
+        "response": {"id": "resp_t", "status": "completed", "output": []}}));
+    assert!(
+        matches!(sim.actions.first(), Some(CallAction::HangUp { reason }) if reason.contains("ended by the assistant")),
+        "{:?}",
+        sim.actions
+    );
+    // transfer_call: REFER to the target's URI.
+    let mut sim = Sim::answered(&tools_profile());
+    tool_call(
+        &mut sim,
+        "call_t",
+        "transfer_call",
+        r#"{"target":"operator"}"#,
+    );
+    sim.feed(json!({"type": "response.done", "event_id": "td",
+        "response": {"id": "resp_t", "status": "completed", "output": []}}));
+    assert_eq!(
+        sim.actions,
+        vec![CallAction::Transfer {
+            uri: "sip:100@pbx.example.com".into()
+        }]
+    );
+    // An unknown target is refused with an output listing the real ones.
+    let mut sim = Sim::answered(&tools_profile());
+    tool_call(
+        &mut sim,
+        "call_x",
+        "transfer_call",
+        r#"{"target":"nobody"}"#,
+    );
+    assert!(sim.actions.is_empty());
+    assert!(sim.ws.iter().any(|e| {
+        e["item"]["call_id"] == "call_x"
+            && e["item"]["output"]
+                .as_str()
+                .is_some_and(|o| o.contains("operator"))
+    }));
+    // Key 0 transfers, key # hangs up; neither is told to the model.
+    let mut sim = Sim::answered(&tools_profile());
+    sim.call.handle_digit(sim.now, '0');
+    sim.drain();
+    assert_eq!(
+        sim.actions,
+        vec![CallAction::Transfer {
+            uri: "sip:100@pbx.example.com".into()
+        }]
+    );
+    assert!(
+        !sim.ws
+            .iter()
+            .any(|e| e["type"] == "conversation.item.create")
+    );
+    let mut sim = Sim::answered(&tools_profile());
+    sim.call.handle_digit(sim.now, '#');
+    sim.drain();
+    assert!(matches!(
+        sim.actions.first(),
+        Some(CallAction::HangUp { .. })
+    ));
 }
