@@ -25,7 +25,7 @@
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
 //! | [`realtime`] | core | Realtime API client: dialects and connect URLs, typed events, `session.update` rendering, the session core (setup, response sequencing, output-audio ledger, tool calls) |
 //! | [`rtp`] | core | RTP/RTCP: [`rtp::packet`] (header validation), [`rtp::receive`] (A.1 sequence tracking, source latch, reorder, concealment, 20 ms re-framing), [`rtp::playout`] (the paced 20 ms clock with the per-item account barge-in needs), [`rtp::dtmf`] (RFC 4733, SIP INFO), [`rtp::rtcp`] (reports, intervals, RTT), [`rtp::ports`] (port pool with quarantine) |
-//! | [`sip`] | core | SIP: [`sip::message`] (framing, lenient parsing, accessors, responses and 400s), [`sip::transaction`] (RFC 3261/6026 transactions and timers), [`sip::dialog`] (the UAS call: answer, CANCEL, BYE, re-INVITE/UPDATE, session timers), [`sip::sdp`] (SDP and RFC 3264 offer/answer), [`sip::endpoint`] (every call behind one front door: Via stamping, reply routing, dispatch by Call-ID, admission, stateless replies) |
+//! | [`sip`] | core | SIP: [`sip::message`] (framing, lenient parsing, accessors, responses and 400s), [`sip::transaction`] (RFC 3261/6026 transactions and timers), [`sip::dialog`] (the UAS call: answer, CANCEL, BYE, re-INVITE/UPDATE, session timers), [`sip::sdp`] (SDP and RFC 3264 offer/answer), [`sip::endpoint`] (every call behind one front door: Via stamping, reply routing, dispatch by Call-ID, admission, stateless replies, registrations), [`sip::register`] (REGISTER client), [`sip::auth`] (digest) |
 //!
 //! A call flows: the endpoint admits an INVITE (route, capacity, RTP port) -> the signalling
 //! loop ([`io::sip`]) sends 180 and starts the call's task ([`io::call`]) with a
@@ -34,9 +34,15 @@
 //! bridge carries audio both ways until someone ends the call; the task then writes the call's
 //! one record ("call record" in the log).
 //!
-//! Rooms still to be built, each with its issue: the rest of `sip/` (registration, REFER),
-//! tools in [`call`], and operations (metrics, drain, reload); `io/` grows a shell for each.
-//! The binary (`src/main.rs`) stays thin: command line, logging, runtime, signals.
+//! Registration lives beside the calls: [`sip::register`] (one sans-IO client per
+//! `[[sip.accounts]]`, digest from [`sip::auth`]) is driven by the endpoint, which routes
+//! REGISTER responses to it by Call-ID and names the account of calls sent to its Contact.
+//! Transfers are the dialog's REFER/NOTIFY ([`sip::dialog`]) asked for by the call core; tools
+//! are decided in [`call::tools`] and webhooks run in [`io::webhook`], spawned by the call task
+//! so a slow service never touches the media path.
+//!
+//! Still to be built (issue 8): operations (metrics, drain, reload, rate limits). The binary
+//! (`src/main.rs`) stays thin: command line, logging, runtime, signals.
 //!
 //! ## Conventions
 //!

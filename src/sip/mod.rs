@@ -11,11 +11,13 @@
 //! - [`sdp`]: lenient SDP parsing and RFC 3264 offer/answer for PCMU, PCMA, Opus and
 //!   telephone-event;
 //! - [`dialog`]: the UAS call core: dialog state, 2xx retransmission until the ACK, CANCEL,
-//!   BYE, re-INVITE/UPDATE offer/answer, OPTIONS, RFC 4028 session timers, and the replies to
-//!   requests outside any dialog;
+//!   BYE, re-INVITE/UPDATE offer/answer, OPTIONS, RFC 4028 session timers, blind transfer
+//!   (REFER, NOTIFY sipfrag), and the replies to requests outside any dialog;
+//! - [`register`]: the REGISTER client of one PBX account (challenge, refresh, back-off,
+//!   de-registration), with [`auth`] (digest MD5/SHA-256, qop=auth);
 //! - [`endpoint`]: all calls behind one front door: parse, stamp `received`/`rport`, route
-//!   replies per RFC 3261 18.2.2, dispatch to the call by Call-ID, admit new INVITEs, answer
-//!   the rest statelessly. Its tokio shell is `io::sip`.
+//!   replies per RFC 3261 18.2.2, dispatch to the call by Call-ID, admit new INVITEs, drive the
+//!   registrations, answer the rest statelessly. Its tokio shell is `io::sip`.
 
 pub mod auth;
 pub mod dialog;
