@@ -293,18 +293,7 @@ fn run_sipp(dir: &Path, case: &Case) -> SippRun {
         ))
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > SIPP_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    let status = wait_or_kill(&mut child, SIPP_DEADLINE);
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
     SippRun {
         command,
@@ -317,6 +306,22 @@ fn run_sipp(dir: &Path, case: &Case) -> SippRun {
 }
 
 /// The last `max` bytes of `text` (on a character boundary).
+/// Waits for `child` to exit, killing it after `deadline`; `None` when it had to be killed.
+fn wait_or_kill(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn tail(text: &str, max: usize) -> &str {
     let mut start = text.len().saturating_sub(max);
     while !text.is_char_boundary(start) {
@@ -554,18 +559,7 @@ fn cancel_scenario_handles_the_cancel_winning() {
         // The INVITE is retransmitted after 500 ms if the stand-in is not listening yet.
         std::thread::sleep(Duration::from_millis(200));
         let run = run_sipp(dir.path(), &case);
-        let start = Instant::now();
-        let uas_status = loop {
-            if let Some(status) = uas.try_wait().unwrap() {
-                break Some(status);
-            }
-            if start.elapsed() > STOP_DEADLINE {
-                let _ = uas.kill();
-                let _ = uas.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let uas_status = wait_or_kill(&mut uas, STOP_DEADLINE);
         let report = report(&case, &run, "(no bridge: SIPp stand-in)", None);
         assert!(
             run.status.is_some_and(|s| s.success()),
@@ -734,18 +728,7 @@ fn bridge_registers_with_digest_and_unregisters_at_shutdown() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let exit = bridge.stop();
-    let start = Instant::now();
-    let registrar_status = loop {
-        if let Some(status) = registrar.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > STOP_DEADLINE {
-            let _ = registrar.kill();
-            let _ = registrar.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let registrar_status = wait_or_kill(&mut registrar, STOP_DEADLINE);
     let log = bridge.log();
     let sipp_log: String = std::fs::read_dir(dir.path())
         .unwrap()
