@@ -8,13 +8,17 @@
 //! | `bridge_registers_at_kamailio_and_answers_through_it` | the daemon registers its account (`[[sip.accounts]]`, 401 answered, the registrar's shorter expiry taken), a caller challenged with 407 reaches it through Kamailio and the account's route, the caller's speech reaches the fake whole and its reply comes back as RTP, BYE crosses the proxy |
 //! | `bridge_registers_with_sha256_digest` | the same registration when Kamailio challenges with algorithm=SHA-256 |
 //! | `bridge_registers_again_after_kamailio_restarts` | after a Kamailio restart (bindings lost) the daemon's refresh registers it again and a call gets through |
+//! | `bridge_transfers_the_caller_to_another_extension_through_kamailio` | transfer by REFER to another registered extension: baresip (registered as alice) calls the daemon through Kamailio and presses 0 (RFC 4733); the daemon REFERs it to extension 2002 (a registered SIPp); baresip calls 2002 through Kamailio (407 answered) and reports the 200 in a NOTIFY sipfrag; only then the daemon hangs up with the transfer as its Reason; its call record says `transferred` |
 //!
 //! Each test has its own ports on 127.0.0.1 (Kamailio 15081-15089, the daemon or the called SIPp
-//! on +100, the calling SIPp on +200, the daemon's RTP from 24000, 200 ports a test), so they
-//! run in parallel; nothing is sent to any other address.
+//! on +100, the calling SIPp or baresip on +200, the daemon's RTP from 24000, 200 ports a test;
+//! the transfer test also has extension 2002 on +300, baresip's ctrl_tcp on +400, baresip's RTP
+//! on 24800-24899 and 2002's SIPp media port 24900), so they run in parallel; nothing is sent to
+//! any other address.
 //! Kamailio runs in the foreground in its own process group, which is ended when the test
-//! ends, pass or fail. `kamailio` and `sipp` are required: without them a test fails with what
-//! to install, unless `SRB_SKIP_E2E=1`, which skips it with a message.
+//! ends, pass or fail. `kamailio` and `sipp` are required (and `baresip` for the transfer test):
+//! without them a test fails with what to install, unless `SRB_SKIP_E2E=1`, which skips it with
+//! a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -487,13 +491,15 @@ struct Rig {
 impl Rig {
     /// Starts both on `kam_port` and `bridge_port` (RTP from `rtp_base`, 200 ports) and waits
     /// until the daemon is registered.
-    /// `defines`: Kamailio's, beside `MAX_EXPIRES`.
+    /// `defines`: Kamailio's, beside `MAX_EXPIRES`; `profile`: more of the daemon's
+    /// configuration (TOML tables, e.g. the profile's transfer targets), appended.
     fn start(
         kam_port: u16,
         bridge_port: u16,
         caller_port: u16,
         rtp_base: u16,
         defines: &[&str],
+        profile: &str,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let max_expires = format!("MAX_EXPIRES={GRANTED}");
@@ -532,6 +538,7 @@ audio_format = "g711_ulaw"
 [[routes]]
 account = "pbx"
 profile = "p"
+{profile}
 "#,
             user = BRIDGE_USER.0,
             rtp_last = rtp_base + 199,
@@ -655,7 +662,7 @@ fn bridge_registers_at_kamailio_and_answers_through_it() {
     ) {
         return;
     }
-    let rig = Rig::start(15082, 15182, 15282, 24000, &[]);
+    let rig = Rig::start(15082, 15182, 15282, 24000, &[], "");
 
     // 1. Registered: the daemon says so, with the expiry Kamailio granted (it asked for more).
     let registered = rig.registered(1);
@@ -746,7 +753,7 @@ fn bridge_registers_again_after_kamailio_restarts() {
     ) {
         return;
     }
-    let mut rig = Rig::start(15083, 15183, 15283, 24200, &[]);
+    let mut rig = Rig::start(15083, 15183, 15283, 24200, &[], "");
     rig.registered(1);
 
     // Kamailio restarts and forgets the binding (usrloc in memory). The daemon's refresh, at
@@ -805,7 +812,7 @@ fn bridge_registers_with_sha256_digest() {
     }
     // Kamailio 5.6 challenges with one algorithm per instance: here SHA-256 only (SIPp 3.6
     // answers MD5 only, so no call).
-    let rig = Rig::start(15084, 15184, 15284, 24400, &["SHA256"]);
+    let rig = Rig::start(15084, 15184, 15284, 24400, &["SHA256"], "");
     let challenge = register_challenge(15084);
     assert!(
         challenge.contains("algorithm=SHA-256"),
@@ -813,5 +820,342 @@ fn bridge_registers_with_sha256_digest() {
     );
     let registered = rig.registered(1);
     assert_eq!(registered[0]["account"], "pbx", "{}", registered[0]);
+    rig.finish();
+}
+
+// --- transfer by REFER to another registered extension ----------------------------------------------
+
+/// baresip as alice: registered at Kamailio on `kam_port` (its account answers 401 and 407 with
+/// alice's password), SIP on 127.0.0.1:`sip_port`, driven over ctrl_tcp on `ctrl_port`, RTP in
+/// `rtp`, sending silence. Its SIP trace (`-s`) goes to `dir/baresip.log`. Killed on drop.
+struct Baresip {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Baresip {
+    fn start(dir: &Path, kam_port: u16, sip_port: u16, ctrl_port: u16, rtp: (u16, u16)) -> Self {
+        let conf = dir.join("baresip");
+        std::fs::create_dir_all(&conf).unwrap();
+        let silence = dir.join("silence.wav");
+        write_wav(&silence, &vec![0; 8000 * 20], 8000);
+        std::fs::write(
+            conf.join("config"),
+            format!(
+                "poll_method epoll\n\
+                 sip_listen 127.0.0.1:{sip_port}\n\
+                 sip_trans_def udp\n\
+                 net_interface 127.0.0.1\n\
+                 audio_source aufile,{silence}\n\
+                 audio_alert aufile,{silence}\n\
+                 rtp_ports {}-{}\n\
+                 module_path {BARESIP_MODULES}\n\
+                 module g711.so\n\
+                 module aufile.so\n\
+                 module_app account.so\n\
+                 module_app menu.so\n\
+                 module_app ctrl_tcp.so\n\
+                 ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
+                rtp.0,
+                rtp.1,
+                silence = silence.display(),
+            ),
+        )
+        .unwrap();
+        // The registrar is the AOR's host; auth_pass answers both challenges.
+        std::fs::write(
+            conf.join("accounts"),
+            format!(
+                "<sip:{}@127.0.0.1:{kam_port}>;auth_pass={};regint=60;audio_codecs=PCMU\n",
+                CALLER.0, CALLER.1
+            ),
+        )
+        .unwrap();
+        std::fs::write(conf.join("contacts"), "").unwrap();
+        let log = dir.join("baresip.log");
+        let out = File::create(&log).unwrap();
+        let child = Command::new("baresip")
+            .arg("-f")
+            .arg(&conf)
+            .args(["-4", "-s"]) // -s: SIP trace on stdout
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Asks it to quit (over ctrl_tcp), then kills it if it is still there after 5 s.
+    fn quit(&mut self, ctrl: &mut Ctrl) -> Option<std::process::ExitStatus> {
+        ctrl.send("quit", "");
+        wait_or_kill(&mut self.child, Duration::from_secs(5))
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads ctrl_tcp messages until an event for which `matches` holds, for up to `limit`.
+fn wait_event(ctrl: &mut Ctrl, limit: Duration, matches: impl Fn(&Value) -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    // Already seen (e.g. while waiting for a command's response)?
+    if ctrl.seen.iter().any(|m| m["event"] == true && matches(m)) {
+        return true;
+    }
+    while let Some(m) = ctrl.next(deadline) {
+        if m["event"] == true && matches(&m) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The SIP messages of baresip's trace (`-s`), in order: (sent by baresip from `own`, the message with
+/// CRLF line ends). Each is printed as `#`, `UDP FROM -> TO`, the message, between colour codes.
+fn baresip_trace(log: &str, own: SocketAddr) -> Vec<(bool, String)> {
+    log.split("\x1b[36;1m#\n")
+        .skip(1)
+        .filter_map(|chunk| {
+            let chunk = chunk.split("\x1b[;m").next()?;
+            let (route, message) = chunk.split_once('\n')?;
+            let from = route.split_whitespace().nth(1)?;
+            let sent = from == own.to_string();
+            Some((sent, message.replace("\r\n", "\n").replace('\n', "\r\n")))
+        })
+        .collect()
+}
+
+fn event_is(m: &Value, kind: &str, peer: &str) -> bool {
+    m["type"] == kind && m["peeruri"].as_str().is_some_and(|p| p.contains(peer))
+}
+
+#[test]
+fn bridge_transfers_the_caller_to_another_extension_through_kamailio() {
+    if !tools_present(
+        "bridge_transfers_the_caller_to_another_extension_through_kamailio",
+        &[KAMAILIO, SIPP, BARESIP],
+    ) {
+        return;
+    }
+    let (kam_port, bridge_port, caller_port, ext_port, ctrl_port) =
+        (15085, 15185, 15285, 15385, 15485);
+    // Key 0 transfers the caller to extension 2002, at the proxy.
+    let target = format!("sip:{}@127.0.0.1:{kam_port}", EXTENSION.0);
+    let transfer = format!(
+        r#"
+[[profiles.p.transfer_targets]]
+name = "operator"
+description = "Extension 2002, behind the proxy."
+uri = "{target}"
+
+[profiles.p.dtmf.actions]
+"0" = {{ transfer = "operator" }}
+"#
+    );
+    let rig = Rig::start(kam_port, bridge_port, caller_port, 24600, &[], &transfer);
+    let dir = rig.dir.path().to_owned();
+
+    // Extension 2002: registers, then waits for a call on the same address.
+    let register = sipp_register(&dir, "register-2002", ext_port, kam_port, EXTENSION);
+    assert!(
+        register.ok(),
+        "extension 2002 could not register\n{}",
+        rig.report(&[&register])
+    );
+    let extension = Sipp::spawn(
+        &dir,
+        "extension-2002",
+        "kamailio_uas",
+        ext_port,
+        None,
+        &["-s", EXTENSION.0, "-mp", "24900"],
+    );
+
+    // The caller: baresip as alice, registered, calls 2001 through the proxy and presses 0.
+    let mut baresip = Baresip::start(&dir, kam_port, caller_port, ctrl_port, (24800, 24899));
+    let mut ctrl = Ctrl::connect(SocketAddr::from(([127, 0, 0, 1], ctrl_port)));
+    let mut steps: Vec<(&str, bool)> = Vec::new();
+    // (Its REGISTER may be done before ctrl_tcp is connected: the proxy's log tells.)
+    let registered = wait_for(Duration::from_secs(5), || {
+        rig.kamailio
+            .log()
+            .contains(&format!("kamtest: registered sip:{}@127.0.0.1", CALLER.0))
+            .then_some(())
+    })
+    .is_some();
+    steps.push(("alice registered", registered));
+    let bridge_uri = format!("sip:{}@127.0.0.1:{kam_port}", BRIDGE_USER.0);
+    let answered = registered
+        && ctrl.command(
+            "dial",
+            &bridge_uri,
+            "CALL_ESTABLISHED",
+            Duration::from_secs(10),
+        );
+    steps.push(("the bridge answered", answered));
+    // The RTP stream runs before the key (RFC 4733 events ride on it).
+    std::thread::sleep(Duration::from_millis(500));
+    if answered {
+        ctrl.send("sndcode", "0");
+    }
+    // baresip takes the REFER, calls 2002 through the proxy and reports to the bridge (NOTIFY),
+    // which then hangs up its leg.
+    let transferred = answered
+        && wait_event(&mut ctrl, Duration::from_secs(8), |m| {
+            event_is(m, "CALL_ESTABLISHED", &target)
+        });
+    steps.push(("the extension answered the transferred call", transferred));
+    let bridge_left = transferred
+        && wait_event(&mut ctrl, Duration::from_secs(5), |m| {
+            event_is(m, "CALL_CLOSED", &bridge_uri)
+        });
+    steps.push(("the bridge's leg closed", bridge_left));
+    // alice and 2002 talk for a moment; alice hangs up.
+    std::thread::sleep(Duration::from_millis(300));
+    let hung_up = transferred
+        && ctrl.command("hangup", "", "CALL_CLOSED", Duration::from_secs(5))
+        && wait_event(&mut ctrl, Duration::from_secs(1), |m| {
+            event_is(m, "CALL_CLOSED", &target)
+        });
+    steps.push(("alice hung up on 2002", hung_up));
+    let baresip_exit = baresip.quit(&mut ctrl);
+    let extension = extension.finish(Duration::from_secs(5));
+    let events: Vec<String> = ctrl.seen.iter().map(ToString::to_string).collect();
+    let report = format!(
+        "steps: {steps:?}\nbaresip exit: {baresip_exit:?}\n--- ctrl_tcp ---\n{}\n\
+         --- baresip (SIP trace), last 16 kB ---\n{}\n{}",
+        events.join("\n"),
+        tail(&baresip.log(), 16_000),
+        rig.report(&[&register, &extension])
+    );
+    assert!(
+        steps.iter().all(|&(_, ok)| ok),
+        "the transfer did not go through\n{report}"
+    );
+
+    // Extension 2002 got the call from alice, through the proxy, and its BYE.
+    assert!(extension.ok(), "extension 2002's run\n{report}");
+    let trace = parse_trace(&extension.messages);
+    let invite = trace
+        .iter()
+        .find(|m| m.received && m.start_line().starts_with("INVITE "))
+        .unwrap_or_else(|| panic!("2002 received no INVITE\n{report}"));
+    assert!(
+        invite
+            .header("From")
+            .is_some_and(|f| f.contains(&format!("sip:{}@", CALLER.0))),
+        "the INVITE to 2002 is from alice: {:?}\n{report}",
+        invite.header("From")
+    );
+    assert!(
+        invite
+            .header("Via")
+            .is_some_and(|v| v.contains(&format!("127.0.0.1:{kam_port}"))),
+        "the INVITE to 2002 came through the proxy: {:?}\n{report}",
+        invite.header("Via")
+    );
+
+    // The daemon: one call, answered, ended by the transfer.
+    let call = wait_for(Duration::from_secs(5), || {
+        call_records(&rig.bridge_log()).into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no call record\n{report}"));
+    assert_eq!(call["end_reason"], "transferred", "{call}\n{report}");
+    assert_eq!(call["answered"], true, "{call}");
+    assert_eq!(call["callee"], BRIDGE_USER.0, "{call}");
+    assert_eq!(call["end_detail"], target.as_str(), "{call}");
+    let call_id = call["call_id"].as_str().unwrap_or_default().to_owned();
+
+    // The proxy saw each step: the REFER (bridge to alice) and alice's NOTIFYs (to the bridge)
+    // in the bridge's dialog, alice's new INVITE to 2002 (challenged, then relayed to 2002's
+    // registered contact), and the bridge's BYE.
+    let kam_log = rig.kamailio.log();
+    let in_dialog = |method: &str, port: u16| {
+        kam_log.lines().any(|l| {
+            l.contains(&format!("kamtest: in-dialog {method} relayed to sip:"))
+                && l.contains(&format!("@127.0.0.1:{port} call-id {call_id}"))
+        })
+    };
+    for (step, method, port) in [
+        ("the bridge's REFER to alice", "REFER", caller_port),
+        ("alice's NOTIFY to the bridge", "NOTIFY", bridge_port),
+        ("the bridge's BYE to alice", "BYE", caller_port),
+    ] {
+        assert!(
+            in_dialog(method, port),
+            "{step} (call {call_id}) did not cross the proxy\n{report}"
+        );
+    }
+    assert!(
+        kam_log.contains(&format!(
+            "kamtest: INVITE for {target} to sip:{}@127.0.0.1:{ext_port}",
+            EXTENSION.0
+        )),
+        "alice's call to 2002 went to 2002's registered contact\n{report}"
+    );
+
+    // The ladder as alice saw it, in the bridge's dialog: the REFER named 2002 (202), alice
+    // reported the new call's 200 in a final NOTIFY sipfrag, and only then the bridge hung up,
+    // giving the transfer as the reason.
+    let ladder = baresip_trace(
+        &baresip.log(),
+        SocketAddr::from(([127, 0, 0, 1], caller_port)),
+    );
+    let ours: Vec<&(bool, String)> = ladder
+        .iter()
+        .filter(|(_, m)| common::header(m, "Call-ID") == Some(call_id.as_str()))
+        .collect();
+    let position = |sent: bool, what: &dyn Fn(&str) -> bool| {
+        ours.iter().position(|(s, m)| *s == sent && what(m))
+    };
+    let refer = position(false, &|m| {
+        m.starts_with("REFER ")
+            && common::header(m, "Refer-To").is_some_and(|r| r.contains(&target))
+    });
+    let accepted = position(true, &|m| {
+        m.starts_with("SIP/2.0 202")
+            && common::header(m, "CSeq").is_some_and(|c| c.ends_with("REFER"))
+    });
+    let notify_200 = position(true, &|m| {
+        m.starts_with("NOTIFY ")
+            && common::header(m, "Subscription-State").is_some_and(|s| s.starts_with("terminated"))
+            && m.contains("\r\n\r\nSIP/2.0 200")
+    });
+    let bye = position(false, &|m| {
+        m.starts_with("BYE ")
+            && common::header(m, "Reason")
+                .is_some_and(|r| r.starts_with("Q.850;cause=16;text=\"call transferred"))
+    });
+    let ladder_text: Vec<String> = ours
+        .iter()
+        .map(|(sent, m)| {
+            let first = m.lines().next().unwrap_or_default();
+            format!("{} {first}", if *sent { "alice ->" } else { "alice <-" })
+        })
+        .collect();
+    assert!(
+        refer.is_some() && accepted > refer && notify_200 > accepted && bye > notify_200,
+        "REFER {refer:?}, 202 {accepted:?}, NOTIFY 200 {notify_200:?}, BYE with Reason {bye:?} \
+         out of order or missing in alice's dialog with the bridge:\n{}\n{report}",
+        ladder_text.join("\n")
+    );
+    // The key reached the bridge as a digit (RFC 4733, baresip's way).
+    let digits = log_events(&rig.bridge_log(), "DTMF");
+    assert!(
+        digits.iter().any(|d| d["digit"] == "0"),
+        "the bridge saw no key 0: {digits:?}\n{report}"
+    );
+    drop(baresip);
     rig.finish();
 }

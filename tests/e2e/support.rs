@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::ErrorKind;
-use std::net::Ipv4Addr;
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -403,6 +403,106 @@ impl Record {
         }
         let _ = writeln!(out, "  (+{appends} appends, +{deltas} deltas at the end)");
         out
+    }
+}
+
+// --- baresip -----------------------------------------------------------------------------------------
+
+/// Where Debian's baresip keeps its modules.
+pub const BARESIP_MODULES: &str = "/usr/lib/baresip/modules";
+
+/// A client for baresip's ctrl_tcp: netstring-framed JSON commands, responses and events.
+pub struct Ctrl {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Every response and event read so far.
+    pub seen: Vec<Value>,
+}
+
+impl Ctrl {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let start = Instant::now();
+        let stream = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "baresip's ctrl_tcp on {addr}: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, command: &str, params: &str) {
+        let json = serde_json::json!({ "command": command, "params": params, "token": command })
+            .to_string();
+        let frame = format!("{}:{json},", json.len());
+        self.stream.write_all(frame.as_bytes()).unwrap();
+    }
+
+    pub fn next(&mut self, deadline: Instant) -> Option<Value> {
+        loop {
+            if let Some(colon) = self.buf.iter().position(|&b| b == b':') {
+                let len: usize = std::str::from_utf8(&self.buf[..colon])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if self.buf.len() > colon + len + 1 {
+                    let body = self.buf[colon + 1..colon + 1 + len].to_vec();
+                    self.buf.drain(..colon + len + 2);
+                    let value: Value = serde_json::from_slice(&body).unwrap();
+                    self.seen.push(value.clone());
+                    return Some(value);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("ctrl_tcp: {e}"),
+            }
+        }
+    }
+
+    /// Sends a command; waits (up to `limit`) for its successful response and for `event`.
+    pub fn command(&mut self, command: &str, params: &str, event: &str, limit: Duration) -> bool {
+        self.send(command, params);
+        let deadline = Instant::now() + limit;
+        let (mut answered, mut happened) = (false, false);
+        while !(answered && happened) {
+            let Some(m) = self.next(deadline) else {
+                return false;
+            };
+            if m["response"] == true && m["token"] == command {
+                if m["ok"] != true {
+                    return false;
+                }
+                answered = true;
+            }
+            if m["event"] == true && m["type"] == event {
+                happened = true;
+            }
+        }
+        true
     }
 }
 
