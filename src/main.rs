@@ -337,22 +337,41 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-/// Binds the SIP sockets and serves calls until SIGTERM or SIGINT.
+/// Binds the SIP sockets and serves calls until SIGTERM (drain) or SIGINT / a second SIGTERM
+/// (stop at once).
 async fn serve(config: Config) -> std::io::Result<()> {
+    use sip_realtime_bridge::io::sip::Stop;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let listeners = sip_realtime_bridge::io::sip::Listeners::bind(&config).await?;
     tracing::info!("ready");
-    let stop = async move {
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut terms = 0;
         loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return; }
-                _ = int.recv() => { tracing::info!("SIGINT: stopping"); return; }
-                _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported yet; ignored"),
+            let stop = tokio::select! {
+                _ = term.recv() => {
+                    terms += 1;
+                    if terms == 1 {
+                        tracing::info!("SIGTERM: draining");
+                        Stop::Drain
+                    } else {
+                        tracing::info!("second SIGTERM: stopping now");
+                        Stop::Now
+                    }
+                }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping now"); Stop::Now }
+                _ = hup.recv() => {
+                    tracing::warn!("SIGHUP: configuration reload is not supported yet; ignored");
+                    continue;
+                }
+            };
+            if stop_tx.send(stop).is_err() {
+                return;
             }
         }
-    };
-    sip_realtime_bridge::io::sip::serve(std::sync::Arc::new(config), listeners, stop).await
+    });
+    sip_realtime_bridge::io::sip::serve(std::sync::Arc::new(config), listeners, stop_rx).await
 }

@@ -173,10 +173,45 @@ fn an_exhausted_rtp_range_refuses_with_503_and_ports_rest_after_a_call() {
     assert!(stderr.contains("RTP port range exhausted"), "{stderr}");
 }
 
+/// Answers `invite` and ACKs the 200: a live call from `socket`.
+fn live_call(socket: &UdpSocket, to: SocketAddr, call_id: &str) -> String {
+    let me = socket.local_addr().unwrap();
+    let ok = final_response(socket, to, &invite("UDP", me, to, call_id));
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let to_header = header(&ok, "To").unwrap().to_owned();
+    let ack = format!(
+        "ACK sip:bridge@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKack{call_id}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=c1\r\nTo: {to_header}\r\nCall-ID: {call_id}\r\n\
+         CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    socket.send_to(ack.as_bytes(), to).unwrap();
+    to_header
+}
+
+fn signal(daemon: &Daemon, name: &str) {
+    let pid = daemon.child.id().to_string();
+    Command::new("kill").args([name, &pid]).status().unwrap();
+}
+
+/// The next request of `method` the daemon sends to `socket`.
+fn next_request(socket: &UdpSocket, method: &str) -> String {
+    let mut buf = [0u8; 8192];
+    loop {
+        let (len, _) = socket.recv_from(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+        if text.starts_with(&format!("{method} ")) {
+            return text;
+        }
+    }
+}
+
 #[test]
-fn on_sigterm_calls_get_bye_and_new_invites_503() {
+fn on_sigterm_new_calls_and_options_get_503_and_live_calls_get_bye_at_the_drain_timeout() {
     let port = free_port();
-    let mut daemon = Daemon::start(&config(&[&format!("udp:127.0.0.1:{port}")], ""));
+    let mut daemon = Daemon::start(&config(
+        &[&format!("udp:127.0.0.1:{port}")],
+        "[limits]\ndrain_timeout = \"1500ms\"\n",
+    ));
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_for_200(to);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -184,32 +219,30 @@ fn on_sigterm_calls_get_bye_and_new_invites_503() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let me = socket.local_addr().unwrap();
-    let ok = final_response(&socket, to, &invite("UDP", me, to, "live"));
-    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    let to_header = header(&ok, "To").unwrap().to_owned();
-    let ack = format!(
-        "ACK sip:bridge@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKack2\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=c1\r\nTo: {to_header}\r\nCall-ID: live\r\n\
-         CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
-    );
-    socket.send_to(ack.as_bytes(), to).unwrap();
+    live_call(&socket, to, "live");
     std::thread::sleep(Duration::from_millis(200));
 
-    let pid = daemon.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    // The live call gets a BYE (left unanswered, so the daemon waits out its grace)...
-    let mut buf = [0u8; 8192];
-    let bye = loop {
-        let (len, _) = socket.recv_from(&mut buf).unwrap();
-        let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-        if text.starts_with("BYE ") {
-            break text;
-        }
-    };
-    assert_eq!(header(&bye, "Call-ID"), Some("live"));
-    // ...and a new call meanwhile is refused.
+    let sent = Instant::now();
+    signal(&daemon, "-TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    // Draining: a new call is refused, and so is OPTIONS (load balancers stop sending)...
     let refused = final_response(&socket, to, &invite("UDP", me, to, "late"));
     assert!(refused.starts_with("SIP/2.0 503"), "{refused}");
+    let options = final_response(&socket, to, &common::options(me, "drain-opt"));
+    assert!(options.starts_with("SIP/2.0 503"), "{options}");
+    assert!(header(&options, "Retry-After").is_some(), "{options}");
+    // ...while the live call goes on until the drain timeout, then gets a BYE with a Reason.
+    let bye = next_request(&socket, "BYE");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(header(&bye, "Call-ID"), Some("live"));
+    assert_eq!(
+        header(&bye, "Reason"),
+        Some("Q.850;cause=16;text=\"bridge shutting down\"")
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while daemon.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -217,4 +250,67 @@ fn on_sigterm_calls_get_bye_and_new_invites_503() {
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("shutting down: 503"), "{stderr}");
+    assert!(stderr.contains("drain timeout"), "{stderr}");
+}
+
+#[test]
+fn a_drain_ends_when_the_last_call_ends_and_a_second_sigterm_stops_at_once() {
+    let port = free_port();
+    let daemon = Daemon::start(&config(&[&format!("udp:127.0.0.1:{port}")], ""));
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_200(to);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let me = socket.local_addr().unwrap();
+    let to_header = live_call(&socket, to, "finishing");
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&daemon, "-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    // The caller hangs up during the drain (default timeout 60 s): the daemon exits at once.
+    let bye = format!(
+        "BYE sip:bridge@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbyef\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=c1\r\nTo: {to_header}\r\nCall-ID: finishing\r\n\
+         CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let ok = final_response(&socket, to, &bye);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let started = Instant::now();
+    let mut daemon = daemon;
+    while daemon.child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "still running after its last call"
+    );
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // A second SIGTERM: BYE now, without waiting for the drain timeout.
+    let port = free_port();
+    let mut daemon = Daemon::start(&config(&[&format!("udp:127.0.0.1:{port}")], ""));
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_200(to);
+    live_call(&socket, to, "cut");
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&daemon, "-TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    signal(&daemon, "-TERM");
+    let bye = next_request(&socket, "BYE");
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(header(&bye, "Call-ID"), Some("cut"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("second SIGTERM: stopping now"), "{stderr}");
 }

@@ -369,6 +369,9 @@ pub struct LimitsConfig {
     /// INVITE is refused with 503.
     #[serde(with = "humantime_serde")]
     pub answer_timeout: Duration,
+    /// On SIGTERM, how long live calls may go on before they are ended with BYE.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -377,6 +380,7 @@ impl Default for LimitsConfig {
             max_calls: NonZeroU32::new(100).expect("100 is not zero"),
             max_call_duration: Duration::from_secs(2 * 3600),
             answer_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -1419,6 +1423,12 @@ impl Config {
                     Problem::Value(format!("no sip.listen socket is {}", account.transport)),
                 );
             }
+        }
+        if self.limits.drain_timeout > Duration::from_secs(24 * 3600) {
+            problem(
+                "limits.drain_timeout".into(),
+                Problem::Value("must be at most 24h".into()),
+            );
         }
         if self.limits.answer_timeout < Duration::from_millis(500)
             || self.limits.answer_timeout > Duration::from_secs(120)

@@ -285,7 +285,7 @@ pub(crate) fn random_u64() -> u64 {
 pub async fn serve(
     config: Arc<Config>,
     listeners: Listeners,
-    shutdown: impl std::future::Future<Output = ()>,
+    mut stop: mpsc::UnboundedReceiver<Stop>,
 ) -> io::Result<()> {
     let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(4096);
     let (media_tx, mut media_rx) = mpsc::channel::<(CallHandle, CallReport)>(1024);
@@ -368,8 +368,13 @@ pub async fn serve(
     };
     drop(net_tx);
 
-    tokio::pin!(shutdown);
-    let mut stopping: Option<tokio::time::Instant> = None;
+    // Draining: new calls refused, live ones let finish until `drain_until`; then (or on a
+    // second signal) every call gets a BYE and `hard_stop` bounds the wait for the answers.
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut hard_stop: Option<tokio::time::Instant> = None;
+    // Once no call is left: how long de-registrations and BYEs may still be answered.
+    let mut answers_until: Option<tokio::time::Instant> = None;
+    let mut signals_open = true;
     loop {
         let wake = [
             endpoint.poll_timeout(),
@@ -384,8 +389,8 @@ pub async fn serve(
                 None => std::future::pending().await,
             }
         };
-        let grace = async {
-            match stopping {
+        let until = |at: Option<tokio::time::Instant>| async move {
+            match at {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
@@ -400,28 +405,64 @@ pub async fn serve(
                 endpoint.handle_timeout(now);
                 state.expire_calls(&mut endpoint, now);
             }
-            () = &mut shutdown, if stopping.is_none() => {
-                let calls = state.calls.len();
-                tracing::info!(calls, "stopping: hanging up every call");
-                state.stopping = true;
-                state.hang_up_all(&mut endpoint);
-                endpoint.unregister_all(now());
-                stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            signal = stop.recv(), if signals_open => match signal {
+                Some(Stop::Drain) if drain_until.is_none() && hard_stop.is_none() => {
+                    let calls = state.calls.len();
+                    let timeout = config.limits.drain_timeout;
+                    tracing::info!(calls, drain_timeout_s = timeout.as_secs(), "draining: new calls refused, live calls may finish");
+                    state.stopping = true;
+                    endpoint.set_draining(true);
+                    endpoint.unregister_all(now());
+                    drain_until = Some(tokio::time::Instant::now() + timeout);
+                }
+                Some(_) => {
+                    // A second signal, or SIGINT: stop at once (every call still gets its BYE).
+                    tracing::info!(calls = state.calls.len(), "stopping now: hanging up every call");
+                    stop_now(&mut state, &mut endpoint, &mut hard_stop);
+                }
+                None => signals_open = false,
+            },
+            () = until(drain_until), if hard_stop.is_none() => {
+                tracing::info!(calls = state.calls.len(), "drain timeout: hanging up the remaining calls");
+                stop_now(&mut state, &mut endpoint, &mut hard_stop);
             }
             Some((call, report)) = media_rx.recv() => state.call_report(&mut endpoint, call, report),
-            () = grace => return Ok(()),
+            () = until(hard_stop) => return Ok(()),
+            () = until(answers_until) => return Ok(()),
         }
         state.drain(&mut endpoint);
-        // Stop once every call has ended and every BYE of ours has its answer; ended calls
-        // that only absorb retransmissions (Timer J and friends) are not waited for.
-        if stopping.is_some()
-            && state.calls.is_empty()
-            && !endpoint.awaiting_responses()
-            && state.media_running == 0
-        {
-            return Ok(());
+        // Stop once every call has ended and every request of ours (BYE, de-registration) has
+        // its answer, or the answers' grace ran out; ended calls that only absorb
+        // retransmissions (Timer J and friends) are not waited for.
+        if state.stopping && state.calls.is_empty() && state.media_running == 0 {
+            if !endpoint.awaiting_responses() {
+                return Ok(());
+            }
+            answers_until.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
         }
     }
+}
+
+/// How the daemon is asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: refuse new calls (503, OPTIONS too), de-register, let live calls finish up to
+    /// `limits.drain_timeout`, then BYE the rest.
+    Drain,
+    /// A second SIGTERM, or SIGINT: BYE every call now.
+    Now,
+}
+
+fn stop_now(
+    state: &mut Loop,
+    endpoint: &mut Endpoint,
+    hard_stop: &mut Option<tokio::time::Instant>,
+) {
+    state.stopping = true;
+    endpoint.set_draining(true);
+    endpoint.unregister_all(now());
+    state.hang_up_all(endpoint);
+    hard_stop.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_GRACE * 3);
 }
 
 /// Registers every `[[sip.accounts]]`: resolves the registrar (or outbound proxy), works out

@@ -257,6 +257,9 @@ struct Slot {
     confirmed: bool,
 }
 
+/// Retry-After of the 503 to OPTIONS while draining.
+const DRAIN_RETRY_AFTER_SECS: u32 = 30;
+
 /// RFC 3261's branch prefix: a branch that starts with it is unique per transaction.
 const MAGIC_COOKIE: &str = "z9hG4bK";
 
@@ -274,6 +277,8 @@ pub struct Endpoint {
     deadlines: BTreeSet<(Instant, CallHandle)>,
     /// Registrations with PBXs ([`Endpoint::add_registration`]).
     registrations: Vec<RegSlot>,
+    /// Shutting down: OPTIONS are answered 503 so load balancers stop sending calls.
+    draining: bool,
     transmits: VecDeque<Outgoing>,
     events: VecDeque<EndpointEvent>,
     stats: EndpointStats,
@@ -310,6 +315,7 @@ impl Endpoint {
             calls: HashMap::new(),
             deadlines: BTreeSet::new(),
             registrations: Vec::new(),
+            draining: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),
@@ -354,6 +360,12 @@ impl Endpoint {
             flow,
         });
         self.pump_registrations();
+    }
+
+    /// Draining (shutdown): out-of-dialog OPTIONS get 503 with Retry-After, so a dispatcher
+    /// (Kamailio's, say) takes this node out of rotation. New INVITEs are the admission's.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
     }
 
     /// De-registers every account (shutdown): `Expires: 0`.
@@ -442,6 +454,15 @@ impl Endpoint {
         // Stateless replies get a tag derived from the request, so a retransmission gets the
         // same answer (RFC 3261 8.2.6.2); a call gets a random one.
         let tag = stateless_tag(&message);
+        if self.draining && message.method() == Some("OPTIONS") && message.to().tag().is_none() {
+            let payload = with_headers(
+                build_response(&message, 503, "Service Unavailable", Some(&tag)),
+                &[("Retry-After", DRAIN_RETRY_AFTER_SECS.to_string())],
+                None,
+            );
+            self.reply(&message, &incoming, Arc::from(payload));
+            return;
+        }
         match respond_out_of_dialog(&message, &tag) {
             OutOfDialog::Ignore => {}
             OutOfDialog::Reply(payload) => self.reply(&message, &incoming, payload),

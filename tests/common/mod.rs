@@ -78,9 +78,19 @@ impl Daemon {
         None
     }
 
+    /// Stops the daemon: SIGTERM (drain), and a second one after a moment when it is still
+    /// running, so calls a test left up are ended at once rather than after the drain timeout
+    /// (the drain itself has tests of its own).
     pub fn stop(mut self) -> (Option<i32>, String) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let first = Instant::now() + Duration::from_millis(300);
+        while self.child.try_wait().unwrap().is_none() && Instant::now() < first {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.child.try_wait().unwrap().is_none() {
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
