@@ -460,7 +460,7 @@ impl Endpoint {
                 &[("Retry-After", DRAIN_RETRY_AFTER_SECS.to_string())],
                 None,
             );
-            self.reply(&message, &incoming, Arc::from(payload));
+            self.reply(&message, &incoming, payload);
             return;
         }
         match respond_out_of_dialog(&message, &tag) {
