@@ -325,7 +325,7 @@ fn run(path: &Path) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let result = runtime.block_on(serve(config));
+    let result = runtime.block_on(serve(config, path.to_owned()));
     // Blocking work still running (a slow DNS lookup) must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
@@ -337,9 +337,21 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
+/// Reads and checks the configuration file again for SIGHUP: every problem (syntax, values,
+/// unreadable secrets) refuses the reload.
+fn load_for_reload(path: &Path) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let secrets = config.check_secrets();
+    if !secrets.is_empty() {
+        let problems: Vec<String> = secrets.iter().map(ToString::to_string).collect();
+        return Err(problems.join("; "));
+    }
+    Ok(config)
+}
+
 /// Binds the SIP sockets and serves calls until SIGTERM (drain) or SIGINT / a second SIGTERM
 /// (stop at once).
-async fn serve(config: Config) -> std::io::Result<()> {
+async fn serve(config: Config, path: std::path::PathBuf) -> std::io::Result<()> {
     use sip_realtime_bridge::io::sip::Stop;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -364,8 +376,14 @@ async fn serve(config: Config) -> std::io::Result<()> {
                 }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping now"); Stop::Now }
                 _ = hup.recv() => {
-                    tracing::warn!("SIGHUP: configuration reload is not supported yet; ignored");
-                    continue;
+                    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                    match load_for_reload(&path) {
+                        Ok(config) => Stop::Reload(Box::new(config)),
+                        Err(problem) => {
+                            tracing::error!(%problem, "reload refused: the running configuration stays");
+                            continue;
+                        }
+                    }
                 }
             };
             if stop_tx.send(stop).is_err() {

@@ -365,6 +365,7 @@ pub async fn serve(
         media_tx,
         media_running: 0,
         upstreams,
+        retired_upstreams: Vec::new(),
     };
     drop(net_tx);
 
@@ -415,6 +416,13 @@ pub async fn serve(
                     endpoint.unregister_all(now());
                     drain_until = Some(tokio::time::Instant::now() + timeout);
                 }
+                Some(Stop::Reload(new)) => {
+                    if state.stopping {
+                        tracing::warn!("reload ignored: stopping");
+                    } else {
+                        reload(&mut state, &mut endpoint, *new, &udp_addrs, &tcp_addrs).await;
+                    }
+                }
                 Some(_) => {
                     // A second signal, or SIGINT: stop at once (every call still gets its BYE).
                     tracing::info!(calls = state.calls.len(), "stopping now: hanging up every call");
@@ -443,14 +451,89 @@ pub async fn serve(
     }
 }
 
-/// How the daemon is asked to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the daemon is asked to stop, or to reload.
+#[derive(Clone, Debug)]
 pub enum Stop {
+    /// SIGHUP: a new configuration, read and checked by the caller (main), for new calls.
+    Reload(Box<Config>),
     /// SIGTERM: refuse new calls (503, OPTIONS too), de-register, let live calls finish up to
     /// `limits.drain_timeout`, then BYE the rest.
     Drain,
     /// A second SIGTERM, or SIGINT: BYE every call now.
     Now,
+}
+
+/// Puts `new` in force for new calls: routes, profiles, tools, upstreams and accounts change
+/// together; live calls keep what they started with (their profile and upstream connection
+/// are theirs). Sockets and the RTP range cannot change without a restart: such changes are
+/// named and the running values kept. Upstreams that fail to start refuse the whole reload.
+async fn reload(
+    state: &mut Loop,
+    endpoint: &mut Endpoint,
+    mut new: Config,
+    udp_addrs: &[SocketAddr],
+    tcp_addrs: &[SocketAddr],
+) {
+    let old = Arc::clone(&state.config);
+    let mut kept = Vec::new();
+    if new.sip.listen != old.sip.listen {
+        kept.push("sip.listen");
+        new.sip.listen = old.sip.listen.clone();
+    }
+    if new.sip.public_address != old.sip.public_address {
+        kept.push("sip.public_address");
+        new.sip.public_address = old.sip.public_address.clone();
+    }
+    if new.rtp.port_range != old.rtp.port_range {
+        kept.push("rtp.port_range");
+        new.rtp.port_range = old.rtp.port_range;
+    }
+    if !kept.is_empty() {
+        tracing::warn!(keys = ?kept, "reload: these need a restart; their running values stay");
+    }
+    let upstreams = match Upstreams::start(&new).await {
+        Ok(upstreams) => upstreams,
+        Err(error) => {
+            tracing::error!(%error, "reload refused: the running configuration stays");
+            return;
+        }
+    };
+    // Live calls may still talk to an in-process fake of the old set: it stays up.
+    let retired = std::mem::replace(&mut state.upstreams, upstreams);
+    state.retired_upstreams.push(retired);
+    let now = now();
+    // Accounts: removed or changed ones de-register, new or changed ones register.
+    let same = |a: &crate::config::AccountConfig, b: &crate::config::AccountConfig| {
+        format!("{a:?}") == format!("{b:?}")
+    };
+    for account in &old.sip.accounts {
+        if !new.sip.accounts.iter().any(|n| same(n, account)) {
+            endpoint.remove_registration(now, account.name.as_str());
+        }
+    }
+    let added: Vec<_> = new
+        .sip
+        .accounts
+        .iter()
+        .filter(|n| !old.sip.accounts.iter().any(|a| same(n, a)))
+        .cloned()
+        .collect();
+    endpoint.set_config(endpoint_config(&new));
+    state.media_config.inactivity_timeout = new.rtp.inactivity_timeout;
+    let public_ip = state.public_ip;
+    let new = Arc::new(new);
+    state.config = Arc::clone(&new);
+    if !added.is_empty() {
+        let mut only_added = (*new).clone();
+        only_added.sip.accounts = added;
+        start_registrations(&only_added, udp_addrs, tcp_addrs, public_ip, endpoint).await;
+    }
+    tracing::info!(
+        routes = new.routes.len(),
+        profiles = new.profiles.len(),
+        accounts = new.sip.accounts.len(),
+        "configuration reloaded: new calls use it"
+    );
 }
 
 fn stop_now(
@@ -605,6 +688,8 @@ struct Loop {
     /// Call tasks started and not yet finished (shutdown waits for their records).
     media_running: usize,
     upstreams: Upstreams,
+    /// Upstream sets replaced by reloads, kept for the calls still using them.
+    retired_upstreams: Vec<Upstreams>,
 }
 
 impl Loop {

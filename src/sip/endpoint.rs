@@ -292,6 +292,8 @@ struct RegSlot {
     target: Target,
     transport: TransportKind,
     flow: Option<Flow>,
+    /// Removed by a reload: dropped once unregistered.
+    retiring: bool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -358,6 +360,7 @@ impl Endpoint {
             target,
             transport,
             flow,
+            retiring: false,
         });
         self.pump_registrations();
     }
@@ -366,6 +369,26 @@ impl Endpoint {
     /// (Kamailio's, say) takes this node out of rotation. New INVITEs are the admission's.
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
+    }
+
+    /// Replaces the configuration new calls get (a reload); calls already in the table keep
+    /// theirs.
+    pub fn set_config(&mut self, config: EndpointConfig) {
+        self.config = config;
+    }
+
+    /// De-registers `account` (a reload removed or changed it); its slot goes once the
+    /// removal is answered.
+    pub fn remove_registration(&mut self, now: Instant, account: &str) {
+        for slot in self
+            .registrations
+            .iter_mut()
+            .filter(|r| r.account == account)
+        {
+            slot.registration.unregister(now);
+            slot.retiring = true;
+        }
+        self.pump_registrations();
     }
 
     /// De-registers every account (shutdown): `Expires: 0`.
@@ -411,6 +434,8 @@ impl Endpoint {
                 });
             }
         }
+        self.registrations
+            .retain(|r| !(r.retiring && r.registration.state() == RegState::Unregistered));
     }
 
     /// Counters.

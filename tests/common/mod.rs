@@ -9,7 +9,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_sip-realtime-bridge");
 pub struct Daemon {
     pub child: Child,
     _dir: tempfile::TempDir,
+    /// The configuration file the daemon was started with (tests of reload rewrite it).
+    #[allow(dead_code)]
+    pub config_path: PathBuf,
 }
 
 impl Daemon {
@@ -35,7 +38,11 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        Self { child, _dir: dir }
+        Self {
+            child,
+            _dir: dir,
+            config_path: path,
+        }
     }
 
     /// Like [`Daemon::start`], with `RUST_LOG` = `rust_log`, the extra environment `env`, and
@@ -56,7 +63,11 @@ impl Daemon {
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap();
-        Self { child, _dir: dir }
+        Self {
+            child,
+            _dir: dir,
+            config_path: path,
+        }
     }
 
     /// SIGTERM, then waits up to 10 s (then kills): the exit code, `None` if killed.
