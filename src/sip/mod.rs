@@ -17,11 +17,14 @@
 //!   de-registration), with [`auth`] (digest MD5/SHA-256, qop=auth);
 //! - [`endpoint`]: all calls behind one front door: parse, stamp `received`/`rport`, route
 //!   replies per RFC 3261 18.2.2, dispatch to the call by Call-ID, admit new INVITEs, drive the
-//!   registrations, answer the rest statelessly. Its tokio shell is `io::sip`.
+//!   registrations, answer the rest statelessly. Its tokio shell is `io::sip`;
+//! - [`limits`]: the per-source rate limit (token buckets, bans) and the INVITE ACL that the
+//!   shell applies in front of the endpoint.
 
 pub mod auth;
 pub mod dialog;
 pub mod endpoint;
+pub mod limits;
 pub mod message;
 pub mod register;
 pub mod sdp;
