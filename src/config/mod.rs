@@ -58,8 +58,8 @@ use serde::Deserialize;
 
 pub use secret::{SecretError, SecretSource, SecretString};
 pub use types::{
-    Digit, EnvVarName, HeaderName, Listen, LogFilter, Matcher, Name, PortRange, PublicAddress,
-    ServiceUrl, SipUri, ToolName, Transport, WebhookUrl,
+    Digit, EnvVarName, HeaderName, Listen, LogFilter, Matcher, Name, Network, PortRange,
+    PublicAddress, ServiceUrl, SipUri, ToolName, Transport, WebhookUrl,
 };
 
 /// The built-in tool that hangs up (offered when a profile sets `end_call = true`).
@@ -134,6 +134,8 @@ pub struct SipConfig {
     pub session_expires: u32,
     /// Registrations with a PBX or registrar.
     pub accounts: Vec<AccountConfig>,
+    /// Networks allowed to send INVITEs (403 from elsewhere); empty allows everyone.
+    pub allow_invite_from: Vec<Network>,
 }
 
 /// One registration with a PBX or registrar (`[[sip.accounts]]`).
@@ -319,6 +321,7 @@ impl Default for SipConfig {
             accounts: Vec::new(),
             min_se: 90,
             session_expires: 1800,
+            allow_invite_from: Vec::new(),
         }
     }
 }
@@ -372,6 +375,8 @@ pub struct LimitsConfig {
     /// On SIGTERM, how long live calls may go on before they are ended with BYE.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// SIP requests per source address (IPv6: per /64); a source beyond it is ignored a while.
+    pub rate: RateLimitConfig,
 }
 
 impl Default for LimitsConfig {
@@ -381,6 +386,43 @@ impl Default for LimitsConfig {
             max_call_duration: Duration::from_secs(2 * 3600),
             answer_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(60),
+            rate: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// `limits.rate`: a token bucket per source; `requests_per_second = 0` disables it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second allowed from one source.
+    pub requests_per_second: u32,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: u32,
+    /// How long a source that exceeded the rate is ignored (its messages dropped unanswered).
+    #[serde(with = "humantime_serde")]
+    pub ban: Duration,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        // A PBX in front of a call centre carries every call's INVITE, ACK, BYE, re-INVITEs
+        // and OPTIONS pings from one address: 100 calls set up at once is ~200 requests.
+        Self {
+            requests_per_second: 200,
+            burst: 400,
+            ban: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// The limit for the sans-IO limiter.
+    pub fn limit(&self) -> crate::sip::limits::RateLimit {
+        crate::sip::limits::RateLimit {
+            per_second: self.requests_per_second,
+            burst: self.burst,
+            ban: self.ban,
         }
     }
 }
@@ -1429,6 +1471,27 @@ impl Config {
                 "limits.drain_timeout".into(),
                 Problem::Value("must be at most 24h".into()),
             );
+        }
+        let rate = &self.limits.rate;
+        if rate.requests_per_second > 0 {
+            if rate.requests_per_second > 1_000_000 {
+                problem(
+                    "limits.rate.requests_per_second".into(),
+                    Problem::Value("must be at most 1000000 (0 disables the limit)".into()),
+                );
+            }
+            if rate.burst < 1 || rate.burst > 10_000_000 {
+                problem(
+                    "limits.rate.burst".into(),
+                    Problem::Value("must be between 1 and 10000000".into()),
+                );
+            }
+            if rate.ban < Duration::from_secs(1) || rate.ban > Duration::from_secs(24 * 3600) {
+                problem(
+                    "limits.rate.ban".into(),
+                    Problem::Value("must be between 1s and 24h".into()),
+                );
+            }
         }
         if self.limits.answer_timeout < Duration::from_millis(500)
             || self.limits.answer_timeout > Duration::from_secs(120)

@@ -1058,3 +1058,61 @@ headers = { X-Key = { value_env = "SRB_TEST_SURELY_UNSET_WEBHOOK_KEY" }, X-Plain
          SRB_TEST_SURELY_UNSET_WEBHOOK_KEY is not set"
     );
 }
+
+#[test]
+fn rate_limit_and_invite_acl_defaults_and_checks() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(
+        c.limits.rate,
+        RateLimitConfig {
+            requests_per_second: 200,
+            burst: 400,
+            ban: Duration::from_secs(60)
+        }
+    );
+    assert!(c.sip.allow_invite_from.is_empty());
+
+    let c = Config::from_toml(&format!(
+        "[sip]\nallow_invite_from = [\"10.0.0.0/8\", \"192.168.1.20\", \"2001:db8::/32\"]\n\
+         [limits]\nrate = {{ requests_per_second = 20, burst = 40, ban = \"2m\" }}\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.limits.rate.limit().per_second, 20);
+    assert_eq!(c.limits.rate.burst, 40);
+    assert_eq!(c.limits.rate.ban, Duration::from_secs(120));
+    let acl: Vec<String> = c
+        .sip
+        .allow_invite_from
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(acl, ["10.0.0.0/8", "192.168.1.20/32", "2001:db8::/32"]);
+
+    // 0 disables the limit: the other keys are then not checked.
+    let off = format!("[limits]\nrate = {{ requests_per_second = 0, burst = 0 }}\n{MINIMAL}");
+    assert_eq!(Config::from_toml(&off).unwrap().limits.rate.burst, 0);
+
+    for (body, key) in [
+        ("rate = { burst = 0 }", "limits.rate.burst"),
+        ("rate = { ban = \"0s\" }", "limits.rate.ban"),
+        ("rate = { ban = \"2days\" }", "limits.rate.ban"),
+        (
+            "rate = { requests_per_second = 2000000 }",
+            "limits.rate.requests_per_second",
+        ),
+        ("rate = { per_second = 5 }", "limits.rate.per_second"),
+    ] {
+        let toml = format!("[limits]\n{body}\n{MINIMAL}");
+        assert_eq!(only_problem(&toml).0, key, "{body}");
+    }
+    for (bad, what) in [
+        ("10.0.0.1/8", "10.0.0.0/8"),
+        ("10.0.0.0/33", "at most 32"),
+        ("pbx.example.com", "not a network"),
+    ] {
+        let toml = format!("[sip]\nallow_invite_from = [\"{bad}\"]\n{MINIMAL}");
+        let (key, message) = only_problem(&toml);
+        assert!(key.starts_with("sip.allow_invite_from"), "{key}");
+        assert!(message.contains(what), "{message}");
+    }
+}

@@ -118,6 +118,10 @@ impl FromStr for Listen {
 }
 deserialize_from_str!(Listen, "a listen address such as `udp:0.0.0.0:5060`");
 
+/// A network in `sip.allow_invite_from`: `10.0.0.0/8`, `2001:db8::/32` or one address.
+pub use crate::sip::limits::Network;
+deserialize_from_str!(Network, "a network such as `10.0.0.0/8` or an address");
+
 /// The address the daemon gives peers for itself (Via, Contact, SDP `c=`) when it sits behind
 /// NAT: an IP address or a DNS name.
 #[derive(Clone, Debug, PartialEq, Eq)]
