@@ -44,6 +44,7 @@ use crate::sip::endpoint::{
     Admission, Admit, CallHandle, Endpoint, EndpointConfig, EndpointEvent, Flow, Incoming,
     Outgoing, Target, TransportKind,
 };
+use crate::sip::limits::{Acl, DEFAULT_MAX_SOURCES, LimitEvent, RateLimiter, Verdict};
 use crate::sip::message::{FramingLimits, SipMessage, StreamFramer};
 use crate::sip::register::{RegisterConfig, Registration, RegistrationEvent};
 use crate::sip::sdp::{Codec, CodecPrefs, LocalMedia};
@@ -190,10 +191,22 @@ struct Admitter<'a> {
     public_ip: Option<IpAddr>,
     /// Media sockets bound for admitted INVITEs, by Call-ID, until their call is registered.
     bound: &'a mut HashMap<String, MediaSockets>,
+    /// `sip.allow_invite_from`, and how many INVITEs it refused.
+    acl: &'a Acl,
+    forbidden: &'a mut u64,
 }
 
 impl Admission for Admitter<'_> {
-    fn admit(&mut self, invite: &SipMessage, local: SocketAddr, _remote: SocketAddr) -> Admit {
+    fn admit(&mut self, invite: &SipMessage, local: SocketAddr, remote: SocketAddr) -> Admit {
+        if !self.acl.allows(remote.ip()) {
+            *self.forbidden += 1;
+            tracing::warn!(call_id = invite.call_id(), %remote, "INVITE from outside sip.allow_invite_from: 403");
+            return Admit::Refuse {
+                status: 403,
+                reason: "Forbidden",
+                retry_after: None,
+            };
+        }
         let account = crate::sip::endpoint::account_for(
             invite,
             self.config
@@ -366,6 +379,9 @@ pub async fn serve(
         media_running: 0,
         upstreams,
         retired_upstreams: Vec::new(),
+        limiter: RateLimiter::new(config.limits.rate.limit(), DEFAULT_MAX_SOURCES),
+        acl: Acl::new(config.sip.allow_invite_from.iter().copied()),
+        forbidden: 0,
     };
     drop(net_tx);
 
@@ -690,6 +706,12 @@ struct Loop {
     upstreams: Upstreams,
     /// Upstream sets replaced by reloads, kept for the calls still using them.
     retired_upstreams: Vec<Upstreams>,
+    /// `limits.rate`, per source address, in front of the endpoint.
+    limiter: RateLimiter,
+    /// `sip.allow_invite_from`, applied at admission.
+    acl: Acl,
+    /// INVITEs refused by the ACL.
+    forbidden: u64,
 }
 
 impl Loop {
@@ -703,6 +725,9 @@ impl Loop {
                 let Some(local) = self.udp.get(listener).and_then(|s| s.local_addr().ok()) else {
                     return;
                 };
+                if !self.within_rate(from, &bytes) {
+                    return;
+                }
                 let local = self.concrete_local(local, from);
                 trace_message("recv", TransportKind::Udp, from, &bytes);
                 self.incoming(endpoint, Flow::Udp(listener), local, from, &bytes);
@@ -712,6 +737,9 @@ impl Loop {
                     return;
                 };
                 let (local, remote) = (c.local, c.remote);
+                if !self.within_rate(remote, &bytes) {
+                    return;
+                }
                 trace_message("recv", TransportKind::Tcp, remote, &bytes);
                 self.incoming(endpoint, Flow::Tcp(conn), local, remote, &bytes);
             }
@@ -743,6 +771,23 @@ impl Loop {
         }
     }
 
+    /// `limits.rate`: whether a message from `from` goes on to the endpoint. Requests count;
+    /// responses (to our own requests) pass. A banned source gets no reply at all.
+    fn within_rate(&mut self, from: SocketAddr, bytes: &[u8]) -> bool {
+        if !self.limiter.enabled() || !crate::sip::limits::counts_as_request(bytes) {
+            return true;
+        }
+        let verdict = self.limiter.check(now(), from.ip());
+        if verdict == (Verdict::Drop { first_of_ban: true }) {
+            let source = crate::sip::limits::Source::of(from.ip());
+            tracing::warn!(%source, ban = ?self.config.limits.rate.ban, "limits.rate exceeded: source banned, its messages dropped unanswered");
+        }
+        while let Some(LimitEvent::BanEnded { source, dropped }) = self.limiter.poll_event() {
+            tracing::info!(%source, dropped, "ban ended");
+        }
+        verdict == Verdict::Allow
+    }
+
     fn incoming(
         &mut self,
         endpoint: &mut Endpoint,
@@ -761,6 +806,8 @@ impl Loop {
             ports: &mut self.ports,
             public_ip: self.public_ip,
             bound: &mut self.bound,
+            acl: &self.acl,
+            forbidden: &mut self.forbidden,
         };
         endpoint.handle_incoming(
             now,
