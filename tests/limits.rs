@@ -1,0 +1,114 @@
+//! `limits.rate` and `sip.allow_invite_from` against the running daemon, on loopback: a flooding
+//! source is banned (no answers at all) while another is still served, the ban ends, and
+//! INVITEs from outside the ACL get 403.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, ack_for, config, final_response, free_port, invite, options, wait_for_200};
+
+fn socket(ip: &str) -> UdpSocket {
+    let socket = UdpSocket::bind((ip, 0)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    socket
+}
+
+/// Every response that arrives until the socket is quiet for its read timeout.
+fn responses(socket: &UdpSocket) -> Vec<String> {
+    let mut buf = [0u8; 8192];
+    let mut all = Vec::new();
+    while let Ok((len, _)) = socket.recv_from(&mut buf) {
+        all.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    all
+}
+
+#[test]
+fn a_flooding_source_is_banned_others_are_served_and_invites_obey_the_acl() {
+    let port = free_port();
+    let daemon = Daemon::start(&config(
+        &[&format!("udp:127.0.0.1:{port}")],
+        "allow_invite_from = [\"127.0.0.6\", \"10.0.0.0/8\"]\n\
+         [limits]\nrate = { requests_per_second = 1, burst = 5, ban = \"2s\" }\n",
+    ));
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_200(to);
+
+    // A flood of OPTIONS from 127.0.0.5: the burst is answered, then nothing.
+    let flooder = socket("127.0.0.5");
+    let local = flooder.local_addr().unwrap();
+    for n in 0..30 {
+        let msg = options(local, &format!("flood{n}"));
+        flooder.send_to(msg.as_bytes(), to).unwrap();
+    }
+    let answered = responses(&flooder);
+    assert!(
+        (5..=6).contains(&answered.len()),
+        "{} answers to 30 OPTIONS",
+        answered.len()
+    );
+    assert!(answered.iter().all(|r| r.starts_with("SIP/2.0 200")));
+    flooder
+        .send_to(options(local, "during-ban").as_bytes(), to)
+        .unwrap();
+    assert!(
+        responses(&flooder).is_empty(),
+        "a banned source got an answer"
+    );
+    let banned_at = Instant::now();
+
+    // Another address is served meanwhile, calls included.
+    let pbx = socket("127.0.0.6");
+    let pbx_local = pbx.local_addr().unwrap();
+    let ok = final_response(&pbx, to, &options(pbx_local, "other"));
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let answer = final_response(&pbx, to, &invite("UDP", pbx_local, to, "allowed-call"));
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    pbx.send_to(
+        ack_for(&answer, pbx_local, to, "allowed-call", 1).as_bytes(),
+        to,
+    )
+    .unwrap();
+
+    // An INVITE from outside allow_invite_from is refused; its OPTIONS are not.
+    let stranger = socket("127.0.0.7");
+    let stranger_local = stranger.local_addr().unwrap();
+    let refused = final_response(
+        &stranger,
+        to,
+        &invite("UDP", stranger_local, to, "stranger"),
+    );
+    assert!(refused.starts_with("SIP/2.0 403"), "{refused}");
+    let ok = final_response(&stranger, to, &options(stranger_local, "stranger-options"));
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+
+    // When the ban is over, the flooder is answered again.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(banned_at.elapsed()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut n = 0;
+    let resumed = loop {
+        n += 1;
+        flooder
+            .send_to(options(local, &format!("after{n}")).as_bytes(), to)
+            .unwrap();
+        if let Some(r) = responses(&flooder).into_iter().next() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no answer after the ban");
+    };
+    assert!(resumed.starts_with("SIP/2.0 200"), "{resumed}");
+
+    let (_, log) = daemon.stop();
+    assert_eq!(log.matches("source banned").count(), 1, "{log}");
+    assert!(log.contains("source=127.0.0.5"), "{log}");
+    assert!(
+        log.contains("ban ended") && log.contains("dropped="),
+        "{log}"
+    );
+    assert!(log.contains("allow_invite_from: 403"), "{log}");
+}
