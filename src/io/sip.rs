@@ -536,6 +536,11 @@ async fn reload(
         .collect();
     endpoint.set_config(endpoint_config(&new));
     state.media_config.inactivity_timeout = new.rtp.inactivity_timeout;
+    state.acl = Acl::new(new.sip.allow_invite_from.iter().copied());
+    // A new rate limit starts with fresh buckets (and no bans); an unchanged one keeps them.
+    if format!("{:?}", new.limits.rate) != format!("{:?}", old.limits.rate) {
+        state.limiter = RateLimiter::new(new.limits.rate.limit(), DEFAULT_MAX_SOURCES);
+    }
     let public_ip = state.public_ip;
     let new = Arc::new(new);
     state.config = Arc::clone(&new);
