@@ -359,6 +359,10 @@ async fn serve(config: Config, path: std::path::PathBuf) -> std::io::Result<()> 
     let mut hup = signal(SignalKind::hangup())?;
     let listeners = sip_realtime_bridge::io::sip::Listeners::bind(&config).await?;
     tracing::info!("ready");
+    // READY=1, STATUS= and STOPPING=1 come from the signalling loop; the watchdog pings from
+    // its own task, from READY=1 on.
+    let notifier = io::notify::Notifier::from_env();
+    let _watchdog = notifier.spawn_watchdog();
     let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut terms = 0;
@@ -391,5 +395,6 @@ async fn serve(config: Config, path: std::path::PathBuf) -> std::io::Result<()> 
             }
         }
     });
-    sip_realtime_bridge::io::sip::serve(std::sync::Arc::new(config), listeners, stop_rx).await
+    sip_realtime_bridge::io::sip::serve(std::sync::Arc::new(config), listeners, stop_rx, notifier)
+        .await
 }

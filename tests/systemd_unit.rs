@@ -1,5 +1,6 @@
 //! The shipped systemd unit: `systemd-analyze verify` finds nothing to say about it, its
-//! hardening keeps the exposure score low, and its pre-start check matches what it runs.
+//! hardening keeps the exposure score low, its pre-start check matches what it runs, and it
+//! waits for the daemon's readiness notification.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
@@ -113,4 +114,13 @@ fn pre_start_checks_the_configuration_that_start_runs() {
     assert!(start.contains("--config /etc/sip-realtime-bridge/bridge.toml"));
     // A configuration error (exit 3) must not be retried in a loop.
     assert!(text.contains("RestartPreventExitStatus=3"));
+}
+
+#[test]
+fn unit_waits_for_readiness_and_arms_the_watchdog() {
+    let text = unit_text();
+    for line in ["Type=notify\n", "NotifyAccess=main\n", "WatchdogSec=30s\n"] {
+        assert!(text.contains(line), "missing {line:?}");
+    }
+    assert!(!text.contains("Type=exec"));
 }

@@ -9,9 +9,11 @@
 //! - [`realtime`]: the task that drives one realtime session core over that connection.
 //! - [`probe`]: connect, configure, send a second of silence, report: the `probe` command.
 //! - [`webhook`]: one HTTP POST of a tool call to its webhook, with a deadline.
+//! - [`notify`]: readiness, status and watchdog notifications to systemd (`sd_notify`).
 
 pub mod call;
 pub mod media;
+pub mod notify;
 pub mod probe;
 pub mod realtime;
 pub mod sip;

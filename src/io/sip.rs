@@ -38,6 +38,7 @@ use crate::call::{Call, CallAction, CallEnd, CallInfo, TransferOutcome};
 use crate::config::{CodecName, Config, PublicAddress, Transport};
 use crate::io::call::{self as call_task, CallReport, CallTask, Upstreams};
 use crate::io::media::{MediaConfig, MediaSockets};
+use crate::io::notify::Notifier;
 use crate::rtp::ports::{DEFAULT_QUARANTINE, PortPool};
 use crate::sip::dialog::{DialogEvent, EndedBy, SessionTimerConfig};
 use crate::sip::endpoint::{
@@ -46,7 +47,7 @@ use crate::sip::endpoint::{
 };
 use crate::sip::limits::{Acl, DEFAULT_MAX_SOURCES, LimitEvent, RateLimiter, Verdict};
 use crate::sip::message::{FramingLimits, SipMessage, StreamFramer};
-use crate::sip::register::{RegisterConfig, Registration, RegistrationEvent};
+use crate::sip::register::{RegState, RegisterConfig, Registration, RegistrationEvent};
 use crate::sip::sdp::{Codec, CodecPrefs, LocalMedia};
 use crate::sip::transaction::{TimerConfig, Wire};
 
@@ -299,6 +300,7 @@ pub async fn serve(
     config: Arc<Config>,
     listeners: Listeners,
     mut stop: mpsc::UnboundedReceiver<Stop>,
+    notifier: Notifier,
 ) -> io::Result<()> {
     let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(4096);
     let (media_tx, mut media_rx) = mpsc::channel::<(CallHandle, CallReport)>(1024);
@@ -353,6 +355,7 @@ pub async fn serve(
     };
     let mut endpoint = Endpoint::new(endpoint_config(&config), Box::new(random_u64));
     start_registrations(&config, &udp_addrs, &tcp_addrs, public_ip, &mut endpoint).await;
+    notifier.ready();
     let mut state = Loop {
         config: Arc::clone(&config),
         udp,
@@ -384,6 +387,8 @@ pub async fn serve(
         forbidden: 0,
     };
     drop(net_tx);
+    let mut status = ServiceStatus::default();
+    status.update(&notifier, &state, &endpoint);
 
     // Draining: new calls refused, live ones let finish until `drain_until`; then (or on a
     // second signal) every call gets a BYE and `hard_stop` bounds the wait for the answers.
@@ -455,6 +460,7 @@ pub async fn serve(
             () = until(answers_until) => return Ok(()),
         }
         state.drain(&mut endpoint);
+        status.update(&notifier, &state, &endpoint);
         // Stop once every call has ended and every request of ours (BYE, de-registration) has
         // its answer, or the answers' grace ran out; ended calls that only absorb
         // retransmissions (Timer J and friends) are not waited for.
@@ -463,6 +469,51 @@ pub async fn serve(
                 return Ok(());
             }
             answers_until.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
+        }
+    }
+}
+
+/// What the service manager has been told: the last `STATUS=` line and when, and whether
+/// `STOPPING=1` has gone out.
+#[derive(Default)]
+struct ServiceStatus {
+    line: String,
+    sent: Option<tokio::time::Instant>,
+    stopping: bool,
+}
+
+impl ServiceStatus {
+    /// Sends `STOPPING=1` once the loop is stopping (draining or stopping at once), and the
+    /// status line when it has changed, at most once a second (a change within the second
+    /// goes out with a later turn of the loop).
+    fn update(&mut self, notifier: &Notifier, state: &Loop, endpoint: &Endpoint) {
+        if !notifier.is_enabled() {
+            return;
+        }
+        if state.stopping && !self.stopping {
+            self.stopping = true;
+            notifier.stopping();
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .sent
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        let (mut registered, mut accounts) = (0, 0);
+        for (_, reg) in endpoint.registrations() {
+            accounts += 1;
+            registered += usize::from(matches!(reg, RegState::Registered { .. }));
+        }
+        let line = format!(
+            "calls: {}, registrations: {registered}/{accounts} registered",
+            state.calls.len()
+        );
+        if self.sent.is_none() || line != self.line {
+            notifier.status(&line);
+            self.line = line;
+            self.sent = Some(now);
         }
     }
 }
