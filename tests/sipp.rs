@@ -655,6 +655,70 @@ fn lost_ack_retransmits_the_200_then_sends_bye() {
 
 const BARESIP_MODULES: &str = "/usr/lib/baresip/modules";
 
+/// Issue 8's drain: ten live calls when SIGTERM arrives; every one runs to its caller's BYE
+/// (none is cut), new ones are refused meanwhile, and the daemon exits 0 after the last.
+#[test]
+fn a_drain_with_ten_live_calls_loses_none() {
+    require_sipp();
+    let ip = Ipv4Addr::new(127, 0, 0, 49);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::start(dir.path(), ip, "drain_timeout = \"30s\"\n");
+    bridge.wait_ready(Transport::Udp);
+    let mut sipp = Command::new("sipp")
+        .arg("-sf")
+        .arg(scenario("held_call"))
+        .args(["-i", &ip.to_string(), "-p", &SIPP_PORT.to_string()])
+        .args(["-m", "10", "-l", "10", "-r", "20", "-d", "4000", "-nostdin"])
+        .args([
+            "-timeout",
+            "25s",
+            "-timeout_error",
+            "-trace_err",
+            "-trace_stat",
+        ])
+        .arg(format!("{ip}:{BRIDGE_PORT}"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // All ten are up (answered within a second at 20 calls/s), then the daemon is told to stop.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = bridge.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let stopped = Instant::now();
+    let sipp_status = wait_or_kill(&mut sipp, SIPP_DEADLINE);
+    let exit = wait_or_kill(&mut bridge.child, Duration::from_secs(10));
+    let log = bridge.log();
+    let errors: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("errors"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let report = format!(
+        "--- bridge ---\n{}\n--- SIPp errors ---\n{errors}",
+        tail(&log, 8000)
+    );
+    assert!(
+        sipp_status.is_some_and(|s| s.success()),
+        "a call failed: SIPp counts every call that did not reach its own BYE\n{report}"
+    );
+    assert_eq!(exit.and_then(|s| s.code()), Some(0), "{report}");
+    // The last BYE came about 2.5 s after the signal; the drain ended with it, not at 30 s.
+    assert!(stopped.elapsed() < Duration::from_secs(10), "{report}");
+    let records: Vec<&str> = log.lines().filter(|l| l.contains("call record")).collect();
+    assert_eq!(records.len(), 10, "{report}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r.contains("end_reason=\"caller_bye\"")),
+        "{report}"
+    );
+    assert!(log.contains("draining"), "{report}");
+}
+
 /// Blind transfer with a real peer: the caller presses 0 (SIP INFO), the profile maps 0 to the
 /// transfer target "operator", the bridge sends REFER (Refer-To the target, Referred-By us),
 /// follows the NOTIFYs and, once the sipfrag says 200, hangs up with a Reason.
