@@ -23,6 +23,7 @@
 //! | [`fake_realtime`] | core + shell | a protocol-faithful local Realtime API server (both dialects, VAD, barge-in, truncate, tool calls, expiry) for tests, benchmarks and the demo |
 //! | [`io`] | shell | tokio I/O: the SIP UDP/TCP transport shell and signalling loop ([`io::sip`]), the per-call task ([`io::call`]: RTP, RTCP and the WebSocket in one `select!`, no channel on the media path), the WebSocket connect shell, the realtime session driver, `probe` |
 //! | [`logging`] | shell | `tracing` subscriber: `RUST_LOG` or the configured filter, text or JSON lines |
+//! | [`metrics`] | shell | the metrics registry (counters, gauges, histograms, Prometheus text 0.0.4) and readiness, served by [`io::admin`] |
 //! | [`realtime`] | core | Realtime API client: dialects and connect URLs, typed events, `session.update` rendering, the session core (setup, response sequencing, output-audio ledger, tool calls) |
 //! | [`rtp`] | core | RTP/RTCP: [`rtp::packet`] (header validation), [`rtp::receive`] (A.1 sequence tracking, source latch, reorder, concealment, 20 ms re-framing), [`rtp::playout`] (the paced 20 ms clock with the per-item account barge-in needs), [`rtp::dtmf`] (RFC 4733, SIP INFO), [`rtp::rtcp`] (reports, intervals, RTT), [`rtp::ports`] (port pool with quarantine) |
 //! | [`sip`] | core | SIP: [`sip::message`] (framing, lenient parsing, accessors, responses and 400s), [`sip::transaction`] (RFC 3261/6026 transactions and timers), [`sip::dialog`] (the UAS call: answer, CANCEL, BYE, re-INVITE/UPDATE, session timers), [`sip::sdp`] (SDP and RFC 3264 offer/answer), [`sip::endpoint`] (every call behind one front door: Via stamping, reply routing, dispatch by Call-ID, admission, stateless replies, registrations), [`sip::register`] (REGISTER client), [`sip::auth`] (digest) |
@@ -56,6 +57,7 @@ pub mod config;
 pub mod fake_realtime;
 pub mod io;
 pub mod logging;
+pub mod metrics;
 pub mod realtime;
 pub mod rtp;
 pub mod sip;

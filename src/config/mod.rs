@@ -46,6 +46,7 @@ pub mod types;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,6 +83,8 @@ pub struct Config {
     pub sip: SipConfig,
     pub rtp: RtpConfig,
     pub limits: LimitsConfig,
+    /// The admin HTTP endpoint: /metrics, /health, /ready.
+    pub admin: AdminConfig,
     /// Realtime services, by name.
     pub upstreams: BTreeMap<Name, UpstreamConfig>,
     /// What the model is told and how it listens, by name.
@@ -423,6 +426,30 @@ impl RateLimitConfig {
             per_second: self.requests_per_second,
             burst: self.burst,
             ban: self.ban,
+        }
+    }
+}
+
+/// The admin HTTP endpoint (`/metrics`, `/health`, `/ready`). It has no authentication: keep
+/// it on loopback or a management network.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the endpoint at all.
+    pub enabled: bool,
+    /// The TCP address to listen on.
+    pub listen: SocketAddr,
+}
+
+/// Where the admin endpoint listens by default: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: DEFAULT_ADMIN_LISTEN,
         }
     }
 }
@@ -1463,6 +1490,30 @@ impl Config {
                 problem(
                     format!("sip.accounts[{i}].transport"),
                     Problem::Value(format!("no sip.listen socket is {}", account.transport)),
+                );
+            }
+        }
+        if self.admin.enabled {
+            if self.admin.listen.port() == 0 {
+                problem(
+                    "admin.listen".into(),
+                    Problem::Value("needs a port (not 0)".into()),
+                );
+            }
+            let clash = self.sip.listen.iter().any(|l| {
+                l.transport == Transport::Tcp
+                    && l.addr.port() == self.admin.listen.port()
+                    && (l.addr.ip() == self.admin.listen.ip()
+                        || l.addr.ip().is_unspecified()
+                        || self.admin.listen.ip().is_unspecified())
+            });
+            if clash {
+                problem(
+                    "admin.listen".into(),
+                    Problem::Value(format!(
+                        "{} is also a sip.listen TCP socket",
+                        self.admin.listen
+                    )),
                 );
             }
         }

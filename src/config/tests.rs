@@ -1116,3 +1116,42 @@ fn rate_limit_and_invite_acl_defaults_and_checks() {
         assert!(message.contains(what), "{message}");
     }
 }
+
+#[test]
+fn admin_defaults_to_loopback_9091_and_is_checked() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert!(c.admin.enabled);
+    assert_eq!(c.admin.listen, "127.0.0.1:9091".parse().unwrap());
+
+    let c = Config::from_toml(&format!(
+        "[admin]\nlisten = \"[::1]:9100\"\nenabled = false\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert!(!c.admin.enabled);
+    assert_eq!(c.admin.listen, "[::1]:9100".parse().unwrap());
+
+    let (key, _) = only_problem(&format!("[admin]\nlisten = \"localhost\"\n{MINIMAL}"));
+    assert_eq!(key, "admin.listen");
+    let (key, msg) = only_problem(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{MINIMAL}"));
+    assert_eq!(
+        (key.as_str(), msg.as_str()),
+        ("admin.listen", "needs a port (not 0)")
+    );
+    let (key, _) = only_problem(&format!("[admin]\nlisen = \"127.0.0.1:9\"\n{MINIMAL}"));
+    assert_eq!(key, "admin.lisen");
+    // The SIP TCP socket's port on an overlapping address.
+    let (key, msg) = only_problem(&format!(
+        "[sip]\nlisten = [\"tcp:0.0.0.0:5060\"]\n[admin]\nlisten = \"127.0.0.1:5060\"\n{MINIMAL}"
+    ));
+    assert_eq!(key, "admin.listen");
+    assert!(msg.contains("sip.listen"), "{msg}");
+    // A UDP socket on the same port is no clash; a disabled endpoint is not checked.
+    Config::from_toml(&format!(
+        "[sip]\nlisten = [\"udp:127.0.0.1:9091\"]\n{MINIMAL}"
+    ))
+    .unwrap();
+    Config::from_toml(&format!(
+        "[admin]\nenabled = false\nlisten = \"127.0.0.1:0\"\n{MINIMAL}"
+    ))
+    .unwrap();
+}

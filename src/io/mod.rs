@@ -1,6 +1,7 @@
 //! I/O shells: the tokio side of the daemon. Shells own sockets, tasks and timers, and feed the
 //! sans-IO cores; they hold no protocol rules of their own.
 //!
+//! - [`admin`]: the admin HTTP endpoint (`/metrics`, `/health`, `/ready`).
 //! - [`call`]: one task per call that owns its RTP/RTCP sockets and its WebSocket and drives
 //!   the call core, the audio bridge and the media cores.
 //! - [`media`]: a call's media sockets and settings.
@@ -11,6 +12,7 @@
 //! - [`webhook`]: one HTTP POST of a tool call to its webhook, with a deadline.
 //! - [`notify`]: readiness, status and watchdog notifications to systemd (`sd_notify`).
 
+pub mod admin;
 pub mod call;
 pub mod media;
 pub mod notify;

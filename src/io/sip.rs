@@ -305,6 +305,9 @@ pub async fn serve(
     let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(4096);
     let (media_tx, mut media_rx) = mpsc::channel::<(CallHandle, CallReport)>(1024);
     let upstreams = Upstreams::start(&config).await?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    metrics.set_accounts(config.sip.accounts.iter().map(|a| a.name.as_str()));
+    let _admin = crate::io::admin::start_logged(&config.admin, Arc::clone(&metrics)).await;
     let conn_ids = Arc::new(AtomicU64::new(1));
     for (kind, addr) in listeners.local_addrs() {
         tracing::info!(transport = kind.name(), %addr, "listening");
@@ -385,6 +388,7 @@ pub async fn serve(
         limiter: RateLimiter::new(config.limits.rate.limit(), DEFAULT_MAX_SOURCES),
         acl: Acl::new(config.sip.allow_invite_from.iter().copied()),
         forbidden: 0,
+        metrics,
     };
     drop(net_tx);
     let mut status = ServiceStatus::default();
@@ -461,6 +465,7 @@ pub async fn serve(
         }
         state.drain(&mut endpoint);
         status.update(&notifier, &state, &endpoint);
+        state.metrics.loop_turn(state.calls.len(), state.stopping);
         // Stop once every call has ended and every request of ours (BYE, de-registration) has
         // its answer, or the answers' grace ran out; ended calls that only absorb
         // retransmissions (Timer J and friends) are not waited for.
@@ -555,6 +560,10 @@ async fn reload(
         kept.push("rtp.port_range");
         new.rtp.port_range = old.rtp.port_range;
     }
+    if new.admin != old.admin {
+        kept.push("admin");
+        new.admin = old.admin.clone();
+    }
     if !kept.is_empty() {
         tracing::warn!(keys = ?kept, "reload: these need a restart; their running values stay");
     }
@@ -595,6 +604,7 @@ async fn reload(
     let public_ip = state.public_ip;
     let new = Arc::new(new);
     state.config = Arc::clone(&new);
+    (state.metrics).set_accounts(new.sip.accounts.iter().map(|a| a.name.as_str()));
     if !added.is_empty() {
         let mut only_added = (*new).clone();
         only_added.sip.accounts = added;
@@ -768,6 +778,7 @@ struct Loop {
     acl: Acl,
     /// INVITEs refused by the ACL.
     forbidden: u64,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Loop {
@@ -976,6 +987,7 @@ impl Loop {
                 self.media_running = self.media_running.saturating_sub(1);
                 let (record, media) = *finished;
                 call_task::log_record(call, &record, media.as_ref());
+                self.metrics.observe_call(&record, media.as_ref());
                 Ok(())
             }
         };
@@ -1018,6 +1030,9 @@ impl Loop {
 
     fn call_logic(&mut self, endpoint: &mut Endpoint, event: EndpointEvent) {
         let now = now();
+        if let EndpointEvent::Registration { account, event } = &event {
+            self.metrics.registration(account, event);
+        }
         match event {
             EndpointEvent::Registration { account, event } => match event {
                 RegistrationEvent::Registered { expires } => {
