@@ -1,0 +1,245 @@
+//! The admin endpoint against the running daemon: a call placed over UDP shows in /metrics
+//! (parsed here with a small Prometheus text parser), /health and /ready answer, and /ready
+//! turns 503 while the daemon drains a live call after SIGTERM. Loopback only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One sample: metric name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parses the text exposition format: comments skipped, `name{a="b",...} value` lines, label
+/// values unescaped (`\\`, `\"`, `\n`).
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).expect(line);
+        let name = line[..name_end].to_owned();
+        let mut labels = BTreeMap::new();
+        let mut rest = &line[name_end..];
+        if let Some(after) = rest.strip_prefix('{') {
+            let mut chars = after.char_indices().peekable();
+            let end = loop {
+                let (start, c) = chars.next().expect(line);
+                if c == '}' {
+                    break start + 1;
+                }
+                if c == ',' {
+                    continue;
+                }
+                let mut key = String::from(c);
+                for (_, c) in chars.by_ref() {
+                    if c == '=' {
+                        break;
+                    }
+                    key.push(c);
+                }
+                assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "{line}");
+                let mut value = String::new();
+                loop {
+                    match chars.next().expect(line).1 {
+                        '\\' => match chars.next().expect(line).1 {
+                            'n' => value.push('\n'),
+                            c => value.push(c),
+                        },
+                        '"' => break,
+                        c => value.push(c),
+                    }
+                }
+                labels.insert(key, value);
+            };
+            rest = &after[end..];
+        }
+        let value = rest.trim();
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|e| panic!("{line}: {e}")),
+        };
+        samples.push((name, labels, value));
+    }
+    samples
+}
+
+/// The value of the sample `name` whose labels include `labels`; None if there is none.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| *v)
+}
+
+/// GET `path`: the status code and the body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap();
+    (status, body)
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// INVITE, 200, ACK: a live call; the To header of the 200.
+fn live_call(socket: &UdpSocket, to: SocketAddr, call_id: &str) -> String {
+    let me = socket.local_addr().unwrap();
+    let ok = final_response(socket, to, &invite("UDP", me, to, call_id));
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    socket
+        .send_to(ack_for(&ok, me, to, call_id, 1).as_bytes(), to)
+        .unwrap();
+    header(&ok, "To").unwrap().to_owned()
+}
+
+/// Polls /metrics until `check` passes (the call record arrives after the BYE's 200).
+fn metrics_until(admin: SocketAddr, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(admin, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        let samples = parse_prometheus(&body);
+        if check(&samples) {
+            return samples;
+        }
+        assert!(Instant::now() < deadline, "metrics never matched:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn metrics_health_and_readiness_follow_calls_and_the_drain() {
+    let port = free_port();
+    let admin_port = free_tcp_port();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let daemon = Daemon::start(&config(
+        &[&format!("udp:127.0.0.1:{port}")],
+        &format!("[admin]\nlisten = \"{admin}\"\n"),
+    ));
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_200(to);
+    assert_eq!(get(admin, "/health"), (200, "ok\n".into()));
+    assert_eq!(get(admin, "/ready"), (200, "ready\n".into()));
+    assert_eq!(get(admin, "/nothing").0, 404);
+
+    // One call: INVITE, ACK, BYE from the caller.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let me = socket.local_addr().unwrap();
+    let to_header = live_call(&socket, to, "metered");
+    std::thread::sleep(Duration::from_millis(200));
+    let bye = format!(
+        "BYE sip:bridge@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbyem\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=c1\r\nTo: {to_header}\r\n\
+         Call-ID: metered\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let ok = final_response(&socket, to, &bye);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+
+    let caller_bye = [("end_reason", "caller_bye"), ("answered", "true")];
+    let samples = metrics_until(admin, |s| {
+        value(s, "srb_calls_total", &caller_bye).is_some()
+            && value(s, "srb_active_calls", &[]) == Some(0.0)
+    });
+    assert_eq!(value(&samples, "srb_calls_total", &caller_bye), Some(1.0));
+    assert_eq!(
+        samples
+            .iter()
+            .filter(|(n, _, _)| n == "srb_calls_total")
+            .count(),
+        1,
+        "{samples:?}"
+    );
+    assert_eq!(value(&samples, "srb_active_calls", &[]), Some(0.0));
+    assert_eq!(
+        value(&samples, "srb_call_setup_seconds_count", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "srb_call_setup_seconds_bucket", &[("le", "+Inf")]),
+        Some(1.0)
+    );
+    let setup = value(&samples, "srb_call_setup_seconds_sum", &[]).unwrap();
+    assert!(setup > 0.0 && setup < 10.0, "{setup}");
+    // Buckets are cumulative.
+    let buckets: Vec<f64> = samples
+        .iter()
+        .filter(|(n, _, _)| n == "srb_call_setup_seconds_bucket")
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(value(&samples, "srb_draining", &[]), Some(0.0));
+    assert_eq!(value(&samples, "srb_websocket_failures_total", &[]), None);
+
+    // A live call, then SIGTERM: /ready says 503 while the call drains; /health stays 200.
+    live_call(&socket, to, "draining");
+    metrics_until(admin, |s| value(s, "srb_active_calls", &[]) == Some(1.0));
+    assert_eq!(get(admin, "/ready").0, 200);
+    let pid = daemon.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ready = loop {
+        let ready = get(admin, "/ready");
+        if ready.0 != 200 || Instant::now() > deadline {
+            break ready;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ready, (503, "draining\n".into()));
+    assert_eq!(get(admin, "/health"), (200, "ok\n".into()));
+    let samples = metrics_until(admin, |s| value(s, "srb_draining", &[]) == Some(1.0));
+    assert_eq!(value(&samples, "srb_active_calls", &[]), Some(1.0));
+
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("admin endpoint listening"), "{stderr}");
+}
+
+#[test]
+fn the_parser_reads_escaped_labels_and_special_values() {
+    let samples = parse_prometheus(
+        "# HELP a x\n# TYPE a counter\na{k=\"q\\\"\\\\\\n,}\",l=\"2\"} 3\nb +Inf\nc{} 0.5\n",
+    );
+    assert_eq!(
+        value(&samples, "a", &[("k", "q\"\\\n,}"), ("l", "2")]),
+        Some(3.0)
+    );
+    assert_eq!(value(&samples, "b", &[]), Some(f64::INFINITY));
+    assert_eq!(value(&samples, "c", &[]), Some(0.5));
+}
