@@ -69,7 +69,7 @@ pub async fn start(config: &AdminConfig, metrics: Arc<Metrics>) -> std::io::Resu
     Ok(Some(Admin { addr, task }))
 }
 
-/// [`start`], logged: the address on success; on failure an error, and the daemon goes on
+/// [`start`], logged: the address on success; on failure a warning, and the daemon goes on
 /// serving calls without the endpoint (a taken metrics port must not take calls down).
 pub async fn start_logged(config: &AdminConfig, metrics: Arc<Metrics>) -> Option<Admin> {
     match start(config, metrics).await {
@@ -79,7 +79,7 @@ pub async fn start_logged(config: &AdminConfig, metrics: Arc<Metrics>) -> Option
         }
         Ok(None) => None,
         Err(error) => {
-            tracing::error!(%error, "admin endpoint not started; calls are served without it");
+            tracing::warn!(%error, "admin endpoint not started; calls are served without it");
             None
         }
     }
