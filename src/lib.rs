@@ -42,8 +42,11 @@
 //! are decided in [`call::tools`] and webhooks run in [`io::webhook`], spawned by the call task
 //! so a slow service never touches the media path.
 //!
-//! Still to be built (issue 8): operations (metrics, drain, reload, rate limits). The binary
-//! (`src/main.rs`) stays thin: command line, logging, runtime, signals.
+//! Operations sit in the shells: the signalling loop drains (SIGTERM), reloads (SIGHUP, a new
+//! `Arc<Config>` for new calls), rate-limits sources and applies the INVITE ACL
+//! ([`sip::limits`]), feeds [`metrics`] from call records and registration events, and tells
+//! systemd how it is ([`io::notify`]); [`io::admin`] serves `/metrics`, `/health`, `/ready`.
+//! The binary (`src/main.rs`) stays thin: command line, logging, runtime, signals.
 //!
 //! ## Conventions
 //!

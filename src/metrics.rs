@@ -248,6 +248,8 @@ pub const ACTIVE_CALLS: &str = "srb_active_calls";
 pub const DRAINING: &str = "srb_draining";
 pub const CALLS: &str = "srb_calls_total";
 pub const SETUP: &str = "srb_call_setup_seconds";
+pub const UPSTREAM_CONNECT: &str = "srb_upstream_connect_seconds";
+pub const FIRST_AUDIO: &str = "srb_first_model_audio_seconds";
 pub const BARGE_INS: &str = "srb_barge_ins_total";
 pub const BARGE_IN_REACTION: &str = "srb_barge_in_reaction_seconds";
 pub const TRUNCATE_ERRORS: &str = "srb_truncate_errors_total";
@@ -299,6 +301,16 @@ impl Metrics {
         r.histogram(
             SETUP,
             "Call set-up time: INVITE admitted to 200 OK (answered calls).",
+            SETUP_BUCKETS,
+        );
+        r.histogram(
+            UPSTREAM_CONNECT,
+            "Upstream connect time: INVITE admitted to the realtime WebSocket open.",
+            SETUP_BUCKETS,
+        );
+        r.histogram(
+            FIRST_AUDIO,
+            "Time to first model audio: 200 OK to the first model frame sent as RTP.",
             SETUP_BUCKETS,
         );
         r.counter(BARGE_INS, "Barge-ins: the caller talked over the model.");
@@ -417,6 +429,12 @@ impl Metrics {
         );
         if let Some(setup) = record.setup {
             r.observe(SETUP, no_labels(), setup.as_secs_f64());
+        }
+        if let Some(connect) = record.upstream_connect {
+            r.observe(UPSTREAM_CONNECT, no_labels(), connect.as_secs_f64());
+        }
+        if let Some(first) = record.first_model_audio {
+            r.observe(FIRST_AUDIO, no_labels(), first.as_secs_f64());
         }
         r.inc(BARGE_INS, no_labels(), record.barge_ins);
         for reaction in &record.barge_in_reactions {

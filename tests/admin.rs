@@ -197,6 +197,16 @@ fn metrics_health_and_readiness_follow_calls_and_the_drain() {
     );
     let setup = value(&samples, "srb_call_setup_seconds_sum", &[]).unwrap();
     assert!(setup > 0.0 && setup < 10.0, "{setup}");
+    // The upstream was connected once, before the answer.
+    assert_eq!(
+        value(&samples, "srb_upstream_connect_seconds_count", &[]),
+        Some(1.0)
+    );
+    let connect = value(&samples, "srb_upstream_connect_seconds_sum", &[]).unwrap();
+    assert!(
+        connect <= setup,
+        "connect {connect} after the answer {setup}"
+    );
     // Buckets are cumulative.
     let buckets: Vec<f64> = samples
         .iter()

@@ -323,6 +323,10 @@ pub struct CallRecord {
     pub end_detail: String,
     /// INVITE admitted -> answered (None: never answered).
     pub setup: Option<Duration>,
+    /// INVITE admitted -> the upstream's WebSocket open (None: it never opened).
+    pub upstream_connect: Option<Duration>,
+    /// Answered -> the first model audio frame sent as RTP (None: the model never spoke).
+    pub first_model_audio: Option<Duration>,
     /// Answered -> ended (zero when never answered).
     pub talk: Duration,
     /// INVITE admitted -> ended.
@@ -374,6 +378,8 @@ pub struct Call {
     started: Instant,
     answer_deadline: Instant,
     answered_at: Option<Instant>,
+    connected_at: Option<Instant>,
+    first_audio_at: Option<Instant>,
     ended_at: Option<Instant>,
     end: Option<(CallEnd, String)>,
     session: Option<Session>,
@@ -431,6 +437,8 @@ impl Call {
             started: now,
             answer_deadline: now.checked_add(answer_timeout).unwrap_or(now),
             answered_at: None,
+            connected_at: None,
+            first_audio_at: None,
             ended_at: None,
             end: None,
             session: None,
@@ -493,6 +501,7 @@ impl Call {
         self.session =
             Some(Session::new(&self.profile, self.dialect, now).with_setup_timeout(remaining));
         self.upstream_open = true;
+        self.connected_at = Some(now);
         self.phase = Phase::SettingUp;
     }
 
@@ -917,6 +926,7 @@ impl Call {
         let sent = bridge.pacer().stats().audio_frames;
         if sent > self.frames_sent_seen {
             self.frames_sent_seen = sent;
+            self.first_audio_at.get_or_insert(now);
             if let Some(at) = self.out_pending.take() {
                 self.latency_out.record(now.saturating_duration_since(at));
             }
@@ -963,6 +973,13 @@ impl Call {
             setup: self
                 .answered_at
                 .map(|at| at.saturating_duration_since(self.started)),
+            upstream_connect: self
+                .connected_at
+                .map(|at| at.saturating_duration_since(self.started)),
+            first_model_audio: self
+                .first_audio_at
+                .zip(self.answered_at)
+                .map(|(first, answered)| first.saturating_duration_since(answered)),
             talk: self
                 .answered_at
                 .map_or(Duration::ZERO, |at| ended.saturating_duration_since(at)),

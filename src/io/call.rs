@@ -780,6 +780,8 @@ pub fn log_record(handle: CallHandle, record: &CallRecord, media: Option<&MediaS
         end_detail = %record.end_detail,
         answered = record.setup.is_some(),
         setup_ms = record.setup.map_or(0, |d| d.as_millis() as u64),
+        upstream_connect_ms = record.upstream_connect.map_or(0, |d| d.as_millis() as u64),
+        first_model_audio_ms = record.first_model_audio.map_or(0, |d| d.as_millis() as u64),
         talk_ms = record.talk.as_millis() as u64,
         duration_ms = record.total.as_millis() as u64,
         barge_ins = record.barge_ins,

@@ -176,6 +176,8 @@ fn the_call_is_answered_only_once_the_session_is_ready() {
     sim.media(240);
     let record = sim.call.record(sim.now);
     assert_eq!(record.setup, Some(Duration::from_millis(230)));
+    assert_eq!(record.upstream_connect, Some(Duration::from_millis(80)));
+    assert_eq!(record.first_model_audio, None, "the model has not spoken");
     assert_eq!(record.audio_format, "g711_ulaw");
     assert_eq!(record.codec, Some(Codec::Pcmu));
 }
@@ -511,6 +513,12 @@ fn caller_frames_reach_the_model_and_model_audio_is_paced_out_with_its_latency()
     assert_eq!(record.frames_to_model, 5);
     assert_eq!(record.model_frames_sent, 10);
     assert_eq!(record.latency_out.count(), 1);
+    // Answered at 200 ms; the first model frame left at the first slot after 400 ms.
+    let first = record.first_model_audio.unwrap();
+    assert!(
+        (Duration::from_millis(200)..=Duration::from_millis(220)).contains(&first),
+        "{first:?}"
+    );
     // Slots fall every 20 ms from the pacer's start: at most 20 ms of waiting.
     assert!(
         record.latency_out.quantile_us(0.5).unwrap() <= 21_000,
