@@ -142,7 +142,7 @@ pub struct SipConfig {
 }
 
 /// One registration with a PBX or registrar (`[[sip.accounts]]`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "RawAccount")]
 pub struct AccountConfig {
     /// The label in logs and routes.

@@ -579,11 +579,9 @@ async fn reload(
     state.retired_upstreams.push(retired);
     let now = now();
     // Accounts: removed or changed ones de-register, new or changed ones register.
-    let same = |a: &crate::config::AccountConfig, b: &crate::config::AccountConfig| {
-        format!("{a:?}") == format!("{b:?}")
-    };
+
     for account in &old.sip.accounts {
-        if !new.sip.accounts.iter().any(|n| same(n, account)) {
+        if !new.sip.accounts.contains(account) {
             endpoint.remove_registration(now, account.name.as_str());
         }
     }
@@ -591,14 +589,14 @@ async fn reload(
         .sip
         .accounts
         .iter()
-        .filter(|n| !old.sip.accounts.iter().any(|a| same(n, a)))
+        .filter(|n| !old.sip.accounts.contains(n))
         .cloned()
         .collect();
     endpoint.set_config(endpoint_config(&new));
     state.media_config.inactivity_timeout = new.rtp.inactivity_timeout;
     state.acl = Acl::new(new.sip.allow_invite_from.iter().copied());
     // A new rate limit starts with fresh buckets (and no bans); an unchanged one keeps them.
-    if format!("{:?}", new.limits.rate) != format!("{:?}", old.limits.rate) {
+    if new.limits.rate != old.limits.rate {
         state.limiter = RateLimiter::new(new.limits.rate.limit(), DEFAULT_MAX_SOURCES);
     }
     let public_ip = state.public_ip;

@@ -556,7 +556,7 @@ impl Endpoint {
         code: u16,
         reason: &str,
     ) -> Result<(), EndpointError> {
-        self.command(call, |c| c.reject(now, code, reason))
+        self.reject_with(now, call, code, reason, None)
     }
 
     /// BYE (or 603 before the answer).
