@@ -10,7 +10,6 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::call::{CallEnd, CallRecord};
-use crate::io::media::MediaSummary;
 use crate::sip::register::RegistrationEvent;
 
 /// The `Content-Type` of [`Registry::render`]'s text.
@@ -332,7 +331,8 @@ impl Metrics {
             WEBSOCKET_FAILURES,
             "Calls ended by an upstream WebSocket failure, by kind (upstream_failed: refused \
              or not connected before the answer; upstream_closed: closed during the call; \
-             answer_timeout: not ready in time).",
+             upstream_stalled: stopped reading what the bridge sent; answer_timeout: not \
+             ready in time).",
         );
         r.counter(RTP_IN, "RTP packets accepted from callers.");
         r.counter(RTP_OUT, "RTP packets sent to callers.");
@@ -417,7 +417,8 @@ impl Metrics {
     }
 
     /// One call's record, when its task has finished.
-    pub fn observe_call(&self, record: &CallRecord, media: Option<&MediaSummary>) {
+    pub fn observe_call(&self, record: &CallRecord) {
+        let media = record.media.as_ref();
         let mut state = self.lock();
         let r = &mut state.registry;
         let end = record.end.as_str();
@@ -448,7 +449,10 @@ impl Metrics {
         );
         match record.end {
             CallEnd::UpstreamExpired => r.inc(UPSTREAM_EXPIRIES, no_labels(), 1),
-            CallEnd::UpstreamFailed | CallEnd::UpstreamClosed | CallEnd::AnswerTimeout => {
+            CallEnd::UpstreamFailed
+            | CallEnd::UpstreamClosed
+            | CallEnd::UpstreamStalled
+            | CallEnd::AnswerTimeout => {
                 r.inc(WEBSOCKET_FAILURES, vec![("kind", end.to_owned())], 1);
             }
             _ => {}

@@ -264,7 +264,7 @@ async fn g711_turn_is_detected_and_echoed_byte_exact() {
             match client.next().await {
                 SessionEvent::AudioDelta { audio, .. } => {
                     sizes.push(audio.len());
-                    reply.extend_from_slice(&audio);
+                    reply.extend_from_slice(&audio.to_vec());
                 }
                 SessionEvent::ResponseDone { status, .. } => break status,
                 _ => {}

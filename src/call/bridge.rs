@@ -90,7 +90,7 @@ use crate::audio::opus::{self, EncoderConfig, FrameDuration, OpusDecoder, OpusEn
 use crate::audio::{Downsampler24To8, G711Law, Upsampler8To24};
 use crate::config::{AudioFormat, ProfileConfig};
 use crate::realtime::{
-    Dialect, ItemId, ResponseId, ServerError, Session, SessionEvent, SetupFailure,
+    EncodedAudio, ItemId, ResponseId, ServerError, Session, SessionEvent, SetupFailure,
 };
 use crate::rtp::playout::{
     AudioPart, BargeInAction, FlushedItem, PCMA_SILENCE, PCMU_SILENCE, Pacer, PlayoutEvent,
@@ -99,6 +99,10 @@ use crate::sip::sdp::Codec;
 
 /// Interrupted responses remembered (their late deltas are dropped).
 const INTERRUPTED_RESPONSES: usize = 32;
+/// Parts cut by the queue limit remembered (their later audio is dropped).
+const CUT_PARTS: usize = 32;
+/// The default limit of model audio queued for playout (`limits.max_queued_audio`).
+pub const DEFAULT_MAX_QUEUED_AUDIO: Duration = Duration::from_secs(120);
 /// Bridge events kept when the shell does not drain them; older ones are dropped.
 const MAX_EVENTS: usize = 1024;
 
@@ -223,6 +227,10 @@ pub struct BridgeStats {
     pub model_frames_rejected: u64,
     /// Audio deltas of interrupted responses, dropped.
     pub late_deltas_dropped: u64,
+    /// Model audio not queued because the playout queue held `max_queued_audio`, in ms.
+    pub model_audio_dropped_ms: u64,
+    /// Parts cut by that limit.
+    pub parts_cut: u64,
     /// `input_audio_buffer.speech_started` events.
     pub speech_started: u64,
     /// Barge-ins: speech that stopped model audio (queued, playing, being received) or an
@@ -256,6 +264,15 @@ struct Assembly {
     odd_byte: Option<u8>,
     /// Frames of this part pushed to the pacer.
     frames_pushed: u64,
+}
+
+/// A part that reached the queue limit: the rest of its audio is dropped, so what was queued
+/// of it (a prefix) is all the caller hears, and the model is told so once it has played
+/// (truncate), or at once when none of it was queued (delete).
+struct CutPart {
+    part: AudioPart,
+    /// Its audio queued before the cut, in ms.
+    queued_ms: u64,
 }
 
 /// The call's RTP codec, with the conversion state of both directions.
@@ -312,6 +329,9 @@ pub struct AudioBridge {
 
     assembly: Option<Assembly>,
     interrupted: VecDeque<ResponseId>,
+    /// `max_queued_audio` in ms.
+    max_queued_ms: u64,
+    cut: VecDeque<CutPart>,
     /// After a barge-in, until the next non-interrupted part starts playing: when it came
     /// (model frames sent meanwhile count against the reaction).
     barge_in_at: Option<Instant>,
@@ -324,9 +344,10 @@ impl AudioBridge {
     /// A bridge for a call whose RTP uses `law`, with a new session for `profile` (connected,
     /// or connecting, at `now`) and `pacer` (configured for that law: payload type, silence).
     /// The session is configured with the profile's format resolved for the call's codec.
+    #[cfg(test)]
     pub fn new(
         profile: &ProfileConfig,
-        dialect: Dialect,
+        dialect: crate::realtime::Dialect,
         law: G711Law,
         pacer: Pacer,
         now: Instant,
@@ -435,6 +456,8 @@ impl AudioBridge {
             bytes: Vec::new(),
             assembly: None,
             interrupted: VecDeque::new(),
+            max_queued_ms: duration_ms(DEFAULT_MAX_QUEUED_AUDIO),
+            cut: VecDeque::new(),
             barge_in_at: None,
             ended: false,
             events: VecDeque::new(),
@@ -463,8 +486,17 @@ impl AudioBridge {
     }
 
     /// The format on the WebSocket: the profile's, resolved for the call's codec.
+    #[cfg(test)]
     pub fn audio_format(&self) -> AudioFormat {
         self.format
+    }
+
+    /// Caps the model audio queued for playout (`limits.max_queued_audio`; default
+    /// [`DEFAULT_MAX_QUEUED_AUDIO`]). Audio beyond it is dropped and counted
+    /// ([`BridgeStats::model_audio_dropped_ms`]); the part it belongs to is cut there (see
+    /// the module documentation).
+    pub fn set_max_queued_audio(&mut self, limit: Duration) {
+        self.max_queued_ms = duration_ms(limit).max(self.frame_ms);
     }
 
     /// The counters so far.
@@ -558,6 +590,7 @@ impl AudioBridge {
 
     /// When [`AudioBridge::handle_timeout`] must run next: the earlier of the pacer's next
     /// slot and the session's deadline.
+    #[cfg(test)]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match (self.pacer.poll_timeout(), self.session.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -686,9 +719,13 @@ impl AudioBridge {
         marked.push(response_id.clone());
     }
 
-    fn handle_audio_delta(&mut self, part: AudioPart, audio: &[u8]) {
+    fn handle_audio_delta(&mut self, part: AudioPart, audio: &EncodedAudio) {
         if self.is_interrupted(&part.response_id) {
             self.stats.late_deltas_dropped += 1;
+            return;
+        }
+        if self.is_cut(&part) {
+            self.drop_model_bytes(audio.len());
             return;
         }
         if self.assembly.as_ref().is_some_and(|a| a.part != part) {
@@ -701,9 +738,60 @@ impl AudioBridge {
             odd_byte: None,
             frames_pushed: 0,
         });
-        self.convert_model_audio(&mut assembly, audio);
-        self.push_whole_frames(&mut assembly);
+        // Piece by piece, so a delta of any size never holds more than the queue limit.
+        let rest = audio.for_each_chunk(|piece| {
+            self.convert_model_audio(&mut assembly, piece);
+            self.push_whole_frames(&mut assembly);
+            !self.is_cut(&assembly.part)
+        });
+        self.drop_model_bytes(rest);
         self.assembly = Some(assembly);
+    }
+
+    /// Counts `bytes` of model audio (in the session's format) as dropped.
+    fn drop_model_bytes(&mut self, bytes: usize) {
+        let per_ms: u64 = match session_law(self.format) {
+            Some(_) => 8,
+            None => 48,
+        };
+        let ms = u64::try_from(bytes).unwrap_or(u64::MAX) / per_ms;
+        self.stats.model_audio_dropped_ms = self.stats.model_audio_dropped_ms.saturating_add(ms);
+    }
+
+    fn is_cut(&self, part: &AudioPart) -> bool {
+        self.cut.iter().any(|c| &c.part == part)
+    }
+
+    /// Whether one more frame fits under the queue limit; when not, `assembly`'s part is cut
+    /// there and its unqueued remainder dropped.
+    fn room_for_frame(&mut self, assembly: &mut Assembly) -> bool {
+        if self.pacer.queued_ms().saturating_add(self.frame_ms) <= self.max_queued_ms {
+            return true;
+        }
+        if !self.is_cut(&assembly.part) {
+            if self.cut.len() >= CUT_PARTS {
+                self.cut.pop_front();
+            }
+            self.stats.parts_cut += 1;
+            tracing::warn!(item = %assembly.part.item_id, limit_ms = self.max_queued_ms,
+                "model audio beyond limits.max_queued_audio: the rest of this item is dropped");
+            self.cut.push_back(CutPart {
+                part: assembly.part.clone(),
+                queued_ms: assembly.frames_pushed.saturating_mul(self.frame_ms),
+            });
+        }
+        let held = match self.codec {
+            CallCodec::G711(_) => assembly.encoded.len(),
+            CallCodec::Opus(_) => assembly.pcm.len(),
+        };
+        let frame_len = u64::try_from(self.frame_len.max(1)).unwrap_or(u64::MAX);
+        let held_ms = u64::try_from(held).unwrap_or(u64::MAX) * self.frame_ms / frame_len;
+        self.stats.model_audio_dropped_ms =
+            self.stats.model_audio_dropped_ms.saturating_add(held_ms);
+        assembly.encoded.clear();
+        assembly.pcm.clear();
+        assembly.odd_byte = None;
+        false
     }
 
     /// Converts model audio in the profile's format to what the call's frames are made of,
@@ -750,8 +838,17 @@ impl AudioBridge {
         }
         match &mut self.codec {
             CallCodec::G711(_) => {
-                let mut frames = assembly.encoded.chunks_exact(self.frame_len);
-                for frame in &mut frames {
+                let mut pushed = 0;
+                while assembly.encoded.len().saturating_sub(pushed) >= self.frame_len {
+                    if self.pacer.queued_ms().saturating_add(self.frame_ms) > self.max_queued_ms {
+                        assembly.encoded.drain(..pushed);
+                        self.room_for_frame(assembly);
+                        return;
+                    }
+                    let frame = assembly
+                        .encoded
+                        .get(pushed..pushed + self.frame_len)
+                        .unwrap_or_default();
                     if queue_frame(
                         &mut self.pacer,
                         &mut self.stats,
@@ -761,15 +858,28 @@ impl AudioBridge {
                     ) {
                         assembly.frames_pushed += 1;
                     }
+                    pushed += self.frame_len;
                 }
-                let whole = assembly
-                    .encoded
-                    .len()
-                    .saturating_sub(frames.remainder().len());
-                assembly.encoded.drain(..whole);
+                assembly.encoded.drain(..pushed);
             }
             CallCodec::Opus(path) => {
-                let mut frames = assembly.pcm.chunks_exact(self.frame_len);
+                if assembly.pcm.len() >= self.frame_len
+                    && self.pacer.queued_ms().saturating_add(self.frame_ms) > self.max_queued_ms
+                {
+                    self.room_for_frame(assembly);
+                    return;
+                }
+                let room = self.max_queued_ms.saturating_sub(self.pacer.queued_ms())
+                    / self.frame_ms.max(1);
+                let fits = usize::try_from(room)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(self.frame_len);
+                let take = assembly.pcm.len().min(fits);
+                let mut frames = assembly
+                    .pcm
+                    .get(..take)
+                    .unwrap_or_default()
+                    .chunks_exact(self.frame_len);
                 for frame in &mut frames {
                     self.bytes.clear();
                     if let Err(error) = path.encoder.encode(frame, &mut self.bytes) {
@@ -787,8 +897,11 @@ impl AudioBridge {
                         assembly.frames_pushed += 1;
                     }
                 }
-                let whole = assembly.pcm.len().saturating_sub(frames.remainder().len());
+                let whole = take.saturating_sub(frames.remainder().len());
                 assembly.pcm.drain(..whole);
+                if assembly.pcm.len() >= self.frame_len {
+                    self.room_for_frame(assembly);
+                }
             }
         }
     }
@@ -810,6 +923,16 @@ impl AudioBridge {
         let Some(mut assembly) = self.assembly.take() else {
             return;
         };
+        if let Some(cut) = self.cut.iter().find(|c| c.part == assembly.part) {
+            // Nothing of it queued: the caller hears none of it, so the model must not think
+            // it said it. Else it is truncated once what was queued has played.
+            if cut.queued_ms == 0 {
+                let item = assembly.part.item_id.clone();
+                self.delete(&item, &mut Vec::new());
+            }
+            self.pacer.finish_part(&assembly.part);
+            return;
+        }
         let frame_len = self.frame_len;
         let rest = match self.codec {
             CallCodec::G711(_) => assembly.encoded.len(),
@@ -989,6 +1112,22 @@ impl AudioBridge {
             {
                 new_part_started = true;
             }
+            if let PlayoutEvent::ItemFinished { part, sent_ms } = &event
+                && let Some(at) = self.cut.iter().position(|c| &c.part == part)
+            {
+                // Played as far as it was queued: that is where the caller's hearing ends.
+                self.cut.remove(at);
+                match self
+                    .session
+                    .truncate(&part.item_id, part.content_index, *sent_ms)
+                {
+                    Ok(()) => self.stats.truncates_sent += 1,
+                    Err(error) => {
+                        self.stats.truncate_errors += 1;
+                        tracing::debug!(%error, item = %part.item_id, "truncate not sent");
+                    }
+                }
+            }
             self.emit(BridgeEvent::Playout(event));
         }
         if let Some(at) = self.barge_in_at {
@@ -1004,6 +1143,10 @@ impl AudioBridge {
             }
         }
     }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Queues one encoded frame of `part`: a whole packet time, or a padded last frame carrying

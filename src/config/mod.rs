@@ -380,6 +380,14 @@ pub struct LimitsConfig {
     pub drain_timeout: Duration,
     /// SIP requests per source address (IPv6: per /64); a source beyond it is ignored a while.
     pub rate: RateLimitConfig,
+    /// A WebSocket ping the realtime upstream leaves unanswered this long (it stopped reading
+    /// what we send) ends the call with BYE.
+    #[serde(with = "humantime_serde")]
+    pub upstream_stall_timeout: Duration,
+    /// Model audio queued for playout at most, per call; beyond it audio is dropped (and the
+    /// item truncated at what was played).
+    #[serde(with = "humantime_serde")]
+    pub max_queued_audio: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -390,6 +398,8 @@ impl Default for LimitsConfig {
             answer_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(60),
             rate: RateLimitConfig::default(),
+            upstream_stall_timeout: Duration::from_secs(30),
+            max_queued_audio: Duration::from_secs(120),
         }
     }
 }
@@ -1543,6 +1553,22 @@ impl Config {
                     Problem::Value("must be between 1s and 24h".into()),
                 );
             }
+        }
+        if self.limits.upstream_stall_timeout < Duration::from_secs(5)
+            || self.limits.upstream_stall_timeout > Duration::from_secs(600)
+        {
+            problem(
+                "limits.upstream_stall_timeout".into(),
+                Problem::Value("must be between 5s and 10m".into()),
+            );
+        }
+        if self.limits.max_queued_audio < Duration::from_secs(5)
+            || self.limits.max_queued_audio > Duration::from_secs(1800)
+        {
+            problem(
+                "limits.max_queued_audio".into(),
+                Problem::Value("must be between 5s and 30m".into()),
+            );
         }
         if self.limits.answer_timeout < Duration::from_millis(500)
             || self.limits.answer_timeout > Duration::from_secs(120)

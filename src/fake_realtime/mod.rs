@@ -37,6 +37,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use session::{FakeSession, Outgoing};
+
 pub use shell::{FakeHandle, run_cli, serve, start_loopback};
 
 /// Which flavour of the Realtime protocol a connection speaks; chosen by the request path.
@@ -124,6 +125,11 @@ pub struct FakeOptions {
     /// With `record`: keep the audio of appends and audio deltas in full (base64, as on the
     /// wire), so tests can compare it byte for byte. Default: false.
     pub record_audio: bool,
+    /// A misbehaviour to act out, for tests of the bridge's failure paths:
+    /// `{ kind = "stop_reading" | "error_every_event" | "refuse_session" | "flood_audio",
+    /// after = "5s" }` (`after`: from the connection's start; default at once). See
+    /// [`FaultKind`]. Default: none (the fake behaves).
+    pub fault: Option<FakeFault>,
     /// Key a client must present (`Authorization: Bearer` on the OpenAI path, `api-key` on
     /// Azure paths). Not a configuration key: set by tests that exercise authentication.
     #[serde(skip)]
@@ -144,6 +150,7 @@ impl Default for FakeOptions {
             tool_script: Vec::new(),
             record: None,
             record_audio: false,
+            fault: None,
             api_key: None,
         }
     }
@@ -164,6 +171,7 @@ impl fmt::Debug for FakeOptions {
             .field("tool_script", &self.tool_script)
             .field("record", &self.record)
             .field("record_audio", &self.record_audio)
+            .field("fault", &self.fault)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .finish()
     }
@@ -248,6 +256,36 @@ fn default_tone_hz() -> u32 {
 
 fn default_tone_ms() -> u32 {
     1500
+}
+
+/// A misbehaviour of the fake server (see [`FakeOptions::fault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FakeFault {
+    /// What goes wrong.
+    pub kind: FaultKind,
+    /// When, from the connection's start. Default: at once.
+    #[serde(default, with = "humantime_serde")]
+    pub after: Duration,
+}
+
+/// What goes wrong with a faulty fake server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Stop reading the socket (the client's frames and pings pile up unread, so no pong is
+    /// ever sent) while still sending: a `rate_limits.updated` every second, and whatever
+    /// reply was streaming.
+    StopReading,
+    /// Answer every client event with a `server_error` `error` (the event itself is not
+    /// acted on), as a service in trouble does.
+    ErrorEveryEvent,
+    /// Refuse the `session.update` with an `invalid_request_error` (as for a voice the
+    /// service does not have) and keep the socket open, as the real service does.
+    RefuseSession,
+    /// Start a response whose audio never ends, one second of audio per delta, sent as fast
+    /// as the socket takes it; cancels and truncates do not stop it.
+    FloodAudio,
 }
 
 /// One scripted tool call.

@@ -34,7 +34,7 @@ use serde_json::{Map, Value, json};
 use super::media::{self, AudioFormat, Prng};
 use super::vad::{UNITS_PER_MS, Vad, VadEvent, VadSettings};
 use super::validate::{self, WireError};
-use super::{FakeDialect, FakeOptions, FakeReply, ToolStep};
+use super::{FakeDialect, FakeOptions, FakeReply, FaultKind, ToolStep};
 
 /// Largest decoded `input_audio_buffer.append` the service accepts (15 MiB).
 const MAX_APPEND_BYTES: usize = 15 * 1024 * 1024;
@@ -181,7 +181,27 @@ pub struct FakeSession {
     turns: u32,
     items: Vec<Item>,
     response: Option<ActiveResponse>,
+    /// The fault to act out and from when.
+    fault: Option<(FaultKind, Instant)>,
+    /// While not reading: when the next chatter event goes out.
+    chatter_at: Option<Instant>,
+    /// The endless response of [`FaultKind::FloodAudio`], once started.
+    flood: Option<Flood>,
+    /// The latest `now` seen.
+    last_now: Instant,
 }
+
+/// The endless response of [`FaultKind::FloodAudio`].
+#[derive(Debug)]
+struct Flood {
+    response_id: String,
+    item_id: String,
+    /// One second of audio in the output format, base64, sent again and again.
+    delta: String,
+}
+
+/// Frames queued at most by a flood before the shell has sent them.
+const FLOOD_QUEUE: usize = 4;
 
 impl FakeSession {
     /// A new connection at `now`. `session.created` is the first frame `poll_transmit` returns.
@@ -234,7 +254,23 @@ impl FakeSession {
             turns: 0,
             items: Vec::new(),
             response: None,
+            fault: options
+                .fault
+                .map(|f| (f.kind, now.checked_add(f.after).unwrap_or(now))),
+            chatter_at: None,
+            flood: None,
+            last_now: now,
         }
+    }
+
+    /// Whether the shell should read the socket at `now` (false once a `stop_reading` fault
+    /// is in force: nothing the client sends, pings included, is read any more).
+    pub fn is_reading(&self, now: Instant) -> bool {
+        !self.fault_active(FaultKind::StopReading, now)
+    }
+
+    fn fault_active(&self, kind: FaultKind, now: Instant) -> bool {
+        self.fault.is_some_and(|(k, at)| k == kind && now >= at)
     }
 
     /// The model (OpenAI) or deployment (Azure) named in the request URL.
@@ -277,6 +313,16 @@ impl FakeSession {
             .and_then(Value::as_str)
             .map(str::to_owned);
         let event_id = client_event_id.as_deref();
+        if self.fault_active(FaultKind::ErrorEveryEvent, now) {
+            self.fault_error(
+                "server_error",
+                Some("server_error"),
+                "The server had an error while processing your request. Sorry about that!",
+                None,
+                event_id,
+            );
+            return;
+        }
         let kind = match validate::client_event(&value, self.dialect.is_ga()) {
             Ok(kind) => kind.to_owned(),
             Err(error) => {
@@ -285,6 +331,16 @@ impl FakeSession {
             }
         };
         let result = match kind.as_str() {
+            "session.update" if self.fault_active(FaultKind::RefuseSession, now) => {
+                self.fault_error(
+                    "invalid_request_error",
+                    Some("invalid_value"),
+                    "Invalid value: 'nova'. Supported values are: 'alloy', 'ash', 'ballad', 'coral', 'echo', 'sage', 'shimmer', 'verse', 'marin' and 'cedar'.",
+                    Some("session.audio.output.voice"),
+                    event_id,
+                );
+                Ok(())
+            }
             "session.update" => self.session_update(&value),
             "input_audio_buffer.append" => self.append(now, &value),
             "input_audio_buffer.commit" => self.commit(),
@@ -312,7 +368,9 @@ impl FakeSession {
             return;
         }
         self.ensure_created();
+        self.last_now = self.last_now.max(now);
         self.pump(now);
+        self.act_out_faults(now);
         if self.expires.is_some_and(|at| now >= at) {
             self.closed = true;
             self.response = None;
@@ -332,10 +390,15 @@ impl FakeSession {
             return None;
         }
         let delta = self.response.as_ref().map(|r| r.next_at);
-        match (delta, self.expires) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let fault = match self.fault {
+            // Not yet in force: wake when it is.
+            Some((_, at)) if at > self.last_now => Some(at),
+            Some((FaultKind::StopReading, _)) => self.chatter_at,
+            // A flood refills as soon as its frames are out.
+            Some((FaultKind::FloodAudio, _)) if self.out.len() < FLOOD_QUEUE => Some(self.last_now),
+            _ => None,
+        };
+        [delta, self.expires, fault].into_iter().flatten().min()
     }
 
     /// The next frame to send, if any.
@@ -401,6 +464,92 @@ impl FakeSession {
             "event_id": client_event_id.filter(|_| error.echo_event_id),
         });
         self.send("error", fields([("error", body)]));
+    }
+
+    /// An `error` of `kind` (`server_error`, `invalid_request_error`), for the faults.
+    fn fault_error(
+        &mut self,
+        kind: &str,
+        code: Option<&str>,
+        message: &str,
+        param: Option<&str>,
+        client_event_id: Option<&str>,
+    ) {
+        self.ensure_created();
+        let body = json!({
+            "type": kind, "code": code, "message": message, "param": param,
+            "event_id": client_event_id,
+        });
+        self.send("error", fields([("error", body)]));
+    }
+
+    /// The faults that act on time: chatter while not reading, the flood.
+    fn act_out_faults(&mut self, now: Instant) {
+        if self.fault_active(FaultKind::StopReading, now) {
+            let due = *self.chatter_at.get_or_insert(now);
+            if now >= due {
+                self.send(
+                    "rate_limits.updated",
+                    fields([(
+                        "rate_limits",
+                        json!([{"name": "requests", "limit": 5000, "remaining": 4999,
+                                "reset_seconds": 0.012}]),
+                    )]),
+                );
+                self.chatter_at = Some(now + Duration::from_secs(1));
+            }
+        }
+        if self.fault_active(FaultKind::FloodAudio, now) {
+            if self.flood.is_none() {
+                self.start_flood();
+            }
+            while self.out.len() < FLOOD_QUEUE {
+                let Some(flood) = &self.flood else {
+                    break;
+                };
+                let body = fields([
+                    ("response_id", json!(flood.response_id)),
+                    ("item_id", json!(flood.item_id)),
+                    ("output_index", json!(0)),
+                    ("content_index", json!(0)),
+                    ("delta", json!(flood.delta)),
+                ]);
+                let name = self.event_name("response.output_audio.delta", "response.audio.delta");
+                self.send(name, body);
+            }
+        }
+    }
+
+    /// Announces the flood's endless response and item.
+    fn start_flood(&mut self) {
+        let format = self.settings.output;
+        let response_id = self.fresh_id("resp");
+        let created =
+            self.response_object(&response_id, "in_progress", Value::Null, Vec::new(), format);
+        self.send("response.created", fields([("response", created)]));
+        let item_id = self.fresh_id("item");
+        let item = self.assistant_item(&item_id, "in_progress", "");
+        self.send(
+            "response.output_item.added",
+            fields([
+                ("response_id", json!(response_id)),
+                ("output_index", json!(0)),
+                ("item", item.clone()),
+            ]),
+        );
+        let previous = self.last_item_id();
+        self.item_added(&item, previous);
+        self.push_item(Item {
+            id: item_id.clone(),
+            kind: ItemKind::Other,
+            json: item,
+        });
+        let second = media::encode_pcm24k(&media::tone_24k(440, 1000), format);
+        self.flood = Some(Flood {
+            response_id,
+            item_id,
+            delta: BASE64.encode(second),
+        });
     }
 
     fn event_name(&self, ga: &'static str, preview: &'static str) -> &'static str {

@@ -390,8 +390,11 @@ async fn connection(
             }
         }
         let deadline = session.poll_timeout();
+        // A `stop_reading` fault: the socket is left unread (pings too), so the client's
+        // frames pile up in the kernel's buffers, as with a service that stopped reading.
+        let reading = session.is_reading(now().0);
         tokio::select! {
-            message = source.next() => match message {
+            message = source.next(), if reading => match message {
                 Some(Ok(Message::Text(text))) => {
                     let (at, unix_us) = now();
                     if let Some(recorder) = &recorder {

@@ -1,10 +1,6 @@
-//! A call's media sockets and settings; the task that drives them is [`crate::io::call`].
+//! A call's media sockets; the task that drives them is [`crate::io::call`].
 
 use std::net::SocketAddr;
-use std::time::Duration;
-
-use crate::rtp::receive::ReceiveStats;
-use crate::rtp::rtcp::RtcpStats;
 
 /// A call's media sockets: RTP on an even port, RTCP on the one above.
 #[derive(Debug)]
@@ -22,26 +18,4 @@ impl MediaSockets {
         let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port.wrapping_add(1)))?;
         Ok(Self { port, rtp, rtcp })
     }
-}
-
-/// Media settings of the daemon.
-#[derive(Clone, Debug)]
-pub struct MediaConfig {
-    /// No RTP for this long: the call is reported inactive (and hung up).
-    pub inactivity_timeout: Duration,
-    /// RTCP CNAME.
-    pub cname: String,
-}
-
-/// A call's media counters at its end, for the call's log record.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MediaSummary {
-    /// The receive path.
-    pub received: ReceiveStats,
-    /// RTP packets sent.
-    pub packets_sent: u64,
-    /// Packets lost (expected - received, RFC 3550 A.3; negative with duplicates).
-    pub packets_lost: i64,
-    /// RTCP: loss, jitter and round-trip time both ways.
-    pub rtcp: RtcpStats,
 }

@@ -1,12 +1,14 @@
 //! The SIP transport shell: UDP and TCP sockets around the sans-IO [`Endpoint`].
 //!
-//! One task (the *signalling loop*) owns the endpoint and everything that decides: it reads
-//! the clock (in one function, `now`), feeds the endpoint what the socket tasks received,
-//! runs its timers, sends what it asks for, and plays the signalling side of every call: admit
-//! by route and capacity, bind an RTP port, ring, start the call's task (which connects the
-//! upstream), answer when the task says the session is ready (or reject with what it says),
-//! pass the dialog's media terms, ACK, digits and end to the task, and end a call at
-//! `limits.max_call_duration` or shutdown through it, so every end has its reason.
+//! One task (the *signalling loop*) owns the endpoint: it reads the clock (in one function,
+//! `now`), feeds the endpoint what the socket tasks received, runs its timers and sends what
+//! it asks for. Between the endpoint and the calls it only forwards: admission (route, ACL,
+//! capacity, an RTP port) is the endpoint's [`Admission`] hook; an admitted INVITE becomes a
+//! [`Call`] in a task of its own ([`crate::io::call`]); every event of a call's dialog goes to
+//! its task as it comes, and every request a call makes (ring, answer, refuse, hang up,
+//! refer) goes to the endpoint. The call decides everything else, its own deadlines
+//! included (maximum duration, drain). A call leaves the table when its task has ended and
+//! its sockets are closed; its RTP ports then go back to the pool.
 //!
 //! Socket tasks only move bytes:
 //!
@@ -23,7 +25,7 @@
 //! address; `sip.public_address` overrides that behind NAT. IPv6 sockets are v6-only, so
 //! `0.0.0.0` and `[::]` can both be listened on.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -34,13 +36,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use crate::call::{Call, CallAction, CallEnd, CallInfo, TransferOutcome};
+use crate::call::{Call, CallEnd, CallInfo, CallLimits, CallSetup, MediaSeeds, Signalling};
 use crate::config::{CodecName, Config, PublicAddress, Transport};
 use crate::io::call::{self as call_task, CallReport, CallTask, Upstreams};
-use crate::io::media::{MediaConfig, MediaSockets};
+use crate::io::media::MediaSockets;
 use crate::io::notify::Notifier;
+use crate::rtp::playout::RtpStart;
 use crate::rtp::ports::{DEFAULT_QUARANTINE, PortPool};
-use crate::sip::dialog::{DialogEvent, EndedBy, SessionTimerConfig};
+use crate::sip::dialog::{DialogEvent, SessionTimerConfig};
 use crate::sip::endpoint::{
     Admission, Admit, CallHandle, Endpoint, EndpointConfig, EndpointEvent, Flow, Incoming,
     Outgoing, Target, TransportKind,
@@ -170,16 +173,12 @@ struct Connection {
     writer: mpsc::Sender<Wire>,
 }
 
-/// A call the signalling loop keeps: its task and when it must end.
+/// A call the signalling loop keeps, until its task has ended.
 struct ActiveCall {
-    call_id: String,
-    /// The RTP port, released to the pool (quarantine) when the call ends.
+    /// The RTP port, released to the pool (quarantine) when the call's task has ended.
     port: Option<u16>,
-    /// The call's task (upstream, media).
+    /// The call's task (upstream, media); `None` when it could not start.
     task: Option<CallTask>,
-    deadline: Instant,
-    /// Why we ended it, when we did (max duration, shutdown): the dialog's end says "local".
-    ended_by_us: Option<CallEnd>,
 }
 
 /// Admission: routes, capacity, RTP ports.
@@ -303,7 +302,8 @@ pub async fn serve(
     notifier: Notifier,
 ) -> io::Result<()> {
     let (net_tx, mut net_rx) = mpsc::channel::<NetEvent>(4096);
-    let (media_tx, mut media_rx) = mpsc::channel::<(CallHandle, CallReport)>(1024);
+    // Unbounded: a call task never waits for the loop (each call sends a handful).
+    let (media_tx, mut media_rx) = mpsc::unbounded_channel::<(CallHandle, CallReport)>();
     let upstreams = Upstreams::start(&config).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
     metrics.set_accounts(config.sip.accounts.iter().map(|a| a.name.as_str()));
@@ -368,7 +368,6 @@ pub async fn serve(
         by_remote: HashMap::new(),
         local_ips: HashMap::new(),
         calls: HashMap::new(),
-        deadlines: BTreeSet::new(),
         ports: PortPool::new(
             config.rtp.port_range.first(),
             config.rtp.port_range.last(),
@@ -377,12 +376,8 @@ pub async fn serve(
         bound: HashMap::new(),
         public_ip,
         stopping: false,
-        media_config: MediaConfig {
-            inactivity_timeout: config.rtp.inactivity_timeout,
-            cname: format!("bridge@{}", random_u64() as u32),
-        },
+        cname: format!("bridge@{}", random_u64() as u32),
         media_tx,
-        media_running: 0,
         upstreams,
         retired_upstreams: Vec::new(),
         limiter: RateLimiter::new(config.limits.rate.limit(), DEFAULT_MAX_SOURCES),
@@ -402,13 +397,7 @@ pub async fn serve(
     let mut answers_until: Option<tokio::time::Instant> = None;
     let mut signals_open = true;
     loop {
-        let wake = [
-            endpoint.poll_timeout(),
-            state.deadlines.first().map(|(at, _)| *at),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let wake = endpoint.poll_timeout();
         let sleep = async {
             match wake {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -426,11 +415,7 @@ pub async fn serve(
                 Some(event) => state.network(&mut endpoint, event),
                 None => return Ok(()),
             },
-            () = sleep => {
-                let now = now();
-                endpoint.handle_timeout(now);
-                state.expire_calls(&mut endpoint, now);
-            }
+            () = sleep => endpoint.handle_timeout(now()),
             signal = stop.recv(), if signals_open => match signal {
                 Some(Stop::Drain) if drain_until.is_none() && hard_stop.is_none() => {
                     let calls = state.calls.len();
@@ -439,7 +424,15 @@ pub async fn serve(
                     state.stopping = true;
                     endpoint.set_draining(true);
                     endpoint.unregister_all(now());
-                    drain_until = Some(tokio::time::Instant::now() + timeout);
+                    let until = tokio::time::Instant::now() + timeout;
+                    // Each call hangs itself up at the deadline; the loop's own timer below
+                    // is the backstop.
+                    for call in state.calls.values() {
+                        if let Some(task) = &call.task {
+                            task.drain(until.into_std());
+                        }
+                    }
+                    drain_until = Some(until + SHUTDOWN_GRACE);
                 }
                 Some(Stop::Reload(new)) => {
                     if state.stopping {
@@ -469,7 +462,7 @@ pub async fn serve(
         // Stop once every call has ended and every request of ours (BYE, de-registration) has
         // its answer, or the answers' grace ran out; ended calls that only absorb
         // retransmissions (Timer J and friends) are not waited for.
-        if state.stopping && state.calls.is_empty() && state.media_running == 0 {
+        if state.stopping && state.calls.is_empty() {
             if !endpoint.awaiting_responses() {
                 return Ok(());
             }
@@ -593,7 +586,6 @@ async fn reload(
         .cloned()
         .collect();
     endpoint.set_config(endpoint_config(&new));
-    state.media_config.inactivity_timeout = new.rtp.inactivity_timeout;
     state.acl = Acl::new(new.sip.allow_invite_from.iter().copied());
     // A new rate limit starts with fresh buckets (and no bans); an unchanged one keeps them.
     if new.limits.rate != old.limits.rate {
@@ -756,17 +748,16 @@ struct Loop {
     by_remote: HashMap<SocketAddr, u64>,
     /// Local address the kernel uses towards a peer, for wildcard sockets.
     local_ips: HashMap<IpAddr, IpAddr>,
+    /// Calls whose task has not ended yet.
     calls: HashMap<CallHandle, ActiveCall>,
-    deadlines: BTreeSet<(Instant, CallHandle)>,
     ports: PortPool,
     bound: HashMap<String, MediaSockets>,
     public_ip: Option<IpAddr>,
     /// Shutting down: new calls are refused.
     stopping: bool,
-    media_config: MediaConfig,
-    media_tx: mpsc::Sender<(CallHandle, CallReport)>,
-    /// Call tasks started and not yet finished (shutdown waits for their records).
-    media_running: usize,
+    /// RTCP CNAME of every call.
+    cname: String,
+    media_tx: mpsc::UnboundedSender<(CallHandle, CallReport)>,
     upstreams: Upstreams,
     /// Upstream sets replaced by reloads, kept for the calls still using them.
     retired_upstreams: Vec<Upstreams>,
@@ -790,7 +781,7 @@ impl Loop {
                 let Some(local) = self.udp.get(listener).and_then(|s| s.local_addr().ok()) else {
                     return;
                 };
-                if !self.within_rate(from, &bytes) {
+                if !self.within_rate(endpoint, from, &bytes) {
                     return;
                 }
                 let local = self.concrete_local(local, from);
@@ -802,7 +793,7 @@ impl Loop {
                     return;
                 };
                 let (local, remote) = (c.local, c.remote);
-                if !self.within_rate(remote, &bytes) {
+                if !self.within_rate(endpoint, remote, &bytes) {
                     return;
                 }
                 trace_message("recv", TransportKind::Tcp, remote, &bytes);
@@ -837,8 +828,9 @@ impl Loop {
     }
 
     /// `limits.rate`: whether a message from `from` goes on to the endpoint. Requests count;
-    /// responses (to our own requests) pass. A banned source gets no reply at all.
-    fn within_rate(&mut self, from: SocketAddr, bytes: &[u8]) -> bool {
+    /// responses (to our own requests) pass. A banned source gets no reply at all, except
+    /// for the BYE, CANCEL or ACK of a call it already has.
+    fn within_rate(&mut self, endpoint: &Endpoint, from: SocketAddr, bytes: &[u8]) -> bool {
         if !self.limiter.enabled() || !crate::sip::limits::counts_as_request(bytes) {
             return true;
         }
@@ -850,7 +842,7 @@ impl Loop {
         while let Some(LimitEvent::BanEnded { source, dropped }) = self.limiter.poll_event() {
             tracing::info!(%source, dropped, "ban ended");
         }
-        verdict == Verdict::Allow
+        verdict == Verdict::Allow || endpoint.ends_a_live_call(bytes)
     }
 
     fn incoming(
@@ -916,48 +908,16 @@ impl Loop {
         SocketAddr::new(ip, local.port())
     }
 
-    fn expire_calls(&mut self, endpoint: &mut Endpoint, now: Instant) {
-        let due: Vec<CallHandle> = self
-            .deadlines
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .map(|(_, h)| *h)
-            .collect();
-        for handle in due {
-            if let Some(call) = self.calls.get(&handle) {
-                self.deadlines.remove(&(call.deadline, handle));
-                tracing::info!(call = %handle, call_id = %call.call_id, "max_call_duration reached: hanging up");
-            }
-            self.end_call(endpoint, handle, CallEnd::MaxDuration);
-        }
-    }
-
-    /// Ends `handle` from our side: through its task (which knows whether to BYE or to
-    /// refuse, and records why), or directly when it has none.
-    fn end_call(&mut self, endpoint: &mut Endpoint, handle: CallHandle, reason: CallEnd) {
-        let Some(call) = self.calls.get_mut(&handle) else {
-            return;
-        };
-        call.ended_by_us.get_or_insert(reason);
-        match &call.task {
-            Some(task) => task.end(reason),
-            None => {
-                let header = reason.reason_header("");
-                if let Err(error) = endpoint.hang_up_with_reason(now(), handle, &header) {
-                    tracing::debug!(call = %handle, %error, "hang-up");
-                }
-            }
-        }
-    }
-
+    /// What a call's task asked for, or its end.
     fn call_report(&mut self, endpoint: &mut Endpoint, call: CallHandle, report: CallReport) {
         let now = now();
         let result = match report {
-            CallReport::Action(CallAction::Answer) => {
+            CallReport::Signalling(Signalling::Ring) => endpoint.ring(now, call),
+            CallReport::Signalling(Signalling::Answer) => {
                 tracing::debug!(call = %call, "upstream ready: answering");
                 endpoint.answer(now, call)
             }
-            CallReport::Action(CallAction::Reject {
+            CallReport::Signalling(Signalling::Refuse {
                 status,
                 reason,
                 retry_after,
@@ -965,40 +925,56 @@ impl Loop {
                 tracing::info!(call = %call, status, "call refused");
                 endpoint.reject_with(now, call, status, reason, retry_after)
             }
-            CallReport::Action(CallAction::HangUp { reason }) => {
-                tracing::info!(call = %call, %reason, "hanging up");
+            CallReport::Signalling(Signalling::HangUp { reason }) => {
                 endpoint.hang_up_with_reason(now, call, &reason)
             }
-            // The task closes its own WebSocket and runs its own webhooks.
-            CallReport::Action(CallAction::CloseUpstream | CallAction::Webhook { .. }) => Ok(()),
-            CallReport::Action(CallAction::Transfer { uri }) => {
-                tracing::info!(call = %call, %uri, "transferring (REFER)");
+            CallReport::Signalling(Signalling::Refer { uri }) => {
                 let result = endpoint.refer(now, call, &uri);
                 if result.is_err()
                     && let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref())
                 {
-                    task.transfer(TransferOutcome::Refused(None));
+                    task.dialog(DialogEvent::TransferFailed { status: None });
                 }
                 result
             }
-            CallReport::Finished(finished) => {
-                self.media_running = self.media_running.saturating_sub(1);
-                let (record, media) = *finished;
-                call_task::log_record(call, &record, media.as_ref());
-                self.metrics.observe_call(&record, media.as_ref());
+            CallReport::Finished(record) => {
+                call_task::log_record(call, &record);
+                self.metrics.observe_call(&record);
+                if let Some(active) = self.calls.remove(&call)
+                    && let Some(port) = active.port
+                {
+                    // The call's sockets are closed: the port rests before the next call.
+                    self.ports.release(now, port);
+                }
                 Ok(())
             }
         };
-        // A call the caller already ended (a CANCEL racing the answer) is no error.
-        if let Err(error) = result {
-            tracing::debug!(call = %call, %error, "call action not applied");
+        match result {
+            Ok(()) => {}
+            // The dialog is gone (it finished its transactions): the call cannot be told by
+            // the dialog any more, so it is told here.
+            Err(crate::sip::endpoint::EndpointError::UnknownCall(_)) => {
+                if let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref()) {
+                    task.stop(CallEnd::Signalling);
+                }
+            }
+            // A call the caller already ended (a CANCEL racing the answer) is no error.
+            Err(error) => tracing::debug!(call = %call, %error, "call request not applied"),
         }
     }
 
     fn hang_up_all(&mut self, endpoint: &mut Endpoint) {
-        let handles: Vec<CallHandle> = self.calls.keys().copied().collect();
-        for handle in handles {
-            self.end_call(endpoint, handle, CallEnd::Shutdown);
+        let now = now();
+        for (handle, call) in &self.calls {
+            match &call.task {
+                Some(task) => task.stop(CallEnd::Shutdown),
+                None => {
+                    let header = CallEnd::Shutdown.reason_header("");
+                    if let Err(error) = endpoint.hang_up_with_reason(now, *handle, &header) {
+                        tracing::debug!(call = %handle, %error, "hang-up");
+                    }
+                }
+            }
         }
     }
 
@@ -1055,103 +1031,54 @@ impl Loop {
                 transport,
             } => {
                 tracing::info!(call = %call, %call_id, %dialed, %caller, ?account, %remote, transport = transport.name(), "incoming call");
-                let deadline = now
-                    .checked_add(self.config.limits.max_call_duration)
-                    .unwrap_or(now);
-                self.deadlines.insert((deadline, call));
                 let sockets = self.bound.remove(&call_id);
                 let port = sockets.as_ref().map(|s| s.port);
                 let task = sockets.and_then(|sockets| {
                     let parties = (account.as_deref(), dialed.as_str(), caller.as_str());
                     self.start_call(endpoint, call, &call_id, parties, sockets)
                 });
-                let started = task.is_some();
-                self.calls.insert(
-                    call,
-                    ActiveCall {
-                        port,
-                        task,
-                        call_id,
-                        deadline,
-                        ended_by_us: None,
-                    },
-                );
-                if started {
-                    self.media_running += 1;
-                    // The caller hears ringing while the upstream is connected.
-                    if let Err(error) = endpoint.ring(now, call) {
-                        tracing::debug!(call = %call, %error, "180 not sent");
-                    }
-                } else if let Err(error) = endpoint.reject_with(
-                    now,
-                    call,
-                    503,
-                    "Service Unavailable",
-                    Some(BUSY_RETRY_AFTER_SECS),
-                ) {
+                if task.is_none()
+                    && let Err(error) = endpoint.reject_with(
+                        now,
+                        call,
+                        503,
+                        "Service Unavailable",
+                        Some(BUSY_RETRY_AFTER_SECS),
+                    )
+                {
                     tracing::debug!(call = %call, %error, "503 not sent");
                 }
+                self.calls.insert(call, ActiveCall { port, task });
             }
-            EndpointEvent::Dialog { call, event } => match event {
-                DialogEvent::Ended { by } => {
-                    tracing::info!(call = %call, ?by, "call ended");
-                    if let Some(active) = self.calls.remove(&call) {
-                        self.deadlines.remove(&(active.deadline, call));
-                        if let Some(task) = &active.task {
-                            let (end, detail) = classify_end(by, active.ended_by_us);
-                            // The task closes the upstream, sends RTCP BYE and reports.
-                            task.sip_ended(end, detail);
-                        }
-                        if let Some(port) = active.port {
-                            // The port rests before the next call.
+            EndpointEvent::Dialog { call, event } => {
+                match &event {
+                    DialogEvent::Ended { by } => tracing::info!(call = %call, ?by, "call ended"),
+                    DialogEvent::TransferAccepted
+                    | DialogEvent::TransferFailed { .. }
+                    | DialogEvent::TransferProgress { .. } => {
+                        tracing::info!(call = %call, ?event, "transfer");
+                    }
+                    DialogEvent::Digit(press) => {
+                        tracing::info!(call = %call, digit = %press.digit, "DTMF (SIP INFO)");
+                    }
+                    other => tracing::debug!(call = %call, event = ?other, "dialog"),
+                }
+                let Some(active) = self.calls.get(&call) else {
+                    return;
+                };
+                match &active.task {
+                    Some(task) => task.dialog(event),
+                    // No task (it could not start): the call ends with its dialog.
+                    None if matches!(event, DialogEvent::Ended { .. }) => {
+                        if let Some(active) = self.calls.remove(&call)
+                            && let Some(port) = active.port
+                        {
                             self.ports.release(now, port);
                         }
                     }
+                    None => {}
                 }
-                DialogEvent::MediaNegotiated(ref n) | DialogEvent::MediaChanged(ref n, _) => {
-                    tracing::info!(call = %call, codec = n.codec.encoding(), remote_rtp = %n.remote_rtp, direction = ?n.direction, "media");
-                    let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref()) else {
-                        return;
-                    };
-                    task.media(n);
-                    // An offerless INVITE negotiates at the ACK: already confirmed.
-                    if matches!(event, DialogEvent::MediaNegotiated(_))
-                        && endpoint
-                            .call(call)
-                            .is_some_and(|c| c.state() == crate::sip::dialog::CallState::Confirmed)
-                    {
-                        task.confirm();
-                    }
-                }
-                DialogEvent::Confirmed => {
-                    tracing::debug!(call = %call, "confirmed");
-                    if let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref()) {
-                        task.confirm();
-                    }
-                }
-                DialogEvent::TransferAccepted
-                | DialogEvent::TransferFailed { .. }
-                | DialogEvent::TransferProgress { .. } => {
-                    tracing::info!(call = %call, ?event, "transfer");
-                    let outcome = match event {
-                        DialogEvent::TransferFailed { status } => TransferOutcome::Refused(status),
-                        DialogEvent::TransferProgress { status, terminated } => {
-                            TransferOutcome::Progress { status, terminated }
-                        }
-                        _ => TransferOutcome::Accepted,
-                    };
-                    if let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref()) {
-                        task.transfer(outcome);
-                    }
-                }
-                DialogEvent::Digit(press) => {
-                    tracing::info!(call = %call, digit = %press.digit, "DTMF (SIP INFO)");
-                    if let Some(task) = self.calls.get(&call).and_then(|c| c.task.as_ref()) {
-                        task.digit(press.digit.as_char());
-                    }
-                }
-                other => tracing::debug!(call = %call, event = ?other, "dialog"),
-            },
+            }
         }
     }
 
@@ -1183,22 +1110,26 @@ impl Loop {
             caller: caller.to_owned(),
             callee: dialed.to_owned(),
         };
-        let core = Call::new(
-            now(),
+        let first = random_u64();
+        let setup = CallSetup {
             info,
-            profile,
-            upstream.dialect,
+            profile: profile.clone(),
+            dialect: upstream.dialect,
             codec,
-            config.limits.answer_timeout,
-        );
-        match call_task::spawn(
-            call,
-            core,
-            sockets,
-            upstream.clone(),
-            &self.media_config,
-            self.media_tx.clone(),
-        ) {
+            limits: CallLimits::of(&config),
+            seeds: MediaSeeds {
+                rtp: RtpStart {
+                    ssrc: first as u32,
+                    sequence: (first >> 32) as u16,
+                    timestamp: random_u64() as u32,
+                },
+                rtcp: random_u64(),
+            },
+            cname: self.cname.clone(),
+            wall_clock: call_task::wall_clock(),
+        };
+        let core = Call::new(now(), setup);
+        match call_task::spawn(call, core, sockets, upstream.clone(), self.media_tx.clone()) {
             Ok(task) => Some(task),
             Err(error) => {
                 tracing::warn!(call = %call, %error, "call task not started");
@@ -1285,16 +1216,6 @@ impl Loop {
                 });
             }
         }
-    }
-}
-
-/// What ended a dialog, in the record's terms; `ours` is the reason we gave when we ended it.
-fn classify_end(by: EndedBy, ours: Option<CallEnd>) -> (CallEnd, String) {
-    match by {
-        EndedBy::Remote => (CallEnd::CallerBye, String::new()),
-        EndedBy::Cancelled => (CallEnd::Cancelled, String::new()),
-        EndedBy::Local => (ours.unwrap_or(CallEnd::Signalling), String::new()),
-        other => (CallEnd::Signalling, format!("{other:?}")),
     }
 }
 

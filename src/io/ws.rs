@@ -38,7 +38,12 @@ pub enum ConnectError {
     #[error("not found (HTTP 404): {message}; check the model or deployment name and the endpoint")]
     NotFound { message: String },
     #[error("the service answered HTTP {status}: {message}")]
-    Http { status: u16, message: String },
+    Http {
+        status: u16,
+        message: String,
+        /// Its `Retry-After`, in seconds (a 429 or 503 usually says when to come back).
+        retry_after: Option<u64>,
+    },
     #[error("invalid request: {0}")]
     Request(String),
     #[error("TLS: {0}")]
@@ -56,6 +61,14 @@ impl ConnectError {
             Self::Unauthorized { status, .. } | Self::Http { status, .. } => Some(*status),
             Self::Forbidden { .. } => Some(403),
             Self::NotFound { .. } => Some(404),
+            _ => None,
+        }
+    }
+
+    /// The service's `Retry-After` (seconds), when it refused with one.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Http { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -103,6 +116,12 @@ fn classify(error: tungstenite::Error) -> ConnectError {
         tungstenite::Error::Http(response) => {
             let status = response.status();
             let message = body_message(response.body().as_deref(), status);
+            // Delta-seconds only (RFC 9110 10.2.3); an HTTP date is rare from these services.
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             match status.as_u16() {
                 401 => ConnectError::Unauthorized {
                     status: 401,
@@ -113,6 +132,7 @@ fn classify(error: tungstenite::Error) -> ConnectError {
                 code => ConnectError::Http {
                     status: code,
                     message,
+                    retry_after,
                 },
             }
         }
@@ -257,6 +277,24 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "the service answered HTTP 503: busy   x");
+    }
+
+    #[tokio::test]
+    async fn a_429_carries_the_services_retry_after() {
+        let url = http_server(
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 17\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
+        let err = connect(&plain_target(url), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.http_status(), Some(429));
+        assert_eq!(err.retry_after(), Some(17));
+        let url = http_server("HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n").await;
+        let err = connect(&plain_target(url), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.retry_after(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,8 +47,8 @@ pub use ids::{CallId, EventId, ItemId, ResponseId};
 pub use render::session_update;
 pub use server_event::{RateLimit, ServerEvent};
 pub use session::{
-    CREATE_TIMEOUT, CREATE_TIMEOUT_CODE, DEFAULT_SETUP_TIMEOUT, ResponseStatus, ServerError,
-    Session, SessionEvent, SessionStats, SetupFailure,
+    AUDIO_CHUNK, CREATE_TIMEOUT, CREATE_TIMEOUT_CODE, DEFAULT_SETUP_TIMEOUT, EncodedAudio,
+    ResponseStatus, ServerError, Session, SessionEvent, SessionStats, SetupFailure,
 };
 
 use crate::config::UpstreamConfig;

@@ -40,6 +40,8 @@ const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
 const RECENT_EVENTS: usize = 128;
 /// Items whose received audio is remembered: far more than one call can still truncate.
 const LEDGER_ITEMS: usize = 256;
+/// Items remembered as announced by the service (audio only comes for the newest few).
+const ANNOUNCED_ITEMS: usize = 64;
 /// Tool calls remembered as already reported (or dropped), so a call is surfaced once only.
 const REPORTED_CALLS: usize = 64;
 /// Calls being assembled at once; more means a misbehaving server.
@@ -98,12 +100,15 @@ pub enum SessionEvent {
         /// code of `status_details.error`.
         reason: Option<String>,
     },
-    /// Model audio, decoded, in the session's output format.
+    /// Model audio in the session's output format, as it came (checked base64, decoded by
+    /// whoever takes it, in pieces: see [`EncodedAudio`]). Only for items the service has
+    /// announced (`response.output_item.added`, `conversation.item.added`); deltas of others
+    /// are dropped and counted ([`SessionStats::unknown_item_deltas`]).
     AudioDelta {
         response_id: ResponseId,
         item_id: ItemId,
         content_index: u32,
-        audio: Vec<u8>,
+        audio: EncodedAudio,
     },
     /// No more audio for this content part (also sent when a response is cut off).
     AudioDone {
@@ -147,6 +152,77 @@ pub enum SessionEvent {
     Malformed {
         reason: String,
     },
+}
+
+/// Model audio as the service sent it: base64 text whose decoding was checked but not kept,
+/// so a delta of any size costs no more memory than its frame already did; the taker decodes
+/// it in pieces ([`EncodedAudio::for_each_chunk`]) and may stop early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedAudio {
+    base64: String,
+    len: usize,
+}
+
+/// Decoded bytes per piece of [`EncodedAudio::for_each_chunk`] (a multiple of 3, so pieces
+/// start on base64 quanta).
+pub const AUDIO_CHUNK: usize = 3 * 1024;
+
+impl EncodedAudio {
+    /// Checks `base64` (standard alphabet, padded) without keeping the decoded bytes.
+    pub fn new(base64: String) -> Result<EncodedAudio, base64::DecodeSliceError> {
+        let mut buf = [0u8; AUDIO_CHUNK];
+        let mut len = 0;
+        for piece in base64.as_bytes().chunks(AUDIO_CHUNK / 3 * 4) {
+            len += BASE64.decode_slice(piece, &mut buf)?;
+        }
+        Ok(EncodedAudio { base64, len })
+    }
+
+    /// Audio bytes from raw bytes (tests, the fake).
+    pub fn from_bytes(audio: &[u8]) -> EncodedAudio {
+        EncodedAudio {
+            base64: BASE64.encode(audio),
+            len: audio.len(),
+        }
+    }
+
+    /// Decoded length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no audio.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Hands the decoded audio to `take` in pieces of at most [`AUDIO_CHUNK`] bytes, in order,
+    /// until `take` returns false. Returns the bytes not handed over.
+    pub fn for_each_chunk(&self, mut take: impl FnMut(&[u8]) -> bool) -> usize {
+        let mut buf = [0u8; AUDIO_CHUNK];
+        let mut handed = 0;
+        for piece in self.base64.as_bytes().chunks(AUDIO_CHUNK / 3 * 4) {
+            // Checked in `new`: a piece that fails now cannot happen; it is skipped.
+            let Ok(n) = BASE64.decode_slice(piece, &mut buf) else {
+                continue;
+            };
+            handed += n;
+            if !take(buf.get(..n).unwrap_or_default()) {
+                break;
+            }
+        }
+        self.len.saturating_sub(handed)
+    }
+
+    /// The whole audio, decoded (tests and tools; calls use [`EncodedAudio::for_each_chunk`]).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        self.for_each_chunk(|piece| {
+            out.extend_from_slice(piece);
+            true
+        });
+        out
+    }
 }
 
 /// Why setup failed.
@@ -233,6 +309,8 @@ pub struct SessionStats {
     pub output_audio_bytes_received: u64,
     /// `response.create`s that had to wait for an active response to finish.
     pub responses_queued: u64,
+    /// Audio deltas for items the service never announced, dropped.
+    pub unknown_item_deltas: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,6 +397,8 @@ pub struct Session {
 
     ledger: HashMap<(ItemId, u32), LedgerEntry>,
     ledger_order: VecDeque<(ItemId, u32)>,
+    /// Items the service announced (the newest [`ANNOUNCED_ITEMS`]): audio may come for them.
+    announced: VecDeque<ItemId>,
     pending_calls: HashMap<CallId, PendingCall>,
     reported_calls: VecDeque<CallId>,
     rate_limits: Vec<RateLimit>,
@@ -352,6 +432,7 @@ impl Session {
             sent_creates: VecDeque::new(),
             ledger: HashMap::new(),
             ledger_order: VecDeque::new(),
+            announced: VecDeque::new(),
             pending_calls: HashMap::new(),
             reported_calls: VecDeque::new(),
             rate_limits: Vec::new(),
@@ -476,13 +557,12 @@ impl Session {
     }
 
     /// The socket closed (reported even after a failure already ended the session, so the
-    /// shell learns the close code). Close 1001 with "maximum duration" is the service's
-    /// session limit.
+    /// shell learns the close code). Close 1001 ("going away") is how the service ends a
+    /// session at its maximum duration, whatever its reason text says ("Your session hit the
+    /// maximum duration...", "session expired").
     pub fn handle_closed(&mut self, _now: Instant, code: Option<u16>, reason: &str) {
         self.state = State::Ended;
-        let expired =
-            code == Some(1001) && reason.to_ascii_lowercase().contains("maximum duration");
-        if expired {
+        if code == Some(1001) {
             tracing::info!(reason, "realtime session reached its maximum duration");
             self.events.push_back(SessionEvent::Expired);
         } else {
@@ -553,6 +633,9 @@ impl Session {
             ServerEvent::ResponseCreated(e) => self.handle_response_created(e.response),
             ServerEvent::ResponseDone(e) => self.handle_response_done(e.response),
             ServerEvent::OutputItemAdded(e) => {
+                if let Some(id) = &e.item.id {
+                    self.announce(id);
+                }
                 if e.item.is_function_call()
                     && let Some(call_id) = e.item.call_id.clone()
                     && let Some(pending) = self.pending_call(call_id, e.response_id)
@@ -588,12 +671,17 @@ impl Session {
                 self.stats.unknown_events += 1;
                 tracing::debug!(%type_name, "ignoring unknown realtime event");
             }
+            ServerEvent::ItemAdded(e) | ServerEvent::ItemDone(e) => {
+                if let Some(id) = &e.item.id
+                    && e.item.role.as_deref() != Some("user")
+                {
+                    self.announce(id);
+                }
+            }
             // Known, and nothing to do: the bridge learns what it needs from other events.
             ServerEvent::ConversationCreated
             | ServerEvent::InputAudioCommitted(_)
             | ServerEvent::InputAudioCleared
-            | ServerEvent::ItemAdded(_)
-            | ServerEvent::ItemDone(_)
             | ServerEvent::TranscriptionDelta(_)
             | ServerEvent::ContentPartAdded(_)
             | ServerEvent::ContentPartDone(_)
@@ -859,8 +947,24 @@ impl Session {
         self.send_next_create();
     }
 
+    /// Remembers that the service announced `item_id` (the newest [`ANNOUNCED_ITEMS`]).
+    fn announce(&mut self, item_id: &ItemId) {
+        if self.announced.contains(item_id) {
+            return;
+        }
+        if self.announced.len() >= ANNOUNCED_ITEMS {
+            self.announced.pop_front();
+        }
+        self.announced.push_back(item_id.clone());
+    }
+
     fn handle_audio_delta(&mut self, delta: wire::OutputAudioDelta) {
-        let audio = match BASE64.decode(delta.delta.as_bytes()) {
+        if !self.announced.contains(&delta.at.item_id) {
+            self.stats.unknown_item_deltas += 1;
+            tracing::debug!(item = %delta.at.item_id, "audio delta for an item never announced: dropped");
+            return;
+        }
+        let audio = match EncodedAudio::new(delta.delta) {
             Ok(audio) => audio,
             Err(error) => {
                 self.malformed(format!(

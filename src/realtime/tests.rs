@@ -48,7 +48,19 @@ fn events(session: &mut Session) -> Vec<SessionEvent> {
     std::iter::from_fn(|| session.poll_event()).collect()
 }
 
+/// Hands `value` to the session; an audio delta's item is announced first
+/// (`response.output_item.added`), as the service always does before its audio.
 fn feed(session: &mut Session, now: Instant, value: Value) {
+    let kind = value["type"].as_str().unwrap_or_default();
+    if (kind == "response.output_audio.delta" || kind == "response.audio.delta")
+        && let Some(item) = value["item_id"].as_str()
+    {
+        let added = json!({"type": "response.output_item.added", "event_id": "event_I",
+            "response_id": value["response_id"], "output_index": 0,
+            "item": {"id": item, "type": "message", "role": "assistant", "status": "in_progress",
+                     "content": []}});
+        session.handle_text(now, &added.to_string());
+    }
     session.handle_text(now, &value.to_string());
 }
 
@@ -1213,12 +1225,80 @@ fn close_1001_at_maximum_duration_is_expiry() {
             reason: "beta shape disabled".into()
         }]
     );
+    // Whatever its reason text says: 1001 is how the service ends a session at its limit.
     let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
-    session.handle_closed(t0, Some(1001), "going away");
-    assert!(matches!(
-        &events(&mut session)[..],
-        [SessionEvent::Closed { .. }]
-    ));
+    session.handle_closed(t0, Some(1001), "session expired");
+    assert_eq!(events(&mut session), vec![SessionEvent::Expired]);
+}
+
+#[test]
+fn audio_for_an_item_never_announced_is_dropped_and_counted() {
+    let (mut session, t0) = ready(&profile(""), Dialect::OpenAiGa);
+    session.handle_text(
+        t0,
+        &audio_delta("response.output_audio.delta", "resp_1", "item_X", 480).to_string(),
+    );
+    assert!(events(&mut session).is_empty());
+    assert_eq!(session.stats().unknown_item_deltas, 1);
+    assert_eq!(session.received_ms(&"item_X".into(), 0), None);
+    // Announced by conversation.item.added (an assistant item), its audio is taken.
+    session.handle_text(
+        t0,
+        &json!({"type": "conversation.item.added", "event_id": "e", "previous_item_id": null,
+                "item": {"id": "item_X", "type": "message", "role": "assistant",
+                         "status": "in_progress", "content": []}})
+        .to_string(),
+    );
+    session.handle_text(
+        t0,
+        &audio_delta("response.output_audio.delta", "resp_1", "item_X", 480).to_string(),
+    );
+    let got = events(&mut session);
+    assert!(
+        matches!(&got[..], [SessionEvent::AudioDelta { audio, .. }] if audio.len() == 480
+            && audio.to_vec() == vec![0x55; 480]),
+        "{got:?}"
+    );
+    // A user item's id is no assistant's.
+    session.handle_text(
+        t0,
+        &json!({"type": "conversation.item.added", "event_id": "e", "previous_item_id": null,
+                "item": {"id": "item_U", "type": "message", "role": "user",
+                         "status": "completed", "content": []}})
+        .to_string(),
+    );
+    session.handle_text(
+        t0,
+        &audio_delta("response.output_audio.delta", "resp_1", "item_U", 480).to_string(),
+    );
+    assert_eq!(session.stats().unknown_item_deltas, 2);
+}
+
+#[test]
+fn encoded_audio_is_checked_whole_and_handed_over_in_pieces() {
+    let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let audio = EncodedAudio::new(BASE64.encode(&bytes)).unwrap();
+    assert_eq!(audio.len(), 10_000);
+    let mut pieces = Vec::new();
+    let rest = audio.for_each_chunk(|piece| {
+        pieces.push(piece.to_vec());
+        true
+    });
+    assert_eq!(rest, 0);
+    assert!(
+        pieces
+            .iter()
+            .all(|p| p.len() <= crate::realtime::AUDIO_CHUNK)
+    );
+    assert_eq!(pieces.concat(), bytes);
+    // The taker may stop: the rest is counted, not decoded.
+    let rest = audio.for_each_chunk(|_| false);
+    assert_eq!(rest, 10_000 - crate::realtime::AUDIO_CHUNK);
+    // A bad quantum anywhere fails the whole delta.
+    let mut text = BASE64.encode(&bytes);
+    text.replace_range(9_000..9_004, "@@@@");
+    assert!(EncodedAudio::new(text).is_err());
+    assert_eq!(EncodedAudio::from_bytes(&bytes).to_vec(), bytes);
 }
 
 // ---- errors -------------------------------------------------------------------------------

@@ -357,6 +357,8 @@ pub struct Pacer {
     silence_next: bool,
     bytes: VecDeque<u8>,
     frames: VecDeque<Frame>,
+    /// The audio of `frames`, in ms (kept as they come and go: asked for every frame).
+    frames_ms: u64,
     /// Parts not yet finished (and finished ones behind an unfinished one), in play order.
     parts: VecDeque<Part>,
     next_part_key: u32,
@@ -416,6 +418,7 @@ impl Pacer {
             silence_next: false,
             bytes: VecDeque::new(),
             frames: VecDeque::new(),
+            frames_ms: 0,
             parts: VecDeque::new(),
             next_part_key: 0,
             digits: VecDeque::new(),
@@ -464,7 +467,7 @@ impl Pacer {
 
     /// Milliseconds of model audio waiting.
     pub fn queued_ms(&self) -> u64 {
-        self.frames.iter().map(|f| u64::from(f.audio_ms)).sum()
+        self.frames_ms
     }
 
     /// Whether nothing is waiting to be played: no audio and no digit.
@@ -520,6 +523,7 @@ impl Pacer {
         reserve_gently(&mut self.bytes, payload.len(), MIN_GROWTH_BYTES);
         self.bytes.extend(payload);
         reserve_gently(&mut self.frames, 1, MIN_GROWTH_BYTES / 160);
+        self.frames_ms += u64::from(audio_ms);
         self.frames.push_back(Frame {
             part: key,
             // MAX_FRAME_LEN fits in 16 bits.
@@ -546,6 +550,7 @@ impl Pacer {
     pub fn flush(&mut self) -> Vec<FlushedItem> {
         self.stats.flushed_frames += self.frames.len() as u64;
         self.frames.clear();
+        self.frames_ms = 0;
         self.bytes.clear();
         self.shrink();
         self.silence_next = true;
@@ -754,6 +759,9 @@ impl Pacer {
         } else {
             self.frames.pop_front()
         };
+        if let Some(frame) = &frame {
+            self.frames_ms = self.frames_ms.saturating_sub(u64::from(frame.audio_ms));
+        }
         let Some(frame) = frame else {
             let silence = std::mem::take(&mut self.config.silence);
             let pt = self.config.payload_type;

@@ -211,6 +211,9 @@ pub enum DialogEvent {
     /// The media terms of the call are known: at [`UasCall::answer`] when the INVITE had an
     /// offer, at the ACK when it had none.
     MediaNegotiated(Negotiated),
+    /// Our 200 OK to the INVITE went out ([`UasCall::answer`]): the call is answered (the
+    /// media terms come with it, or at the ACK of an offerless INVITE).
+    Answered,
     /// The ACK for our 2xx arrived: the dialog is confirmed.
     Confirmed,
     /// A re-INVITE or UPDATE changed the media terms (hold, resume, new address, new codec).
@@ -694,6 +697,7 @@ impl UasCall {
         extra.extend(self.negotiate_session_timer(now, &invite));
         let response = self.response_with_sdp(&invite, 200, "OK", &extra, &body);
         self.send_final_invite(now, 200, Arc::clone(&response))?;
+        self.events.push_front(DialogEvent::Answered);
         self.local_sdp = Some(body);
         self.start_pending_ack(now, response, invite.cseq().seq, our_offer);
         self.state = CallState::Answered;
@@ -2132,6 +2136,32 @@ pub fn check_offer_acceptable(request: &SipMessage) -> Option<Refusal> {
         });
     }
     None
+}
+
+/// Whether an initial INVITE's SDP offer can be answered with `codecs` (an audio stream with a
+/// codec we take); `None` when it can, or when there is no offer (we offer in our 200).
+/// Otherwise the 488 Not Acceptable Here with the Warning [`UasCall::answer`] would send:
+/// decided before the call is admitted, so an INVITE that will be refused costs no RTP
+/// ports and never opens an upstream session.
+pub fn check_offer_answerable(invite: &SipMessage, codecs: &CodecPrefs) -> Option<Refusal> {
+    let text = sdp_body(invite)?;
+    let error = match sdp::parse(&text) {
+        // A body that is SDP but does not parse: nothing to answer.
+        Err(_) => NegotiationError::NoAudioStream,
+        Ok(offer) => {
+            // Our address and port do not change which stream and codec the answer takes.
+            let placeholder = sdp::LocalMedia::new(std::net::IpAddr::from([0, 0, 0, 0]), 9, 0, 0);
+            match sdp::answer(&offer, &placeholder, codecs) {
+                Ok(_) => return None,
+                Err(error) => error,
+            }
+        }
+    };
+    Some(Refusal {
+        status: 488,
+        reason: "Not Acceptable Here",
+        headers: vec![("Warning", error.warning_header())],
+    })
 }
 
 /// 420 Bad Extension, with `Unsupported`, when the request's Require lists an option tag we do

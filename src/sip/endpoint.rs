@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use super::dialog::{
     Destination, DialogError, DialogEvent, OutOfDialog, SessionTimerConfig, Transmit, UasCall,
-    UasConfig, check_offer_acceptable, respond_out_of_dialog, with_headers,
+    UasConfig, check_offer_acceptable, check_offer_answerable, respond_out_of_dialog, with_headers,
 };
 use super::message::{
     HostPort, ParseError, SipMessage, Uri, Via, build_error_response, build_response, parse,
@@ -596,6 +596,21 @@ impl Endpoint {
         self.command(call, |c| c.reject_with(now, code, reason, retry_after))
     }
 
+    /// Whether `bytes` is a BYE, CANCEL or ACK for a call the endpoint holds (by Call-ID):
+    /// a source the rate limit has banned may still end, cancel or acknowledge the calls it
+    /// already has, so they do not hold their slots until the RTP timeout. The dialog checks
+    /// the tags as for any request; a stranger guessing a Call-ID gains nothing but a 481.
+    pub fn ends_a_live_call(&self, bytes: &[u8]) -> bool {
+        let method_ok = [&b"BYE "[..], b"CANCEL ", b"ACK "]
+            .iter()
+            .any(|m| bytes.starts_with(m));
+        method_ok
+            && parse(bytes).is_ok_and(|message| {
+                matches!(message.method(), Some("BYE" | "CANCEL" | "ACK"))
+                    && self.calls.contains_key(message.call_id())
+            })
+    }
+
     /// The dialog of a call, for inspection.
     pub fn call(&self, call: CallHandle) -> Option<&UasCall> {
         self.slots.get(&call).map(|slot| &slot.call)
@@ -761,7 +776,9 @@ impl Endpoint {
         admission: &mut dyn Admission,
     ) {
         let tag = &stateless_tag;
-        if let Some(refusal) = check_offer_acceptable(invite) {
+        if let Some(refusal) = check_offer_acceptable(invite)
+            .or_else(|| check_offer_answerable(invite, &self.config.codecs))
+        {
             let extra = refusal.headers.clone();
             self.stateless(
                 invite,

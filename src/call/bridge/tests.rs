@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::audio::g711;
 use crate::config::Config;
+use crate::realtime::Dialect;
 use crate::rtp::packet;
 use crate::rtp::playout::{PacerConfig, RtpStart};
 
@@ -56,6 +57,9 @@ struct Sim {
     /// WebSocket events sent, `event_id` removed.
     ws: Vec<Value>,
     events: Vec<BridgeEvent>,
+    /// Items announced to the bridge (`response.output_item.added`), as the service does
+    /// before their audio.
+    announced: std::collections::HashSet<String>,
 }
 
 impl Sim {
@@ -77,6 +81,7 @@ impl Sim {
             timestamps: Vec::new(),
             ws: Vec::new(),
             events: Vec::new(),
+            announced: std::collections::HashSet::new(),
         }
     }
 
@@ -120,6 +125,17 @@ impl Sim {
     }
 
     fn feed(&mut self, value: Value) {
+        let kind = value["type"].as_str().unwrap_or_default();
+        if kind == "response.output_audio.delta" || kind == "response.audio.delta" {
+            let item = value["item_id"].as_str().unwrap_or_default().to_owned();
+            if self.announced.insert(item.clone()) {
+                let added = json!({"type": "response.output_item.added", "event_id": "event_I",
+                    "response_id": value["response_id"], "output_index": 0,
+                    "item": {"id": item, "type": "message", "role": "assistant",
+                             "status": "in_progress", "content": []}});
+                self.bridge.handle_ws_text(self.now, &added.to_string());
+            }
+        }
         self.bridge.handle_ws_text(self.now, &value.to_string());
         self.drain();
     }

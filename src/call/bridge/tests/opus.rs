@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::audio::opus::{EncoderConfig, OpusDecoder, OpusEncoder};
-use crate::realtime::Session;
+use crate::realtime::{Dialect, Session};
 use crate::rtp::playout::OPUS_SILENCE;
 use crate::sip::sdp::{Codec, Direction, Negotiated};
 
