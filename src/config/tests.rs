@@ -648,6 +648,40 @@ fn dtmf_and_answer_timeout_defaults_and_checks() {
 }
 
 #[test]
+fn upstream_stall_timeout_and_max_queued_audio_defaults_and_checks() {
+    let base = "[upstreams.f]\nkind = \"fake\"\n[[routes]]\nprofile = \"p\"\n[profiles.p]\nupstream = \"f\"\n";
+    let c = Config::from_toml(base).unwrap();
+    assert_eq!(c.limits.upstream_stall_timeout, Duration::from_secs(30));
+    assert_eq!(c.limits.max_queued_audio, Duration::from_secs(120));
+    let c = Config::from_toml(&format!(
+        "[limits]\nupstream_stall_timeout = \"10s\"\nmax_queued_audio = \"20s\"\n{base}"
+    ))
+    .unwrap();
+    assert_eq!(c.limits.upstream_stall_timeout, Duration::from_secs(10));
+    assert_eq!(c.limits.max_queued_audio, Duration::from_secs(20));
+    for (key, value, range) in [
+        ("upstream_stall_timeout", "1s", "between 5s and 10m"),
+        ("upstream_stall_timeout", "1h", "between 5s and 10m"),
+        ("max_queued_audio", "1s", "between 5s and 30m"),
+        ("max_queued_audio", "2h", "between 5s and 30m"),
+    ] {
+        let bad = Config::from_toml(&format!("[limits]\n{key} = \"{value}\"\n{base}")).unwrap_err();
+        let text = bad.to_string();
+        assert!(
+            text.contains(&format!("limits.{key}")) && text.contains(range),
+            "{text}"
+        );
+    }
+    // A fake's fault is one of the known kinds.
+    let bad = Config::from_toml(
+        "[upstreams.f]\nkind = \"fake\"\nfault = { kind = \"melt\" }\n[[routes]]\nprofile = \"p\"\n\
+         [profiles.p]\nupstream = \"f\"\n",
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("melt"), "{bad}");
+}
+
+#[test]
 fn accounts_parse_with_defaults_and_are_checked() {
     let base = "[upstreams.f]\nkind = \"fake\"\n[profiles.p]\nupstream = \"f\"\n";
     let c = Config::from_toml(&format!(

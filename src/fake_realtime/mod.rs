@@ -115,7 +115,9 @@ pub struct FakeOptions {
     /// event>}`. "in" lines are client events, stamped when read; "out" lines are the fake's
     /// events, stamped as they are handed to the socket (`unix_us` is for comparison with
     /// packet captures and other processes' clocks). A close frame the fake sends is an "out"
-    /// line with `"close": {"code": .., "reason": ..}` instead of `"event"`. Unless
+    /// line with `"close": {"code": .., "reason": ..}` instead of `"event"`; the client's close
+    /// frame is an "in" line of the same shape (`code` null when the connection ended without
+    /// one). Unless
     /// `record_audio`, the `audio` of `input_audio_buffer.append` and the `delta` of audio
     /// deltas are recorded as `"<N bytes base64>"` (N the base64 text's length) to keep files
     /// small; text that is not JSON is recorded as a string. Lines of one connection are in

@@ -404,7 +404,27 @@ async fn connection(
                 }
                 // The service speaks JSON text frames only; a binary frame is not JSON.
                 Some(Ok(Message::Binary(_))) => session.handle_text(now().0, ""),
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(Message::Close(frame))) => {
+                    if let Some(recorder) = &recorder {
+                        let (code, reason) = frame
+                            .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
+                            .unwrap_or((None, String::new()));
+                        recorder.client_closed(code, &reason).await;
+                    }
+                    return;
+                }
+                Some(Err(error)) => {
+                    if let Some(recorder) = &recorder {
+                        recorder.client_closed(None, &error.to_string()).await;
+                    }
+                    return;
+                }
+                None => {
+                    if let Some(recorder) = &recorder {
+                        recorder.client_closed(None, "connection closed").await;
+                    }
+                    return;
+                }
                 Some(Ok(_)) => {}
             },
             () = sleep_until(deadline) => session.handle_timeout(now().0),
@@ -512,6 +532,20 @@ impl ConnectionRecord {
         let _ = self.lines.send(line).await;
     }
 
+    /// Records the client's close frame (`code`), or the end of a connection without one.
+    async fn client_closed(&self, code: Option<u16>, reason: &str) {
+        let (at, unix_us) = now();
+        let line = record_line(
+            Direction::In,
+            self.connection,
+            at.saturating_duration_since(self.start),
+            unix_us,
+            &RecordedMessage::ClientClose { code, reason },
+            self.full_audio,
+        );
+        let _ = self.lines.send(line).await;
+    }
+
     /// Records a server event or close frame, stamped as it is handed to the socket.
     async fn sent(&self, outgoing: &Outgoing) {
         let (at, unix_us) = now();
@@ -549,11 +583,14 @@ enum RecordedMessage<'a> {
     Text(&'a str),
     /// A close frame the fake sent.
     Close { code: u16, reason: &'a str },
+    /// The client's close frame (`code`), or the connection's end without one (`None`).
+    ClientClose { code: Option<u16>, reason: &'a str },
 }
 
 /// One record line, newline-terminated:
 /// `{"dir": "in"|"out", "t_ms": .., "unix_us": .., "conn": .., "event": ..}`, or with
-/// `"close": {"code": .., "reason": ..}` instead of `"event"` for a close frame the fake sent.
+/// `"close": {"code": .., "reason": ..}` instead of `"event"` for a close frame the fake sent
+/// ("out") or the client sent ("in"; `code` null when the connection ended without one).
 /// Unless `full_audio`, the audio of `input_audio_buffer.append` ("in") and of audio deltas
 /// ("out") is replaced by its size (`"<N bytes base64>"`, N the base64 text's length), so files
 /// stay small; text that is not JSON is recorded as a string.
@@ -585,6 +622,12 @@ fn record_line(
             line.insert("event".into(), event);
         }
         RecordedMessage::Close { code, reason } => {
+            line.insert(
+                "close".into(),
+                serde_json::json!({"code": code, "reason": reason}),
+            );
+        }
+        RecordedMessage::ClientClose { code, reason } => {
             line.insert(
                 "close".into(),
                 serde_json::json!({"code": code, "reason": reason}),

@@ -1518,3 +1518,112 @@ fn options_deserialize_strictly_and_prepare_checks_values() {
     );
     assert!(!shown.contains("sk-secret"), "{shown}");
 }
+
+// ---- fault modes -----------------------------------------------------------------------------
+
+fn faulty(kind: &str, after_ms: u64) -> FakeOptions {
+    serde_json::from_value(json!({
+        "fault": {"kind": kind, "after": format!("{after_ms}ms")}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn stop_reading_stops_reading_at_its_time_and_keeps_talking() {
+    let mut h = Harness::ga(faulty("stop_reading", 5_000));
+    assert!(h.session.is_reading(h.t0));
+    h.send(ga_pcmu());
+    let out = h.run_until(h.t0 + Duration::from_millis(4_999));
+    assert_eq!(count(&out, "rate_limits.updated"), 0);
+    assert!(h.session.is_reading(h.now));
+    // From 5 s on the shell must leave the socket unread, and the fake still sends.
+    let out = h.run_until(h.t0 + Duration::from_millis(9_500));
+    assert!(!h.session.is_reading(h.now));
+    assert_eq!(count(&out, "rate_limits.updated"), 5, "{:?}", kinds(&out));
+}
+
+#[test]
+fn error_every_event_answers_each_client_event_with_a_server_error() {
+    let mut h = Harness::ga(faulty("error_every_event", 1_000));
+    let out = h.send(ga_pcmu());
+    assert_eq!(
+        count(&out, "session.updated"),
+        1,
+        "before the fault: normal"
+    );
+    h.run_until(h.t0 + Duration::from_millis(1_000));
+    for n in 0..3 {
+        let out = h.send(
+            json!({"type": "input_audio_buffer.append", "event_id": format!("a{n}"),
+            "audio": BASE64.encode([0xFFu8; 160])}),
+        );
+        let error = find(&out, "error");
+        assert_eq!(error["error"]["type"], "server_error");
+        assert_eq!(error["error"]["event_id"], format!("a{n}"));
+    }
+    assert!(h.closed.is_none(), "the socket stays open");
+}
+
+#[test]
+fn refuse_session_refuses_the_update_and_keeps_the_socket_open() {
+    let mut h = Harness::ga(faulty("refuse_session", 0));
+    let out = h.send(ga_pcmu());
+    assert_eq!(count(&out, "session.updated"), 0);
+    let error = find(&out, "error");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert_eq!(error["error"]["param"], "session.audio.output.voice");
+    h.run_until(h.t0 + Duration::from_secs(60));
+    assert!(h.closed.is_none());
+}
+
+#[test]
+fn flood_audio_streams_one_second_deltas_without_end_and_a_bounded_queue() {
+    let mut h = Harness::ga(faulty("flood_audio", 2_000));
+    h.send(ga_pcmu());
+    h.run_until(h.t0 + Duration::from_millis(1_990));
+    assert!(h.drain().is_empty());
+    // At 2 s: a response and its item announced, then deltas, never more than a few queued.
+    h.now = h.t0 + Duration::from_millis(2_000);
+    h.session.handle_timeout(h.now);
+    let first = h.drain();
+    assert_eq!(
+        kinds(&first)[..2],
+        ["response.created", "response.output_item.added"]
+    );
+    let mut seconds = count(&first, "response.output_audio.delta");
+    assert!((1..=4).contains(&seconds));
+    for _ in 0..50 {
+        // The shell sent them; the timer is due at once again.
+        assert!(h.session.poll_timeout().is_some_and(|at| at <= h.now));
+        h.session.handle_timeout(h.now);
+        let out = h.drain();
+        let n = count(&out, "response.output_audio.delta");
+        assert!((1..=4).contains(&n), "{n}");
+        seconds += n;
+        let delta = find(&out, "response.output_audio.delta");
+        assert_eq!(
+            BASE64
+                .decode(delta["delta"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            8_000
+        );
+    }
+    assert!(seconds > 50);
+    // A cancel does not stop it.
+    h.send(json!({"type": "response.cancel", "event_id": "c"}));
+    h.session.handle_timeout(h.now);
+    assert!(count(&h.drain(), "response.output_audio.delta") > 0);
+}
+
+#[test]
+fn fault_options_are_checked() {
+    let bad: Result<FakeOptions, _> = serde_json::from_value(json!({"fault": {"kind": "explode"}}));
+    assert!(bad.is_err());
+    let bad: Result<FakeOptions, _> =
+        serde_json::from_value(json!({"fault": {"kind": "stop_reading", "after": "soon"}}));
+    assert!(bad.is_err());
+    let ok: FakeOptions =
+        serde_json::from_value(json!({"fault": {"kind": "flood_audio"}})).unwrap();
+    assert_eq!(ok.fault.unwrap().after, Duration::ZERO);
+}

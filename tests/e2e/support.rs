@@ -119,9 +119,14 @@ pub struct Datagram {
 
 impl Capture {
     pub fn start(dir: &Path, ip: Ipv4Addr, ports: (u16, u16)) -> Self {
+        let filter = format!("udp and host {ip} and portrange {}-{}", ports.0, ports.1);
+        Self::start_filter(dir, &filter)
+    }
+
+    /// A capture of what tcpdump's `filter` selects on `lo`.
+    pub fn start_filter(dir: &Path, filter: &str) -> Self {
         let file = dir.join("rtp.pcap");
         let log = dir.join("tcpdump.log");
-        let filter = format!("udp and host {ip} and portrange {}-{}", ports.0, ports.1);
         let mut child = Command::new("tcpdump")
             // --immediate-mode: each packet to tcpdump at once. Without it libpcap hands packets
             // over in blocks, and the packets of the last, unfinished block are lost at the stop
@@ -139,7 +144,7 @@ impl Capture {
                 "-w",
             ])
             .arg(&file)
-            .arg(&filter)
+            .arg(filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
