@@ -5,8 +5,8 @@
 //! per-call log record is checked too, but only as secondary evidence, after the external
 //! checks.
 //!
-//! Every test has its own SIP port (15061-15069; SIPp on +100) and RTP port range (200 ports
-//! from 22000 up; below the kernel's ephemeral ports, so no client socket takes one) on
+//! Every test has its own SIP port (15061-15070; SIPp on +100) and RTP port range (200 ports
+//! from 21800 up; below the kernel's ephemeral ports, so no client socket takes one) on
 //! 127.0.0.1, so they run in parallel; nothing is sent to any other address.
 //! SIPp, baresip and tcpdump (and root, for the capture) are required: without them a test
 //! fails with what to install, unless `SRB_SKIP_E2E=1`, which skips it with a message.
@@ -20,7 +20,8 @@
 //! | `interrupt_response_false_plays_the_whole_reply` | the caller talking over the reply does not cut it |
 //! | `cancel_while_the_upstream_connects_gets_487` | CANCEL during the upstream connect ends the INVITE with 487 |
 //! | `upstream_401_gets_503_with_retry_after` | a refused upstream becomes 503 + Retry-After |
-//! | `upstream_close_ends_the_call_with_a_reason` | the model side closing (1001) sends BYE with a Reason |
+//! | `upstream_429_passes_its_retry_after_on` | an upstream 429 with Retry-After: 7 becomes 503 with Retry-After: 7 |
+//! | `upstream_close_ends_the_call_with_a_reason` | the model side closing (1001) sends BYE with the session-limit Reason, recorded as upstream_expired |
 //! | `twenty_calls_for_thirty_seconds_lose_no_frame` | load: every caller frame of 20 calls reaches the model |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -743,6 +744,28 @@ fn answer_401(mut stream: TcpStream) {
     let _ = stream.write_all(response.as_bytes());
 }
 
+/// Answers the upgrade request with 429 and a Retry-After of 7 s.
+fn answer_429(mut stream: TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    let body = r#"{"error":{"message":"Rate limit reached for requests","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+    let response = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 7\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+}
+
 fn openai_upstream(port: u16) -> String {
     format!(
         "[upstreams.remote]\nkind = \"openai\"\napi_key_env = \"E2E_API_KEY\"\n\
@@ -814,6 +837,28 @@ fn upstream_401_gets_503_with_retry_after() {
 }
 
 #[test]
+fn upstream_429_passes_its_retry_after_on() {
+    if !tools_present("upstream_429_passes_its_retry_after_on", &[SIPP]) {
+        return;
+    }
+    let (port, accepted, _listener) = stand_in_upstream(answer_429);
+    let mut setup = Setup::new(15070, 21800);
+    setup.upstream = "remote";
+    setup.upstreams = openai_upstream(port);
+    setup.env = vec![("E2E_API_KEY", "sk-e2e-test-key".to_owned())];
+    let bridge = Bridge::start(setup);
+    let run = bridge.sipp("e2e_refused", &["-m", "1"], Duration::from_secs(30));
+    let stopped = bridge.stop();
+    let report = format!("{}\n{}", run.report(), stopped.report());
+    assert!(run.ok(), "SIPp failed\n{report}");
+    assert!(run.actions.contains("503 Retry-After:  7 "), "{report}");
+    assert!(!accepted.lock().unwrap().is_empty(), "{report}");
+    let call = stopped.call_record();
+    assert_eq!(call["end_reason"], "upstream_failed", "{call}");
+    assert_eq!(call["answered"], false, "{call}");
+}
+
+#[test]
 fn upstream_close_ends_the_call_with_a_reason() {
     if !tools_present("upstream_close_ends_the_call_with_a_reason", &[SIPP]) {
         return;
@@ -848,9 +893,12 @@ fn upstream_close_ends_the_call_with_a_reason() {
     assert_eq!(stopped.exit, Some(0), "clean exit on SIGTERM\n{report}");
     let call = stopped.call_record();
     // The session's maximum duration: the daemon names it apart from other closes.
+    assert_eq!(call["end_reason"], "upstream_expired", "{call}");
     assert!(
-        call["end_reason"] == "upstream_expired" || call["end_reason"] == "upstream_closed",
-        "{call}"
+        reason
+            .trim()
+            .starts_with("Q.850;cause=16;text=\"realtime session reached its maximum duration"),
+        "{reason}"
     );
 }
 

@@ -112,3 +112,50 @@ fn a_flooding_source_is_banned_others_are_served_and_invites_obey_the_acl() {
     );
     assert!(log.contains("allow_invite_from: 403"), "{log}");
 }
+
+#[test]
+fn a_banned_source_may_still_end_the_calls_it_has() {
+    let port = free_port();
+    let daemon = Daemon::start(&config(
+        &[&format!("udp:127.0.0.1:{port}")],
+        "[limits]\nrate = { requests_per_second = 1, burst = 5, ban = \"60s\" }\n",
+    ));
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_200(to);
+    // A PBX sets up a call, then bursts past the limit and is banned.
+    let pbx = socket("127.0.0.8");
+    let local = pbx.local_addr().unwrap();
+    let answer = final_response(&pbx, to, &invite("UDP", local, to, "banned-call"));
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    pbx.send_to(ack_for(&answer, local, to, "banned-call", 1).as_bytes(), to)
+        .unwrap();
+    for n in 0..30 {
+        pbx.send_to(options(local, &format!("burst{n}")).as_bytes(), to)
+            .unwrap();
+    }
+    responses(&pbx);
+    pbx.send_to(options(local, "banned").as_bytes(), to)
+        .unwrap();
+    assert!(responses(&pbx).is_empty(), "the source is banned");
+    // Its BYE for the call it has still reaches the call, which ends now, not at the RTP
+    // timeout; the 200 goes back.
+    let tag = common::to_tag(&answer);
+    let bye = format!(
+        "BYE sip:echo@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bKbye1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:caller@{local}>;tag=c1\r\nTo: <sip:echo@{to}>;tag={tag}\r\n\
+         Call-ID: banned-call\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let ok = final_response(&pbx, to, &bye);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    // A request for no call of its own stays dropped.
+    pbx.send_to(bye.replace("banned-call", "someone-else").as_bytes(), to)
+        .unwrap();
+    assert!(
+        responses(&pbx).is_empty(),
+        "a BYE for another Call-ID is dropped"
+    );
+    let (_, log) = daemon.stop();
+    let records: Vec<&str> = log.lines().filter(|l| l.contains("call record")).collect();
+    assert_eq!(records.len(), 1, "{log}");
+    assert!(records[0].contains("end_reason=\"caller_bye\""), "{log}");
+}
