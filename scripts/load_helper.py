@@ -343,7 +343,10 @@ def report(a):
         except json.JSONDecodeError:
             notes.append("unparsable barge_in_reaction_us")
         barge_ins += int(r.get("barge_ins", 0))
-        cin = int(r.get("caller_frames_in", 0))
+        # Frames the upstream was not taking (a stall) never reached the bridge's audio path:
+        # they count as received and lost.
+        unsent = int(r.get("caller_frames_unsent", 0))
+        cin = int(r.get("caller_frames_in", 0)) + unsent
         frames_in += cin
         frames_lost += cin - int(r.get("frames_to_model", 0)) - int(r.get("caller_frames_dropped", 0))
         dropped += int(r.get("caller_frames_dropped", 0))

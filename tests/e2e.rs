@@ -722,8 +722,8 @@ fn never_answer(mut stream: TcpStream) {
     while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
 }
 
-/// Answers the upgrade request with 401 and OpenAI's error body.
-fn answer_401(mut stream: TcpStream) {
+/// Reads the upgrade request and answers `status` (with `headers`) and a JSON `body`.
+fn answer_http(mut stream: TcpStream, status: &str, headers: &str, body: &str) {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -735,35 +735,43 @@ fn answer_401(mut stream: TcpStream) {
             _ => return,
         }
     }
-    let body = r#"{"error":{"message":"Incorrect API key provided: sk-e2e***","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
     let response = format!(
-        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n\
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{headers}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes());
 }
 
+/// Answers the upgrade request with 401 and OpenAI's error body.
+fn answer_401(stream: TcpStream) {
+    let body = r#"{"error":{"message":"Incorrect API key provided: sk-e2e***","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+    answer_http(stream, "401 Unauthorized", "", body);
+}
+
 /// Answers the upgrade request with 429 and a Retry-After of 7 s.
-fn answer_429(mut stream: TcpStream) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut request = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
-            _ => return,
-        }
-    }
+fn answer_429(stream: TcpStream) {
     let body = r#"{"error":{"message":"Rate limit reached for requests","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
-    let response = format!(
-        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 7\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes());
+    answer_http(stream, "429 Too Many Requests", "Retry-After: 7\r\n", body);
+}
+
+/// A call placed at a daemon whose upstream is a stand-in answering with `answer`: SIPp's
+/// run (it expects a 503), what the daemon left, and the stand-in's accept times.
+fn call_a_refusing_upstream(
+    answer: fn(TcpStream),
+    sip_port: u16,
+    rtp_base: u16,
+) -> (SippRun, Stopped, Vec<u64>) {
+    let (port, accepted, _listener) = stand_in_upstream(answer);
+    let mut setup = Setup::new(sip_port, rtp_base);
+    setup.upstream = "remote";
+    setup.upstreams = openai_upstream(port);
+    setup.env = vec![("E2E_API_KEY", "sk-e2e-test-key".to_owned())];
+    let bridge = Bridge::start(setup);
+    let run = bridge.sipp("e2e_refused", &["-m", "1"], Duration::from_secs(30));
+    let stopped = bridge.stop();
+    let accepted = accepted.lock().unwrap().clone();
+    (run, stopped, accepted)
 }
 
 fn openai_upstream(port: u16) -> String {
@@ -811,19 +819,12 @@ fn upstream_401_gets_503_with_retry_after() {
     if !tools_present("upstream_401_gets_503_with_retry_after", &[SIPP]) {
         return;
     }
-    let (port, accepted, _listener) = stand_in_upstream(answer_401);
-    let mut setup = Setup::new(15067, 23400);
-    setup.upstream = "remote";
-    setup.upstreams = openai_upstream(port);
-    setup.env = vec![("E2E_API_KEY", "sk-e2e-test-key".to_owned())];
-    let bridge = Bridge::start(setup);
-    let run = bridge.sipp("e2e_refused", &["-m", "1"], Duration::from_secs(30));
-    let stopped = bridge.stop();
+    let (run, stopped, accepted) = call_a_refusing_upstream(answer_401, 15067, 23400);
     let report = format!("{}\n{}", run.report(), stopped.report());
     assert!(run.ok(), "SIPp failed\n{report}");
-    assert!(run.actions.contains("503 Retry-After: "), "{report}");
+    assert!(run.actions.contains("503 Retry-After:  30 "), "{report}");
     assert!(
-        !accepted.lock().unwrap().is_empty(),
+        !accepted.is_empty(),
         "the bridge never connected to its upstream\n{report}"
     );
     assert!(
@@ -841,18 +842,11 @@ fn upstream_429_passes_its_retry_after_on() {
     if !tools_present("upstream_429_passes_its_retry_after_on", &[SIPP]) {
         return;
     }
-    let (port, accepted, _listener) = stand_in_upstream(answer_429);
-    let mut setup = Setup::new(15070, 21800);
-    setup.upstream = "remote";
-    setup.upstreams = openai_upstream(port);
-    setup.env = vec![("E2E_API_KEY", "sk-e2e-test-key".to_owned())];
-    let bridge = Bridge::start(setup);
-    let run = bridge.sipp("e2e_refused", &["-m", "1"], Duration::from_secs(30));
-    let stopped = bridge.stop();
+    let (run, stopped, accepted) = call_a_refusing_upstream(answer_429, 15070, 21800);
     let report = format!("{}\n{}", run.report(), stopped.report());
     assert!(run.ok(), "SIPp failed\n{report}");
     assert!(run.actions.contains("503 Retry-After:  7 "), "{report}");
-    assert!(!accepted.lock().unwrap().is_empty(), "{report}");
+    assert!(!accepted.is_empty(), "{report}");
     let call = stopped.call_record();
     assert_eq!(call["end_reason"], "upstream_failed", "{call}");
     assert_eq!(call["answered"], false, "{call}");

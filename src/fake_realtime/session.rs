@@ -529,14 +529,7 @@ impl FakeSession {
         self.send("response.created", fields([("response", created)]));
         let item_id = self.fresh_id("item");
         let item = self.assistant_item(&item_id, "in_progress", "");
-        self.send(
-            "response.output_item.added",
-            fields([
-                ("response_id", json!(response_id)),
-                ("output_index", json!(0)),
-                ("item", item.clone()),
-            ]),
-        );
+        self.output_item_added(&response_id, &item);
         let previous = self.last_item_id();
         self.item_added(&item, previous);
         self.push_item(Item {
@@ -874,6 +867,18 @@ impl FakeSession {
         }
     }
 
+    /// Announces a new output item of a response.
+    fn output_item_added(&mut self, response_id: &str, item: &Value) {
+        self.send(
+            "response.output_item.added",
+            fields([
+                ("response_id", json!(response_id)),
+                ("output_index", json!(0)),
+                ("item", item.clone()),
+            ]),
+        );
+    }
+
     /// Stores the finished form of a response's output item and announces it.
     fn output_item_done(&mut self, response_id: &str, item_id: &str, item: &Value) {
         if let Some(stored) = self.find_item(item_id).and_then(|i| self.items.get_mut(i)) {
@@ -1159,14 +1164,7 @@ impl FakeSession {
             "id": item_id, "object": "realtime.item", "type": "function_call",
             "status": "in_progress", "name": step.name, "call_id": call_id, "arguments": "",
         });
-        self.send(
-            "response.output_item.added",
-            fields([
-                ("response_id", json!(response_id)),
-                ("output_index", json!(0)),
-                ("item", item.clone()),
-            ]),
-        );
+        self.output_item_added(&response_id, &item);
         self.item_added(&item, previous.clone());
         self.push_item(Item {
             id: item_id.clone(),
@@ -1325,14 +1323,7 @@ impl FakeSession {
         if let Some(content) = item.get_mut("content") {
             *content = json!([]);
         }
-        self.send(
-            "response.output_item.added",
-            fields([
-                ("response_id", json!(response_id)),
-                ("output_index", json!(0)),
-                ("item", item.clone()),
-            ]),
-        );
+        self.output_item_added(&response_id, &item);
         self.item_added(&item, previous);
         self.push_item(Item {
             id: item_id.clone(),

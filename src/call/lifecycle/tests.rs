@@ -362,16 +362,25 @@ impl Sim {
             .collect()
     }
 
-    /// The model streams `ms_of_audio` ms of G.711 in one delta and finishes.
-    fn model_says(&mut self, ms_of_audio: usize) {
+    /// The model starts `response` with item `item` and streams `audio` in one delta.
+    fn model_streams(&mut self, response: &str, item: &str, audio: &[u8]) {
         self.feed(json!({"type": "response.created", "event_id": "rc",
-            "response": {"id": "resp_9", "status": "in_progress", "output": []}}));
-        self.announce("resp_9", "item_9");
+            "response": {"id": response, "status": "in_progress", "output": []}}));
+        self.announce(response, item);
+        self.delta(response, item, audio);
+    }
+
+    fn delta(&mut self, response: &str, item: &str, audio: &[u8]) {
         self.feed(
-            json!({"type": "response.output_audio.delta", "event_id": "d9",
-            "response_id": "resp_9", "item_id": "item_9", "output_index": 0, "content_index": 0,
-            "delta": BASE64.encode(vec![0x11u8; ms_of_audio * 8])}),
+            json!({"type": "response.output_audio.delta", "event_id": "d",
+            "response_id": response, "item_id": item, "output_index": 0, "content_index": 0,
+            "delta": BASE64.encode(audio)}),
         );
+    }
+
+    /// The model says `ms_of_audio` ms of G.711 in one delta and finishes.
+    fn model_says(&mut self, ms_of_audio: usize) {
+        self.model_streams("resp_9", "item_9", &vec![0x11u8; ms_of_audio * 8]);
         self.feed(
             json!({"type": "response.output_audio.done", "event_id": "ad9",
             "response_id": "resp_9", "item_id": "item_9", "output_index": 0, "content_index": 0}),
@@ -973,14 +982,7 @@ fn caller_frames_reach_the_model_and_model_audio_is_paced_out_with_its_latency()
         sim.appends()
     );
     // 200 ms of model audio in one delta at 400 ms: the first frame leaves at the next slot.
-    sim.feed(json!({"type": "response.created", "event_id": "r1",
-        "response": {"id": "resp_1", "status": "in_progress", "output": []}}));
-    sim.announce("resp_1", "item_A");
-    sim.feed(
-        json!({"type": "response.output_audio.delta", "event_id": "d1",
-        "response_id": "resp_1", "item_id": "item_A", "output_index": 0, "content_index": 0,
-        "delta": BASE64.encode([0x11u8; 1600])}),
-    );
+    sim.model_streams("resp_1", "item_A", &[0x11u8; 1600]);
     sim.run_to(700);
     let record = sim.record();
     assert_eq!(record.model_frames_sent, 10);
@@ -1008,11 +1010,7 @@ fn deltas_for_items_never_announced_are_dropped_and_counted() {
     let mut sim = Sim::answered("");
     sim.feed(json!({"type": "response.created", "event_id": "r1",
         "response": {"id": "resp_1", "status": "in_progress", "output": []}}));
-    sim.feed(
-        json!({"type": "response.output_audio.delta", "event_id": "d1",
-        "response_id": "resp_1", "item_id": "item_ghost", "output_index": 0, "content_index": 0,
-        "delta": BASE64.encode([0x11u8; 1600])}),
-    );
+    sim.delta("resp_1", "item_ghost", &[0x11u8; 1600]);
     sim.run_to(1_000);
     let record = sim.record();
     assert_eq!(record.unknown_item_deltas, 1);
@@ -1027,17 +1025,10 @@ fn deltas_for_items_never_announced_are_dropped_and_counted() {
 #[test]
 fn queued_model_audio_is_capped_and_the_cut_item_is_truncated_at_what_was_played() {
     let mut sim = Sim::answered("");
-    sim.feed(json!({"type": "response.created", "event_id": "r1",
-        "response": {"id": "resp_1", "status": "in_progress", "output": []}}));
-    sim.announce("resp_1", "item_A");
     // A flood: 200 one-second deltas at once, far past the 120 s limit.
-    let second = BASE64.encode([0x11u8; 8_000]);
-    for _ in 0..200 {
-        sim.feed(
-            json!({"type": "response.output_audio.delta", "event_id": "d",
-            "response_id": "resp_1", "item_id": "item_A", "output_index": 0, "content_index": 0,
-            "delta": second}),
-        );
+    sim.model_streams("resp_1", "item_A", &[0x11u8; 8_000]);
+    for _ in 1..200 {
+        sim.delta("resp_1", "item_A", &[0x11u8; 8_000]);
     }
     assert_eq!(sim.call.queued_audio_ms(), 120_000);
     assert!(
@@ -1046,12 +1037,7 @@ fn queued_model_audio_is_capped_and_the_cut_item_is_truncated_at_what_was_played
         sim.call.playout_heap_bytes()
     );
     // One delta of 15 MB decodes no further than the cap allows.
-    let huge = BASE64.encode(vec![0x11u8; 11 * 1024 * 1024]);
-    sim.feed(
-        json!({"type": "response.output_audio.delta", "event_id": "d",
-        "response_id": "resp_1", "item_id": "item_A", "output_index": 0, "content_index": 0,
-        "delta": huge}),
-    );
+    sim.delta("resp_1", "item_A", &vec![0x11u8; 11 * 1024 * 1024]);
     assert_eq!(sim.call.queued_audio_ms(), 120_000);
     let record = sim.record();
     assert_eq!(record.model_audio_dropped_ms, 80_000 + 11 * 1024 * 1024 / 8);
@@ -1092,14 +1078,7 @@ fn queued_model_audio_is_capped_and_the_cut_item_is_truncated_at_what_was_played
 fn a_barge_in_is_reported_as_an_event_with_its_truncate() {
     let mut sim = Sim::answered("");
     sim.run_to(1_000);
-    sim.feed(json!({"type": "response.created", "event_id": "r1",
-        "response": {"id": "resp_1", "status": "in_progress", "output": []}}));
-    sim.announce("resp_1", "item_A");
-    sim.feed(
-        json!({"type": "response.output_audio.delta", "event_id": "d1",
-        "response_id": "resp_1", "item_id": "item_A", "output_index": 0, "content_index": 0,
-        "delta": BASE64.encode([0x11u8; 16_000])}),
-    );
+    sim.model_streams("resp_1", "item_A", &[0x11u8; 16_000]);
     sim.run_to(1_410);
     let sent = sim
         .rtp
