@@ -7,34 +7,45 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFilter, LogFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
-    #[error("RUST_LOG is not a valid log filter: {0}")]
-    BadRustLog(String),
-    #[error("log.level is not a valid log filter: {0}")]
-    BadLevel(String),
     #[error("a logger is already installed")]
     AlreadyInstalled,
 }
 
-/// The filter in force: `rust_log` (the value of `RUST_LOG`) if given, else the configured level.
-pub fn filter(config: &LogConfig, rust_log: Option<&str>) -> Result<EnvFilter, LoggingError> {
-    match rust_log {
-        Some(directives) => EnvFilter::builder()
-            .parse(directives)
-            .map_err(|e| LoggingError::BadRustLog(e.to_string())),
-        None => EnvFilter::builder()
-            .parse(config.level.as_str())
-            .map_err(|e| LoggingError::BadLevel(e.to_string())),
-    }
+/// The filter in force: `rust_log` (the value of `RUST_LOG`) if given and valid, else the
+/// configured level. An invalid `RUST_LOG` (a typo such as `verbose`, which `tracing` alone
+/// would take for a target and so log nothing) never silences the daemon: the configured
+/// level is used, and the second value is the warning to print.
+pub fn filter(config: &LogConfig, rust_log: Option<&str>) -> (EnvFilter, Option<String>) {
+    let configured = config.level.as_str();
+    let (directives, warning) = match rust_log.map(str::parse::<LogFilter>) {
+        None => (configured.to_owned(), None),
+        Some(Ok(filter)) => (filter.as_str().to_owned(), None),
+        Some(Err(reason)) => (
+            configured.to_owned(),
+            Some(format!(
+                "RUST_LOG is ignored: {reason}; logging at log.level = \"{configured}\" instead"
+            )),
+        ),
+    };
+    // Both were checked as log filters; the fallback cannot fail, but is not a panic either.
+    let filter = EnvFilter::builder()
+        .parse(&directives)
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    (filter, warning)
 }
 
-/// Installs the process-wide subscriber.
+/// Installs the process-wide subscriber; a warning about `RUST_LOG` goes to standard error
+/// (before the logger exists) and into the log.
 pub fn init(config: &LogConfig) -> Result<(), LoggingError> {
     let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let filter = filter(config, rust_log.as_deref())?;
+    let (filter, warning) = filter(config, rust_log.as_deref());
+    if let Some(warning) = &warning {
+        eprintln!("warning: {warning}");
+    }
     // Colour only for a person at a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
@@ -50,7 +61,11 @@ pub fn init(config: &LogConfig) -> Result<(), LoggingError> {
             .with_current_span(false)
             .try_init(),
     };
-    installed.map_err(|_| LoggingError::AlreadyInstalled)
+    installed.map_err(|_| LoggingError::AlreadyInstalled)?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -59,21 +74,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rust_log_wins_over_the_configured_level() {
+    fn rust_log_wins_over_the_configured_level_unless_it_is_invalid() {
         let config = LogConfig {
             level: "warn".parse().unwrap(),
             format: LogFormat::Text,
         };
-        assert_eq!(filter(&config, None).unwrap().to_string(), "warn");
+        let (f, warning) = filter(&config, None);
+        assert_eq!((f.to_string(), warning), ("warn".into(), None));
+        let (f, warning) = filter(&config, Some("sip_realtime_bridge=trace"));
         assert_eq!(
-            filter(&config, Some("sip_realtime_bridge=trace"))
-                .unwrap()
-                .to_string(),
-            "sip_realtime_bridge=trace"
+            (f.to_string(), warning),
+            ("sip_realtime_bridge=trace".into(), None)
         );
-        assert!(matches!(
-            filter(&config, Some("x=notalevel")),
-            Err(LoggingError::BadRustLog(_))
-        ));
+        // A typo falls back to the configured level, with a warning that names both.
+        for typo in ["verbose", "x=notalevel"] {
+            let (f, warning) = filter(&config, Some(typo));
+            assert_eq!(f.to_string(), "warn", "{typo}");
+            let warning = warning.unwrap();
+            assert!(warning.starts_with("RUST_LOG is ignored: "), "{warning}");
+            assert!(warning.contains("log.level = \"warn\""), "{warning}");
+        }
     }
 }

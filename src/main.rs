@@ -17,7 +17,7 @@ Exit codes:
   0  success (run: stopped by SIGTERM or SIGINT; check-config: the configuration is valid)
   1  runtime failure (the daemon could not start or stopped on an error)
   2  command-line usage error
-  3  invalid configuration, or a secret it names cannot be read
+  3  invalid configuration, or a secret it names cannot be read (probe too)
   4  probe: the upstream refused the connection or the session settings
 
 Environment:
@@ -135,6 +135,15 @@ fn probe_command(path: &Path, profile: Option<&str>) -> ExitCode {
         profile.upstream,
         upstream.kind()
     );
+    // A key that cannot be read is the configuration's problem (exit 3), not the upstream's.
+    if let Some(Err(error)) = upstream.api_key().map(config::SecretSource::load) {
+        eprintln!(
+            "probe: {label}: FAILED: cannot read the API key (upstreams.{}.{}): {error}",
+            profile.upstream,
+            upstream.api_key_field().unwrap_or("api_key_env")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

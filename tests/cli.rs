@@ -484,3 +484,90 @@ profile = "support"
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("no profile named `missing`"), "{stderr}");
 }
+
+#[test]
+fn check_config_reports_every_problem_with_its_key_and_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = OPENAI_ENV
+        .replace(
+            "[sip]\n",
+            "[log]\nlevel = \"verbose\"\n[limits]\nmax_calls = 0\n[sip]\n",
+        )
+        .replace(
+            "[profiles.support]\n",
+            "[profiles.other]\nupstream = \"nowhere\"\n[profiles.support]\nvoice = 5\n",
+        );
+    let path = write_config(dir.path(), &body);
+    let out = bridge()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    let file = path.display().to_string();
+    for key in [
+        "log.level",
+        "limits.max_calls",
+        "profiles.support.voice",
+        "profiles.other.upstream",
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_else(|| panic!("no line for {key}:\n{stderr}"));
+        assert!(line.contains(&format!("{key} (from {file}): ")), "{line}");
+    }
+    assert!(
+        stderr.contains("`verbose` is not a log level: use trace, debug, info, warn or error"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_invalid_rust_log_falls_back_to_the_level_and_never_silences_the_daemon() {
+    // The port is taken: the daemon must say so even with a RUST_LOG typo.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = OPENAI_ENV.replace(
+        "listen = [\"udp:127.0.0.1:0\"]",
+        &format!("listen = [\"udp:127.0.0.1:{port}\"]\n[admin]\nenabled = false"),
+    );
+    let path = write_config(dir.path(), &body);
+    let out = bridge()
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("TEST_OPENAI_KEY", KEY)
+        .env("RUST_LOG", "verbose")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("warning: RUST_LOG is ignored: `verbose` is not a log level")
+            && stderr.contains("logging at log.level = \"info\" instead"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("ERROR"), "{stderr}");
+    drop(taken);
+}
+
+#[test]
+fn probe_without_its_key_exits_3_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), OPENAI_ENV);
+    let out = bridge()
+        .args(["probe", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("cannot read the API key (upstreams.openai.api_key_env)")
+            && stderr.contains("TEST_OPENAI_KEY"),
+        "{stderr}"
+    );
+}

@@ -509,7 +509,7 @@ impl UpstreamConfig {
     }
 
     /// The key path of the secret's source, for messages (`api_key_env` or `api_key_file`).
-    fn api_key_field(&self) -> Option<&'static str> {
+    pub fn api_key_field(&self) -> Option<&'static str> {
         self.api_key().map(|s| match s {
             SecretSource::Env(_) => "api_key_env",
             SecretSource::File(_) => "api_key_file",
@@ -556,7 +556,7 @@ pub struct OpenAiUpstream {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOpenAiUpstream {
-    url: Option<ServiceUrl>,
+    url: Option<String>,
     #[serde(default = "default_openai_model")]
     model: String,
     api_key_env: Option<EnvVarName>,
@@ -575,7 +575,11 @@ impl TryFrom<RawOpenAiUpstream> for OpenAiUpstream {
         let (api_key, connect_timeout) =
             key_and_timeout(raw.api_key_env, raw.api_key_file, raw.connect_timeout)?;
         Ok(Self {
-            url: raw.url,
+            url: raw
+                .url
+                .as_deref()
+                .map(|u| service_url("url", u))
+                .transpose()?,
             model: non_empty("model", raw.model)?,
             api_key,
             connect_timeout,
@@ -597,7 +601,7 @@ pub struct AzureUpstream {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAzureUpstream {
-    endpoint: ServiceUrl,
+    endpoint: String,
     deployment: String,
     api_key_env: Option<EnvVarName>,
     api_key_file: Option<PathBuf>,
@@ -611,7 +615,7 @@ impl TryFrom<RawAzureUpstream> for AzureUpstream {
         let (api_key, connect_timeout) =
             key_and_timeout(raw.api_key_env, raw.api_key_file, raw.connect_timeout)?;
         Ok(Self {
-            endpoint: raw.endpoint,
+            endpoint: azure_endpoint(raw.endpoint, "/openai/v1/realtime?model=DEPLOYMENT")?,
             deployment: non_empty("deployment", raw.deployment)?,
             api_key,
             connect_timeout,
@@ -632,7 +636,7 @@ pub struct AzurePreviewUpstream {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAzurePreviewUpstream {
-    endpoint: ServiceUrl,
+    endpoint: String,
     deployment: String,
     #[serde(default = "default_azure_preview_api_version")]
     api_version: String,
@@ -652,13 +656,40 @@ impl TryFrom<RawAzurePreviewUpstream> for AzurePreviewUpstream {
         let (api_key, connect_timeout) =
             key_and_timeout(raw.api_key_env, raw.api_key_file, raw.connect_timeout)?;
         Ok(Self {
-            endpoint: raw.endpoint,
+            endpoint: azure_endpoint(
+                raw.endpoint,
+                "/openai/realtime?api-version=VERSION&deployment=DEPLOYMENT",
+            )?,
             deployment: non_empty("deployment", raw.deployment)?,
             api_version: non_empty("api_version", raw.api_version)?,
             api_key,
             connect_timeout,
         })
     }
+}
+
+/// An Azure resource's endpoint is the URL's start only: the bridge adds the path and query
+/// (`adds`). A pasted target URI (`.../openai/v1/realtime?model=...`) would be doubled.
+/// A URL key of an upstream, its problem prefixed with the key: errors inside a tagged table
+/// are reported at the table.
+fn service_url(key: &str, value: &str) -> Result<ServiceUrl, String> {
+    value.parse().map_err(|reason| format!("{key}: {reason}"))
+}
+
+fn azure_endpoint(endpoint: String, adds: &str) -> Result<ServiceUrl, String> {
+    let endpoint = service_url("endpoint", &endpoint)?;
+    let url = endpoint.url();
+    if (url.path().is_empty() || url.path() == "/") && url.query().is_none() {
+        return Ok(endpoint);
+    }
+    let origin = url
+        .origin()
+        .ascii_serialization()
+        .replacen("wss://", "https://", 1);
+    Err(format!(
+        "endpoint `{url}` has a path or query: give the resource's endpoint only, such as \
+         `{origin}` (the bridge adds {adds}; put the deployment name in `deployment`)"
+    ))
 }
 
 /// The built-in fake realtime server: its keys are [`FakeOptions`]' (reply, speed, tool
@@ -1389,11 +1420,125 @@ impl Config {
         Self::from_figment(Figment::new().merge(Toml::string(toml)))
     }
 
+    /// Extracts every table on its own (each section, each upstream, profile and route), so
+    /// that one bad value does not hide the problems of the other tables: serde stops at the
+    /// first error of what it deserializes, so within one table the first problem is reported.
+    /// Cross-references are checked on what parsed, leaving out references to tables that did
+    /// not (they are reported already).
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let config: Self = figment.extract().map_err(|e| {
-            ConfigError::Invalid(e.into_iter().map(|e| invalid_from_figment(&e)).collect())
-        })?;
-        let problems = config.cross_check();
+        let all = |e: figment::Error| e.into_iter().map(|e| invalid_from_figment(&e, None));
+        // Syntax errors (and a document that is not a table) stop here: nothing else is known.
+        let top: BTreeMap<String, figment::value::Value> = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(all(e).collect()))?;
+        let mut problems: Vec<Invalid> = Vec::new();
+        for key in top.keys() {
+            if !TABLES.contains(&key.as_str()) {
+                problems.push(Invalid {
+                    key: key.clone(),
+                    origin: value_origin(&figment, key),
+                    problem: Problem::Value(format!(
+                        "unknown key (expected one of: {})",
+                        TABLES.join(", ")
+                    )),
+                });
+            }
+        }
+        fn table<T: Default + for<'de> Deserialize<'de>>(
+            figment: &Figment,
+            top: &BTreeMap<String, figment::value::Value>,
+            key: &str,
+            problems: &mut Vec<Invalid>,
+        ) -> Option<T> {
+            if !top.contains_key(key) {
+                return Some(T::default());
+            }
+            match extract_at::<T>(figment, key, None) {
+                Ok(value) => Some(value),
+                Err(found) => {
+                    problems.extend(found);
+                    None
+                }
+            }
+        }
+        let mut config = Config {
+            log: table(&figment, &top, "log", &mut problems).unwrap_or_default(),
+            sip: table(&figment, &top, "sip", &mut problems).unwrap_or_default(),
+            rtp: table(&figment, &top, "rtp", &mut problems).unwrap_or_default(),
+            limits: table(&figment, &top, "limits", &mut problems).unwrap_or_default(),
+            admin: table(&figment, &top, "admin", &mut problems).unwrap_or_default(),
+            ..Config::default()
+        };
+        // Names of the upstreams and profiles that did not parse: references to them are not
+        // reported again.
+        let mut failed: Vec<String> = Vec::new();
+        let upstreams: BTreeMap<String, figment::value::Value> =
+            table(&figment, &top, "upstreams", &mut problems).unwrap_or_default();
+        for name in upstreams.keys() {
+            match named::<UpstreamConfig>(&figment, "upstreams", name) {
+                Ok((name, upstream)) => {
+                    config.upstreams.insert(name, upstream);
+                }
+                Err(found) => {
+                    problems.extend(found);
+                    failed.push(name.clone());
+                }
+            }
+        }
+        let profiles: BTreeMap<String, figment::value::Value> =
+            table(&figment, &top, "profiles", &mut problems).unwrap_or_default();
+        for name in profiles.keys() {
+            match named::<ProfileConfig>(&figment, "profiles", name) {
+                Ok((name, profile)) => {
+                    config.profiles.insert(name, profile);
+                }
+                Err(found) => {
+                    problems.extend(found);
+                    failed.push(name.clone());
+                }
+            }
+        }
+        // A list, which figment cannot focus on: its entries are deserialized one by one.
+        let routes = match top.contains_key("routes") {
+            false => Some(Vec::new()),
+            true => match figment.extract_inner::<Vec<figment::value::Value>>("routes") {
+                Ok(routes) => Some(routes),
+                Err(e) => {
+                    problems.extend(e.into_iter().map(|e| invalid_from_figment(&e, None)));
+                    None
+                }
+            },
+        };
+        let mut routes_failed = routes.is_none();
+        for (i, route) in routes.iter().flatten().enumerate() {
+            match RouteConfig::deserialize(route) {
+                Ok(route) => config.routes.push(route),
+                Err(e) => {
+                    routes_failed = true;
+                    let origin = figment.get_metadata(route.tag()).map(metadata_origin);
+                    problems.extend(e.into_iter().map(|e| {
+                        let mut invalid = invalid_from_figment(&e, origin.clone());
+                        invalid.key = if invalid.key == "(document)" {
+                            format!("routes.{i}")
+                        } else {
+                            format!("routes.{i}.{}", invalid.key)
+                        };
+                        invalid
+                    }));
+                }
+            }
+        }
+        let checked = config.cross_check().into_iter().map(|mut p| {
+            p.origin = p.origin.or_else(|| value_origin(&figment, &p.key));
+            p
+        });
+        problems.extend(checked.filter(|p| {
+            let unknown_failed = matches!(&p.problem, Problem::UnknownReference { name, .. }
+                if failed.contains(name));
+            // Route indexes shift when a route is left out: its cross-checks wait for it.
+            let route_check = routes_failed && p.key.starts_with("routes");
+            !unknown_failed && !route_check
+        }));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -1830,8 +1975,96 @@ impl Config {
     }
 }
 
-/// Turns one figment error into a problem with a full key path and its origin.
-fn invalid_from_figment(e: &figment::Error) -> Invalid {
+/// The configuration's top-level tables.
+const TABLES: [&str; 8] = [
+    "log",
+    "sip",
+    "rtp",
+    "limits",
+    "admin",
+    "upstreams",
+    "profiles",
+    "routes",
+];
+
+/// One entry of a table of named entries (`upstreams.NAME`, `profiles.NAME`): its name checked,
+/// its value extracted on its own.
+fn named<T: for<'de> Deserialize<'de>>(
+    figment: &Figment,
+    table: &str,
+    name: &str,
+) -> Result<(Name, T), Vec<Invalid>> {
+    let key = format!("{table}.{name}");
+    let name: Name = name.parse().map_err(|reason| {
+        vec![Invalid {
+            key: key.clone(),
+            origin: None,
+            problem: Problem::Value(reason),
+        }]
+    })?;
+    // Errors inside tagged tables (`kind = ...`) carry no origin: the entry's is theirs.
+    let origin = value_origin(figment, &key);
+    extract_at::<T>(figment, &key, origin).map(|value| (name, value))
+}
+
+/// The table at the dotted `key`, extracted on its own, with error paths from the document's
+/// root. (figment's `extract_inner` appends the key to an error's path instead of putting it
+/// first, so this focuses on the table and prepends the key itself.)
+fn extract_at<T: for<'de> Deserialize<'de>>(
+    figment: &Figment,
+    key: &str,
+    origin: Option<String>,
+) -> Result<T, Vec<Invalid>> {
+    figment.focus(key).extract::<T>().map_err(|e| {
+        e.into_iter()
+            .map(|mut e| {
+                let mut path: Vec<String> = key.split('.').map(str::to_owned).collect();
+                path.append(&mut e.path);
+                e.path = path;
+                invalid_from_figment(&e, origin.clone())
+            })
+            .collect()
+    })
+}
+
+/// serde names the Rust type a value did not fit ("expected internally tagged enum FakeReply",
+/// "expected enum Matcher"): say what the key takes instead.
+fn without_rust_types(text: &str) -> String {
+    let Some(at) = text.find("expected ").map(|at| at + "expected ".len()) else {
+        return text.to_owned();
+    };
+    let (before, wanted) = text.split_at(at);
+    let form = match wanted {
+        "enum Matcher" => "{ prefix = \"+4930\" } or { regex = \"^\\\\+4930\" }",
+        w if w.starts_with("internally tagged enum") => {
+            "a table with its kind, such as { kind = \"...\" } or { type = \"...\" } \
+             (conf/bridge.toml shows this key's forms)"
+        }
+        w if w.starts_with("enum ") => "one of this key's forms (conf/bridge.toml shows them)",
+        _ => return text.to_owned(),
+    };
+    format!("{before}{form}")
+}
+
+/// Where the value at the dotted `key` came from; for a key into a list (`routes[2].profile`),
+/// where the list came from.
+fn value_origin(figment: &Figment, key: &str) -> Option<String> {
+    let key = key.split('[').next().unwrap_or(key);
+    let value = figment.find_value(key).ok()?;
+    figment.get_metadata(value.tag()).map(metadata_origin)
+}
+
+/// Where a value came from, as the operator would name it.
+fn metadata_origin(md: &figment::Metadata) -> String {
+    match &md.source {
+        Some(source) => source.to_string(),
+        None => md.name.to_string(),
+    }
+}
+
+/// Turns one figment error into a problem with a full key path and its origin (`origin` when
+/// the error itself carries none: values deserialized outside figment, such as a route).
+fn invalid_from_figment(e: &figment::Error, origin: Option<String>) -> Invalid {
     use figment::error::Kind;
     let mut path = e.path.clone();
     // serde reports a missing field at its parent, and inside internally tagged tables
@@ -1850,24 +2083,25 @@ fn invalid_from_figment(e: &figment::Error) -> Invalid {
             path.push(field.to_string());
             "required key is missing".to_owned()
         }
-        other => other.to_string(),
+        other => without_rust_types(&other.to_string()),
     };
     let key = if path.is_empty() {
         "(document)".to_owned()
     } else {
         path.join(".")
     };
-    let origin = e.metadata.as_ref().map(|md| {
-        if md.name.contains("environment") {
-            let upper: Vec<String> = e.path.iter().map(|k| k.to_ascii_uppercase()).collect();
-            format!("environment variable {ENV_PREFIX}{}", upper.join("__"))
-        } else {
-            match &md.source {
-                Some(source) => source.to_string(),
-                None => md.name.to_string(),
+    let origin = e
+        .metadata
+        .as_ref()
+        .map(|md| {
+            if md.name.contains("environment") {
+                let upper: Vec<String> = e.path.iter().map(|k| k.to_ascii_uppercase()).collect();
+                format!("environment variable {ENV_PREFIX}{}", upper.join("__"))
+            } else {
+                metadata_origin(md)
             }
-        }
-    });
+        })
+        .or(origin);
     Invalid {
         key,
         origin,

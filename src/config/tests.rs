@@ -1189,3 +1189,139 @@ fn admin_defaults_to_loopback_9091_and_is_checked() {
     ))
     .unwrap();
 }
+
+#[test]
+fn every_table_with_a_problem_is_reported_at_once() {
+    let p = problems(
+        r#"
+[log]
+level = "verbose"
+
+[limits]
+max_calls = "ten"
+
+[upstreams.local]
+kind = "fake"
+
+[upstreams.broken]
+kind = "openai"
+api_key_env = "OPENAI_API_KEY"
+model = 5
+
+[profiles.echo]
+upstream = "local"
+voice = 7
+
+[profiles.good]
+upstream = "nowhere"
+
+[[routes]]
+profile = "echo"
+
+[[routes]]
+dialed = 5
+profile = "good"
+
+[extra]
+x = 1
+"#,
+    );
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "extra",
+        "log.level",
+        "limits.max_calls",
+        // Inside a tagged table (`kind = ...`) serde's errors stop at the table.
+        "upstreams.broken",
+        "profiles.echo.voice",
+        "profiles.good.upstream",
+        "routes.1.dialed",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {p:#?}");
+    }
+    // The route to the profile that did not parse is not reported as a second problem.
+    assert!(
+        !p.iter()
+            .any(|p| p.problem.to_string().contains("no profile named `echo`")),
+        "{p:#?}"
+    );
+    assert_eq!(p.len(), 7, "{p:#?}");
+    // Each names where it came from.
+    assert!(p.iter().all(|p| p.to_string().contains("(from ")), "{p:#?}");
+}
+
+#[test]
+fn messages_name_the_fix_not_a_rust_type() {
+    // A bare reply kind is the table it names.
+    let c =
+        Config::from_toml(&MINIMAL.replace("kind = \"fake\"", "kind = \"fake\"\nreply = \"tone\""))
+            .unwrap();
+    let UpstreamConfig::Fake(f) = &c.upstreams[&"local".parse::<Name>().unwrap()] else {
+        panic!("fake")
+    };
+    assert!(matches!(
+        f.options.reply,
+        crate::fake_realtime::FakeReply::Tone {
+            frequency_hz: 440,
+            ..
+        }
+    ));
+    for (reply, says) in [
+        ("\"file\"", "reply = { kind = \"file\", path = "),
+        ("\"beep\"", "unknown reply `beep`"),
+        ("5", "\"echo\", { kind = \"tone\""),
+    ] {
+        let (key, message) = only_problem(&MINIMAL.replace(
+            "kind = \"fake\"",
+            &format!("kind = \"fake\"\nreply = {reply}"),
+        ));
+        assert!(key.starts_with("upstreams.local"), "{key}: {message}");
+        assert!(message.contains(says), "{reply}: {message}");
+        assert!(!message.contains("FakeReply"), "{message}");
+    }
+    // Another tagged table given as a string: the message shows the table form.
+    let (key, message) = only_problem(&format!(
+        "{MINIMAL}\n[profiles.other]\nupstream = \"local\"\nturn_detection = \"server_vad\"\n"
+    ));
+    assert_eq!(key, "profiles.other.turn_detection");
+    assert!(!message.contains("enum"), "{message}");
+    assert!(message.contains("{ type = \"...\" }"), "{message}");
+
+    let azure = |endpoint: &str| {
+        only_problem(&format!(
+            "[upstreams.az]\nkind = \"azure\"\nendpoint = \"{endpoint}\"\ndeployment = \"d\"\n\
+             api_key_env = \"AZURE_OPENAI_API_KEY\"\n[profiles.p]\nupstream = \"az\"\n\
+             [[routes]]\nprofile = \"p\"\n"
+        ))
+    };
+    let (key, message) = azure("myres.openai.azure.com");
+    assert_eq!(key, "upstreams.az");
+    assert!(message.starts_with("endpoint: "), "{message}");
+    assert!(
+        message.contains("write it with https://")
+            && message.contains("`https://myres.openai.azure.com`"),
+        "{message}"
+    );
+    let (_, message) = azure("http://myres.openai.azure.com");
+    assert!(message.contains("plain http://"), "{message}");
+    let (key, message) =
+        azure("https://myres.openai.azure.com/openai/v1/realtime?model=gpt-realtime");
+    assert!(key.starts_with("upstreams.az"), "{key}");
+    assert!(
+        message.contains("such as `https://myres.openai.azure.com`")
+            && message.contains("/openai/v1/realtime?model=DEPLOYMENT"),
+        "{message}"
+    );
+    // The endpoint as the portal shows it (with or without the slash) is fine.
+    for ok in [
+        "https://myres.openai.azure.com",
+        "https://myres.openai.azure.com/",
+    ] {
+        Config::from_toml(&format!(
+            "[upstreams.az]\nkind = \"azure\"\nendpoint = \"{ok}\"\ndeployment = \"d\"\n\
+             api_key_env = \"AZURE_OPENAI_API_KEY\"\n[profiles.p]\nupstream = \"az\"\n\
+             [[routes]]\nprofile = \"p\"\n"
+        ))
+        .unwrap();
+    }
+}

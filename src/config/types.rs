@@ -232,13 +232,56 @@ impl Default for LogFilter {
     }
 }
 
+/// The levels a log filter names, and the spelling each is written in.
+fn log_level(word: &str) -> Option<&'static str> {
+    match word.to_ascii_lowercase().as_str() {
+        "trace" => Some("trace"),
+        "debug" => Some("debug"),
+        "info" => Some("info"),
+        "warn" | "warning" => Some("warn"),
+        "error" => Some("error"),
+        "off" => Some("off"),
+        _ => None,
+    }
+}
+
+/// A level (`trace`, `debug`, `info`, `warn` (or `warning`), `error`, `off`) or a list of
+/// `TARGET=LEVEL` directives and one level (`sip_realtime_bridge=debug,info`). Stricter than
+/// `tracing`'s filter syntax on purpose: there a bare word such as `verbose` is a *target*, so
+/// the filter is valid and lets nothing through; here it is an error that names the levels.
 impl FromStr for LogFilter {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        const HINT: &str = "use trace, debug, info, warn or error, or TARGET=LEVEL directives \
+                            such as `sip_realtime_bridge=debug,info`";
+        let mut directives = Vec::new();
+        for directive in s.split(',').map(str::trim) {
+            let normalized = match directive.rsplit_once('=') {
+                // Span and field filters (`target[span{field}]=level`) are tracing's own.
+                _ if directive.contains('[') => directive.to_owned(),
+                None => log_level(directive)
+                    .ok_or_else(|| {
+                        if directive.is_empty() {
+                            format!("`{s}` has an empty directive: {HINT}")
+                        } else {
+                            format!("`{directive}` is not a log level: {HINT}")
+                        }
+                    })?
+                    .to_owned(),
+                Some((target, level)) => match log_level(level.trim()) {
+                    Some(level) if !target.trim().is_empty() => {
+                        format!("{}={level}", target.trim())
+                    }
+                    _ => return Err(format!("`{directive}` is not TARGET=LEVEL: {HINT}")),
+                },
+            };
+            directives.push(normalized);
+        }
+        let filter = directives.join(",");
         tracing_subscriber::EnvFilter::builder()
-            .parse(s)
-            .map(|_| Self(s.to_owned()))
-            .map_err(|e| format!("`{s}` is not a log filter ({e}); try `info` or `sip_realtime_bridge=debug,info`"))
+            .parse(&filter)
+            .map(|_| Self(filter))
+            .map_err(|e| format!("`{s}` is not a log filter ({e}): {HINT}"))
     }
 }
 deserialize_from_str!(LogFilter, "a log filter such as `info`");
@@ -263,7 +306,13 @@ impl fmt::Display for ServiceUrl {
 impl FromStr for ServiceUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let mut url = url::Url::parse(s).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+        let mut url = url::Url::parse(s).map_err(|e| match e {
+            url::ParseError::RelativeUrlWithoutBase => format!(
+                "`{s}` is not a URL: it has no scheme; write it with https:// (or wss://), \
+                 such as `https://{s}`"
+            ),
+            e => format!("`{s}` is not a URL: {e}"),
+        })?;
         if !url.username().is_empty() || url.password().is_some() {
             return Err("put credentials in api_key_env or api_key_file, not in the URL".into());
         }
@@ -281,10 +330,10 @@ impl FromStr for ServiceUrl {
         let secure = match url.scheme() {
             "wss" | "https" => true,
             "ws" | "http" if loopback => false,
-            "ws" | "http" => {
+            plain @ ("ws" | "http") => {
                 return Err(format!(
-                    "`{s}`: plain ws:// is allowed only to a loopback IP address (127.0.0.1, \
-                     [::1]); use wss://"
+                    "`{s}`: plain {plain}:// (no TLS) is allowed only to a loopback IP address \
+                     (127.0.0.1, [::1]); use https:// or wss://"
                 ));
             }
             other => {
@@ -711,6 +760,24 @@ mod tests {
                 .parse::<LogFilter>()
                 .is_ok()
         );
-        assert!("loud=".parse::<LogFilter>().is_err() || "[[".parse::<LogFilter>().is_err());
+        // `warning` is read as `warn`, in directives too, and levels in any case.
+        assert_eq!("warning".parse::<LogFilter>().unwrap().as_str(), "warn");
+        assert_eq!(
+            "sip_realtime_bridge=WARNING,Info"
+                .parse::<LogFilter>()
+                .unwrap()
+                .as_str(),
+            "sip_realtime_bridge=warn,info"
+        );
+        // A bare word is a target to tracing (valid, and silent): here it is refused.
+        let error = "verbose".parse::<LogFilter>().unwrap_err();
+        assert!(error.contains("`verbose` is not a log level"), "{error}");
+        assert!(
+            error.contains("trace, debug, info, warn or error"),
+            "{error}"
+        );
+        for bad in ["", "info,", "loud=", "=debug", "x=notalevel"] {
+            assert!(bad.parse::<LogFilter>().is_err(), "{bad:?}");
+        }
     }
 }

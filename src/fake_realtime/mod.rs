@@ -83,6 +83,8 @@ impl FakeDialect {
 #[serde(deny_unknown_fields, default)]
 pub struct FakeOptions {
     /// What the assistant "says": the caller's last turn (`echo`, the default), a tone, or a file.
+    /// A table (`{ kind = "tone", frequency_hz = 440 }`), or the bare kind `"echo"` / `"tone"`.
+    #[serde(deserialize_with = "reply_table_or_kind")]
     pub reply: FakeReply,
     /// Text streamed as transcript deltas alongside each audio reply. Default: none (the
     /// transcript events are then sent with an empty transcript).
@@ -250,6 +252,41 @@ pub enum FakeReply {
         #[serde(skip)]
         pcm: Option<Arc<Vec<i16>>>,
     },
+}
+
+/// `reply` as a table, or as the bare name of a kind that needs no other keys: `"echo"` is
+/// `{ kind = "echo" }`. Anything else is an error that shows the table form.
+fn reply_table_or_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FakeReply, D::Error> {
+    struct Reply;
+    impl<'de> serde::de::Visitor<'de> for Reply {
+        type Value = FakeReply;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(
+                "a reply: \"echo\", { kind = \"tone\", frequency_hz = 440, duration_ms = 1500 } \
+                 or { kind = \"file\", path = \"/path/reply.wav\" }",
+            )
+        }
+        fn visit_str<E: serde::de::Error>(self, kind: &str) -> Result<FakeReply, E> {
+            match kind {
+                "echo" => Ok(FakeReply::Echo),
+                "tone" => Ok(FakeReply::Tone {
+                    frequency_hz: default_tone_hz(),
+                    duration_ms: default_tone_ms(),
+                }),
+                "file" => Err(E::custom(
+                    "a file reply needs its path: reply = { kind = \"file\", path = \"/path/reply.wav\" }",
+                )),
+                other => Err(E::custom(format!(
+                    "unknown reply `{other}`: use \"echo\", \"tone\" or \
+                     {{ kind = \"file\", path = \"/path/reply.wav\" }}"
+                ))),
+            }
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FakeReply, A::Error> {
+            FakeReply::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Reply)
 }
 
 fn default_tone_hz() -> u32 {
