@@ -50,7 +50,7 @@ profile = "support"
 
 #[test]
 fn shipped_configurations_check_clean() {
-    for file in ["conf/demo.toml", "conf/bridge.toml"] {
+    for file in ["conf/demo.toml", "conf/bridge.toml", "conf/example.toml"] {
         let out = bridge()
             .args(["check-config", "--config"])
             .arg(repo(file))
@@ -570,4 +570,34 @@ fn probe_without_its_key_exits_3_and_names_the_key() {
             && stderr.contains("TEST_OPENAI_KEY"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_example_configuration_starts_with_only_the_openai_key() {
+    // As installed, but on a loopback port of its own (the host may run a PBX on 5060).
+    let mut cmd = bridge();
+    cmd.args(["run", "--config"])
+        .arg(repo("conf/example.toml"))
+        .env("OPENAI_API_KEY", KEY)
+        .env(
+            "SRB_SIP__LISTEN",
+            r#"["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]"#,
+        )
+        .env("SRB_ADMIN__ENABLED", "false");
+    let (code, log) = run_until_ready_then_term(&mut cmd);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+    assert!(log.contains("upstreams: openai (openai)"), "{log}");
+
+    // Without the key it does not start, and says which key is missing.
+    let out = bridge()
+        .args(["run", "--config"])
+        .arg(repo("conf/example.toml"))
+        .env("SRB_SIP__LISTEN", r#"["udp:127.0.0.1:0"]"#)
+        .env("SRB_ADMIN__ENABLED", "false")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stderr.contains("OPENAI_API_KEY"), "{stderr}");
 }
