@@ -124,3 +124,23 @@ fn unit_waits_for_readiness_and_arms_the_watchdog() {
     }
     assert!(!text.contains("Type=exec"));
 }
+
+/// The package's unit (debian/, installed by `cargo deb`) is the shipped unit with the
+/// package's binary path: one unit, kept in step.
+#[test]
+fn the_package_unit_is_the_shipped_unit_with_usr_bin() {
+    let packaged = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("debian")
+            .join(UNIT),
+    )
+    .unwrap();
+    let shipped = unit_text();
+    assert!(shipped.contains("ExecStart=/usr/local/bin/sip-realtime-bridge run"));
+    assert_eq!(
+        packaged,
+        shipped.replace("/usr/local/bin/", "/usr/bin/"),
+        "debian/{UNIT} must be systemd/{UNIT} with /usr/bin paths: \
+         sed 's#/usr/local/bin/#/usr/bin/#g' systemd/{UNIT} > debian/{UNIT}"
+    );
+}
