@@ -1461,6 +1461,30 @@ impl Config {
                 }
             }
         }
+        // Each named entry on its own; the names of those that did not parse go to `failed`.
+        fn entries<T: for<'de> Deserialize<'de>>(
+            figment: &Figment,
+            top: &BTreeMap<String, figment::value::Value>,
+            key: &str,
+            problems: &mut Vec<Invalid>,
+            failed: &mut Vec<String>,
+        ) -> BTreeMap<Name, T> {
+            let names: BTreeMap<String, figment::value::Value> =
+                table(figment, top, key, problems).unwrap_or_default();
+            let mut parsed = BTreeMap::new();
+            for name in names.into_keys() {
+                match named(figment, key, &name) {
+                    Ok((name, entry)) => {
+                        parsed.insert(name, entry);
+                    }
+                    Err(found) => {
+                        problems.extend(found);
+                        failed.push(name);
+                    }
+                }
+            }
+            parsed
+        }
         let mut config = Config {
             log: table(&figment, &top, "log", &mut problems).unwrap_or_default(),
             sip: table(&figment, &top, "sip", &mut problems).unwrap_or_default(),
@@ -1472,32 +1496,8 @@ impl Config {
         // Names of the upstreams and profiles that did not parse: references to them are not
         // reported again.
         let mut failed: Vec<String> = Vec::new();
-        let upstreams: BTreeMap<String, figment::value::Value> =
-            table(&figment, &top, "upstreams", &mut problems).unwrap_or_default();
-        for name in upstreams.keys() {
-            match named::<UpstreamConfig>(&figment, "upstreams", name) {
-                Ok((name, upstream)) => {
-                    config.upstreams.insert(name, upstream);
-                }
-                Err(found) => {
-                    problems.extend(found);
-                    failed.push(name.clone());
-                }
-            }
-        }
-        let profiles: BTreeMap<String, figment::value::Value> =
-            table(&figment, &top, "profiles", &mut problems).unwrap_or_default();
-        for name in profiles.keys() {
-            match named::<ProfileConfig>(&figment, "profiles", name) {
-                Ok((name, profile)) => {
-                    config.profiles.insert(name, profile);
-                }
-                Err(found) => {
-                    problems.extend(found);
-                    failed.push(name.clone());
-                }
-            }
-        }
+        config.upstreams = entries(&figment, &top, "upstreams", &mut problems, &mut failed);
+        config.profiles = entries(&figment, &top, "profiles", &mut problems, &mut failed);
         // A list, which figment cannot focus on: its entries are deserialized one by one.
         let routes = match top.contains_key("routes") {
             false => Some(Vec::new()),
