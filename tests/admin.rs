@@ -1,6 +1,8 @@
 //! The admin endpoint against the running daemon: a call placed over UDP shows in /metrics
 //! (parsed here with a small Prometheus text parser), /health and /ready answer, and /ready
-//! turns 503 while the daemon drains a live call after SIGTERM. Loopback only.
+//! turns 503 while the daemon drains a live call after SIGTERM. Loopback only: SIP on port 0
+//! (the port read from the daemon's log), the admin endpoint on a port found free at run time
+//! and confirmed by the daemon's `admin endpoint listening` line before the test talks to it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -107,12 +109,28 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A daemon with its admin endpoint on a port found free, and the endpoint's address as the
+/// daemon logged it. `admin.listen` must name a port (0 is refused), so the port is found free
+/// first; when another program takes it before the daemon binds it, the daemon logs that and
+/// goes on without the endpoint: the test then tries once more with another port, and never
+/// talks to whatever holds the first one.
+fn daemon_with_admin() -> (Daemon, SocketAddr) {
+    let mut failures = Vec::new();
+    for _ in 0..2 {
+        let admin_port = ports::free_tcp_port();
+        let mut daemon = Daemon::start(&config(
+            &["udp:127.0.0.1:0"],
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"),
+        ));
+        match daemon.admin_addr() {
+            Ok(admin) => {
+                assert_eq!(admin.port(), admin_port, "{}", daemon.log_text());
+                return (daemon, admin);
+            }
+            Err(error) => failures.push(error),
+        }
+    }
+    panic!("the admin endpoint could not bind a port found free, twice: {failures:?}");
 }
 
 /// INVITE, 200, ACK: a live call; the To header of the 200.
@@ -143,14 +161,8 @@ fn metrics_until(admin: SocketAddr, check: impl Fn(&[Sample]) -> bool) -> Vec<Sa
 
 #[test]
 fn metrics_health_and_readiness_follow_calls_and_the_drain() {
-    let port = free_port();
-    let admin_port = free_tcp_port();
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let daemon = Daemon::start(&config(
-        &[&format!("udp:127.0.0.1:{port}")],
-        &format!("[admin]\nlisten = \"{admin}\"\n"),
-    ));
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (mut daemon, admin) = daemon_with_admin();
+    let to = daemon.udp_addr();
     wait_for_200(to);
     assert_eq!(get(admin, "/health"), (200, "ok\n".into()));
     assert_eq!(get(admin, "/ready"), (200, "ready\n".into()));

@@ -1,14 +1,15 @@
 //! `limits.rate` and `sip.allow_invite_from` against the running daemon, on loopback: a flooding
 //! source is banned (no answers at all) while another is still served, the ban ends, and
-//! INVITEs from outside the ACL get 403.
+//! INVITEs from outside the ACL get 403. The daemon listens on port 0 of 127.0.0.1 and the test
+//! reads the port from its log; the sources are sockets on port 0 of 127.0.0.5-8.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, ack_for, config, final_response, free_port, invite, options, wait_for_200};
+use common::{Daemon, ack_for, config, final_response, invite, options, wait_for_200};
 
 fn socket(ip: &str) -> UdpSocket {
     let socket = UdpSocket::bind((ip, 0)).unwrap();
@@ -30,13 +31,12 @@ fn responses(socket: &UdpSocket) -> Vec<String> {
 
 #[test]
 fn a_flooding_source_is_banned_others_are_served_and_invites_obey_the_acl() {
-    let port = free_port();
-    let daemon = Daemon::start(&config(
-        &[&format!("udp:127.0.0.1:{port}")],
+    let mut daemon = Daemon::start(&config(
+        &["udp:127.0.0.1:0"],
         "allow_invite_from = [\"127.0.0.6\", \"10.0.0.0/8\"]\n\
          [limits]\nrate = { requests_per_second = 1, burst = 5, ban = \"2s\" }\n",
     ));
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let to = daemon.udp_addr();
     wait_for_200(to);
 
     // A flood of OPTIONS from 127.0.0.5: the burst is answered, then nothing.
@@ -115,12 +115,11 @@ fn a_flooding_source_is_banned_others_are_served_and_invites_obey_the_acl() {
 
 #[test]
 fn a_banned_source_may_still_end_the_calls_it_has() {
-    let port = free_port();
-    let daemon = Daemon::start(&config(
-        &[&format!("udp:127.0.0.1:{port}")],
+    let mut daemon = Daemon::start(&config(
+        &["udp:127.0.0.1:0"],
         "[limits]\nrate = { requests_per_second = 1, burst = 5, ban = \"60s\" }\n",
     ));
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let to = daemon.udp_addr();
     wait_for_200(to);
     // A PBX sets up a call, then bursts past the limit and is banned.
     let pbx = socket("127.0.0.8");

@@ -1,6 +1,8 @@
 //! The media path on real loopback sockets: an answered call streams paced RTP (silence until
 //! the model is connected) with RTCP, hears the caller's RTP and DTMF, stops sending on hold and
-//! resumes, and hangs up when the caller's RTP stops.
+//! resumes, and hangs up when the caller's RTP stops. Each test has its own loopback address
+//! (127.0.0.1-3); the daemon listens on port 0 there and the test reads the port from its log,
+//! its RTP range is found free at run time, and the phone's sockets are on port 0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -11,6 +13,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use sip_realtime_bridge::rtp::packet::{self, RtpHeader};
 use sip_realtime_bridge::rtp::rtcp::{RtcpPacket, parse_compound};
+
+/// The body of an `[rtp]` table: a 100-port range found free at run time, and `more`.
+fn rtp_with(more: &str) -> String {
+    let (first, last) = common::ports::free_udp_range(100);
+    format!("port_range = \"{first}-{last}\"\n{more}\n")
+}
 
 /// A phone: SIP, RTP and RTCP sockets on one loopback address.
 struct Phone {
@@ -150,12 +158,12 @@ fn assert_continuous(packets: &[(RtpHeader, usize)]) {
 
 #[test]
 fn an_answered_call_streams_paced_rtp_with_rtcp_hears_dtmf_and_ends_when_rtp_stops() {
-    let port = free_port();
-    let daemon = Daemon::start(&config(&[&format!("udp:127.0.0.1:{port}")], "").replace(
-        "port_range = \"31000-31099\"",
-        "port_range = \"31200-31299\"\ninactivity_timeout = \"1s\"",
+    let mut daemon = Daemon::start(&config_rtp(
+        &["udp:127.0.0.1:0"],
+        "",
+        &rtp_with("inactivity_timeout = \"1s\""),
     ));
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let to = daemon.udp_addr();
     wait_for_200(to);
     let phone = Phone::new("127.0.0.1");
     let me = phone.sip.local_addr().unwrap();
@@ -306,12 +314,12 @@ fn an_answered_call_streams_paced_rtp_with_rtcp_hears_dtmf_and_ends_when_rtp_sto
 
 #[test]
 fn nothing_is_sent_before_the_ack_and_a_held_call_is_not_hung_up_for_silence() {
-    let port = free_port();
-    let daemon = Daemon::start(&config(&[&format!("udp:127.0.0.3:{port}")], "").replace(
-        "port_range = \"31000-31099\"",
-        "port_range = \"31400-31499\"\ninactivity_timeout = \"1s\"",
+    let mut daemon = Daemon::start(&config_rtp(
+        &["udp:127.0.0.3:0"],
+        "",
+        &rtp_with("inactivity_timeout = \"1s\""),
     ));
-    let to: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
+    let to = daemon.udp_addr();
     wait_for_200(to);
     let phone = Phone::new("127.0.0.3");
     let me = phone.sip.local_addr().unwrap();
@@ -381,11 +389,8 @@ fn nothing_is_sent_before_the_ack_and_a_held_call_is_not_hung_up_for_silence() {
 
 #[test]
 fn hold_stops_our_stream_and_resume_continues_it() {
-    let port = free_port();
-    let daemon = Daemon::start(
-        &config(&[&format!("udp:127.0.0.2:{port}")], "").replace("31000-31099", "31300-31399"),
-    );
-    let to: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let mut daemon = Daemon::start(&config(&["udp:127.0.0.2:0"], ""));
+    let to = daemon.udp_addr();
     wait_for_200(to);
     let phone = Phone::new("127.0.0.2");
     let me = phone.sip.local_addr().unwrap();

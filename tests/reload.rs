@@ -1,6 +1,7 @@
 //! SIGHUP reload against the running daemon: routes change for new calls at once, a live call
 //! is untouched, an invalid file is refused with a clear log line and the running
-//! configuration stays.
+//! configuration stays. The daemon listens on port 0 (kept across reloads: `sip.listen` is not
+//! reloaded) and the test reads the port from its log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -23,15 +24,15 @@ fn hup(daemon: &Daemon) {
 
 #[test]
 fn sighup_changes_routes_for_new_calls_keeps_live_ones_and_refuses_a_bad_file() {
-    let port = free_port();
-    let listen = format!("udp:127.0.0.1:{port}");
-    let only_sales = config(&[&listen], "").replace(
+    // One configuration (one RTP range) before and after: only the routes differ.
+    let all_routes = config(&["udp:127.0.0.1:0"], "");
+    let only_sales = all_routes.replace(
         "[[routes]]\nprofile = \"echo\"\n",
         "[[routes]]\ndialed = { prefix = \"sales\" }\nprofile = \"echo\"\n",
     );
     assert!(only_sales.contains("prefix = \"sales\""), "{only_sales}");
-    let daemon = Daemon::start(&only_sales);
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut daemon = Daemon::start(&only_sales);
+    let to = daemon.udp_addr();
     wait_for_200(to);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
@@ -53,7 +54,7 @@ fn sighup_changes_routes_for_new_calls_keeps_live_ones_and_refuses_a_bad_file() 
     socket.send_to(ack.as_bytes(), to).unwrap();
 
     // A default route added: "support" is answered after SIGHUP.
-    std::fs::write(&daemon.config_path, config(&[&listen], "")).unwrap();
+    std::fs::write(&daemon.config_path, &all_routes).unwrap();
     hup(&daemon);
     let deadline = Instant::now() + Duration::from_secs(5);
     let answered = loop {

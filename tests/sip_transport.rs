@@ -2,6 +2,10 @@
 //! side, the concrete address in Contact and SDP, a BYE of ours over the caller's own TCP
 //! connection, and a clear error when an address is taken. Interop with real peers is in
 //! `tests/sipp.rs`; the torture messages are in `tests/torture.rs`.
+//!
+//! The daemon listens on port 0 (UDP and TCP get a port each) and the tests read the ports it
+//! bound from its `listening` log lines; that those ports, not 0, are what it puts in Contact
+//! and Via is itself tested here. RTP ranges are found free at run time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -15,13 +19,19 @@ use common::*;
 
 #[test]
 fn ipv4_and_ipv6_wildcards_listen_side_by_side_and_advertise_a_concrete_address() {
-    let port = free_port();
-    let daemon = Daemon::start(&config(
-        &[&format!("udp:0.0.0.0:{port}"), &format!("udp:[::]:{port}")],
-        "",
-    ));
+    let mut daemon = Daemon::start(&config(&["udp:0.0.0.0:0", "udp:[::]:0"], ""));
+    let bound = daemon.sip_addrs(2);
+    let port_of = |v4: bool| {
+        let (_, addr) = bound
+            .iter()
+            .find(|(_, a)| a.is_ipv4() == v4 && a.ip().is_unspecified())
+            .unwrap_or_else(|| panic!("no wildcard socket of that family in {bound:?}"));
+        addr.port()
+    };
+    let (port, port6) = (port_of(true), port_of(false));
+    assert!(port != 0 && port6 != 0, "{bound:?}");
     let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let v6: SocketAddr = format!("[::1]:{port6}").parse().unwrap();
     wait_for_200(v4);
     let reply = wait_for_200(v6);
     // rport filled in with our port, received with our address.
@@ -55,18 +65,61 @@ fn ipv4_and_ipv6_wildcards_listen_side_by_side_and_advertise_a_concrete_address(
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+/// Port 0: the daemon advertises the port the kernel gave its UDP socket, never 0 and never
+/// the configured one, in the Contact of its answer and in the Via of its own BYE; the SDP names
+/// a port of its RTP range.
+#[test]
+fn a_port_0_listener_advertises_the_port_it_bound() {
+    let (first, last) = ports::free_udp_range(100);
+    let mut daemon = Daemon::start(&config_rtp(
+        &["udp:127.0.0.1:0"],
+        "[limits]\nmax_call_duration = \"1s\"\n",
+        &format!("port_range = \"{first}-{last}\""),
+    ));
+    let to = daemon.udp_addr();
+    assert_ne!(to.port(), 0, "{}", daemon.log_text());
+    wait_for_200(to);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let me = socket.local_addr().unwrap();
+    let ok = final_response(&socket, to, &invite("UDP", me, to, "port0"));
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let contact = header(&ok, "Contact").unwrap();
+    assert!(
+        contact.contains(&format!("@{to}>")) || contact.contains(&format!("@{to};")),
+        "Contact {contact} does not name {to}"
+    );
+    let media = ok
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|m| m.split(' ').next()?.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no m=audio port: {ok}"));
+    assert!((first..=last).contains(&media), "m=audio {media}: {ok}");
+    assert!(ok.contains("c=IN IP4 127.0.0.1\r\n"), "{ok}");
+    socket
+        .send_to(ack_for(&ok, me, to, "port0", 1).as_bytes(), to)
+        .unwrap();
+    // max_call_duration: the daemon's own request, with its own address in Via.
+    let bye = next_request(&socket, "BYE");
+    let via = header(&bye, "Via").unwrap();
+    assert!(
+        via.starts_with(&format!("SIP/2.0/UDP {to};")),
+        "Via {via} does not name {to}"
+    );
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 #[test]
 fn our_bye_goes_over_the_callers_tcp_connection() {
-    let port = free_port();
-    let daemon = Daemon::start(&config(
-        &[
-            &format!("udp:127.0.0.1:{port}"),
-            &format!("tcp:127.0.0.1:{port}"),
-        ],
+    let mut daemon = Daemon::start(&config(
+        &["udp:127.0.0.1:0", "tcp:127.0.0.1:0"],
         "[limits]\nmax_call_duration = \"1s\"",
     ));
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for_200(to);
+    wait_for_200(daemon.udp_addr());
+    let to = daemon.tcp_addr();
     let mut stream = TcpStream::connect(to).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -108,7 +161,18 @@ fn our_bye_goes_over_the_callers_tcp_connection() {
     assert!(bye.starts_with(&format!(
         "BYE sip:caller@{fake_contact};transport=tcp SIP/2.0"
     )));
-    assert!(header(bye, "Via").unwrap().starts_with("SIP/2.0/TCP"));
+    // Via and the 200's Contact name the port the TCP listener bound (the kernel's choice).
+    let via = header(bye, "Via").unwrap();
+    assert!(
+        via.starts_with(&format!("SIP/2.0/TCP {to};")),
+        "{via} (listening on {to})"
+    );
+    let ok = &received[received.find("SIP/2.0 200 OK").unwrap()..];
+    let contact = header(ok, "Contact").unwrap();
+    assert!(
+        contact.contains(&format!("@{to};transport=tcp")),
+        "{contact}"
+    );
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("max_call_duration reached"), "{stderr}");
@@ -120,14 +184,7 @@ fn an_address_in_use_is_a_clear_error() {
     let port = taken.local_addr().unwrap().port();
     let mut daemon = Daemon::start(&config(&[&format!("udp:127.0.0.1:{port}")], ""));
     let status = daemon.child.wait().unwrap();
-    let mut stderr = String::new();
-    daemon
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = daemon.log_text();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!("cannot listen on udp:127.0.0.1:{port}")),
@@ -138,12 +195,14 @@ fn an_address_in_use_is_a_clear_error() {
 
 #[test]
 fn an_exhausted_rtp_range_refuses_with_503_and_ports_rest_after_a_call() {
-    let port = free_port();
-    // One RTP port pair only.
-    let daemon = Daemon::start(
-        &config(&[&format!("udp:127.0.0.1:{port}")], "").replace("31000-31099", "31100-31101"),
-    );
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // One RTP port pair only, found free.
+    let (rtp, _) = ports::free_udp_range(2);
+    let mut daemon = Daemon::start(&config_rtp(
+        &["udp:127.0.0.1:0"],
+        "",
+        &format!("port_range = \"{rtp}-{}\"", rtp + 1),
+    ));
+    let to = daemon.udp_addr();
     wait_for_200(to);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
@@ -152,7 +211,7 @@ fn an_exhausted_rtp_range_refuses_with_503_and_ports_rest_after_a_call() {
     let me = socket.local_addr().unwrap();
     let ok = final_response(&socket, to, &invite("UDP", me, to, "first"));
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
-    assert!(ok.contains("m=audio 31100 RTP/AVP"), "{ok}");
+    assert!(ok.contains(&format!("m=audio {rtp} RTP/AVP")), "{ok}");
     let busy = final_response(&socket, to, &invite("UDP", me, to, "second"));
     assert!(busy.starts_with("SIP/2.0 503"), "{busy}");
     assert_eq!(header(&busy, "Retry-After"), Some("5"));
@@ -160,7 +219,7 @@ fn an_exhausted_rtp_range_refuses_with_503_and_ports_rest_after_a_call() {
     // End the first call; its port rests (30 s), so a new call is still refused.
     let tag = header(&ok, "To").unwrap().to_owned();
     let bye = format!(
-        "BYE sip:bridge@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbye1\r\n\
+        "BYE sip:bridge@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbye1\r\n\
          Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=c1\r\nTo: {tag}\r\nCall-ID: first\r\n\
          CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
     );
@@ -207,12 +266,11 @@ fn next_request(socket: &UdpSocket, method: &str) -> String {
 
 #[test]
 fn on_sigterm_new_calls_and_options_get_503_and_live_calls_get_bye_at_the_drain_timeout() {
-    let port = free_port();
     let mut daemon = Daemon::start(&config(
-        &[&format!("udp:127.0.0.1:{port}")],
+        &["udp:127.0.0.1:0"],
         "[limits]\ndrain_timeout = \"1500ms\"\n",
     ));
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let to = daemon.udp_addr();
     wait_for_200(to);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
@@ -255,9 +313,8 @@ fn on_sigterm_new_calls_and_options_get_503_and_live_calls_get_bye_at_the_drain_
 
 #[test]
 fn a_drain_ends_when_the_last_call_ends_and_a_second_sigterm_stops_at_once() {
-    let port = free_port();
-    let daemon = Daemon::start(&config(&[&format!("udp:127.0.0.1:{port}")], ""));
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut daemon = Daemon::start(&config(&["udp:127.0.0.1:0"], ""));
+    let to = daemon.udp_addr();
     wait_for_200(to);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
@@ -277,7 +334,6 @@ fn a_drain_ends_when_the_last_call_ends_and_a_second_sigterm_stops_at_once() {
     let ok = final_response(&socket, to, &bye);
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     let started = Instant::now();
-    let mut daemon = daemon;
     while daemon.child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -289,9 +345,8 @@ fn a_drain_ends_when_the_last_call_ends_and_a_second_sigterm_stops_at_once() {
     assert_eq!(code, Some(0), "{stderr}");
 
     // A second SIGTERM: BYE now, without waiting for the drain timeout.
-    let port = free_port();
-    let mut daemon = Daemon::start(&config(&[&format!("udp:127.0.0.1:{port}")], ""));
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut daemon = Daemon::start(&config(&["udp:127.0.0.1:0"], ""));
+    let to = daemon.udp_addr();
     wait_for_200(to);
     live_call(&socket, to, "cut");
     std::thread::sleep(Duration::from_millis(200));
@@ -313,4 +368,59 @@ fn a_drain_ends_when_the_last_call_ends_and_a_second_sigterm_stops_at_once() {
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("second SIGTERM: stopping now"), "{stderr}");
+}
+
+// --- the harness's port helpers (tests/common/ports.rs), tested once here ----------------------
+
+#[test]
+fn the_harness_reads_proc_addresses_and_finds_the_sockets_a_process_holds() {
+    use ports::{Proto, held_by, parse_proc_addr, udp_ports_held_by};
+    assert_eq!(
+        parse_proc_addr("0100007F:13C4"),
+        Some("127.0.0.1:5060".parse().unwrap())
+    );
+    assert_eq!(
+        parse_proc_addr("00000000000000000000000001000000:1F90"),
+        Some("[::1]:8080".parse().unwrap())
+    );
+    let me = std::process::id();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert!(held_by(me, Proto::Udp, udp.local_addr().unwrap()));
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_addr = tcp.local_addr().unwrap();
+    assert!(held_by(me, Proto::Tcp, tcp_addr));
+    // A port held by nobody is held by no process; the daemon holds its own socket, not ours
+    // (it is our child, so its sockets count as ours: a process's tree holds what it holds).
+    drop(tcp);
+    assert!(!held_by(me, Proto::Tcp, tcp_addr));
+    let mut daemon = Daemon::start(&config(&["udp:127.0.0.1:0"], ""));
+    let theirs = daemon.udp_addr();
+    assert!(held_by(daemon.child.id(), Proto::Udp, theirs));
+    assert!(!held_by(
+        daemon.child.id(),
+        Proto::Udp,
+        udp.local_addr().unwrap()
+    ));
+
+    let (first, last) = ports::free_udp_range(10);
+    assert_eq!((last - first, first % 2), (9, 0));
+    assert!(udp_ports_held_by(me, (first, last)).is_empty());
+    let held = UdpSocket::bind(("127.0.0.1", first + 3)).unwrap();
+    assert_eq!(udp_ports_held_by(me, (first, last)), [first + 3]);
+    drop(held);
+    // Ports found free are not handed out twice by this process, nor from the kernel's
+    // ephemeral range.
+    let a = ports::free_udp_tcp_port();
+    let b = ports::free_udp_tcp_port();
+    assert_ne!(a, b);
+    let ephemeral: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(a < ephemeral && b < ephemeral && last < ephemeral);
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
 }
