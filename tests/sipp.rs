@@ -2,8 +2,13 @@
 //! would start it, and each scenario in `tests/sipp/*.xml` places one call at it over loopback.
 //!
 //! Each test has its own loopback address 127.0.0.N (Linux routes all of 127.0.0.0/8 to `lo`),
-//! so the tests run in parallel on the same ports: the bridge on N:5060 (UDP and TCP), SIPp on
-//! N:5070. SIPp fails the call (exit status 1) on any unexpected message, a failed content
+//! and no fixed port, as the host may run other SIP software: the bridge listens on port 0 of
+//! N (UDP and TCP) and the harness reads the ports it bound from its `listening` log lines
+//! before anything is sent, so nothing but the bridge can answer SIPp. SIPp's own ports (`-p`,
+//! `-mp`), the bridge's RTP range and the ports of the peers standing in for a registrar or a
+//! UAS, and baresip's, are found free at run time (`tests/common/ports.rs`); a peer that
+//! listens is first seen holding its socket before the bridge or SIPp is pointed at it.
+//! SIPp fails the call (exit status 1) on any unexpected message, a failed content
 //! check or a receive timeout; the harness adds checks on the message trace (no error
 //! responses, one dialog) and that the daemon stops cleanly on SIGTERM. On failure it prints the
 //! SIPp command, its logs and the daemon's debug log.
@@ -13,6 +18,8 @@
 //! package to install, they do not skip.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::ErrorKind;
@@ -21,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ports::{self, Proto};
+
 const BIN: &str = env!("CARGO_BIN_EXE_sip-realtime-bridge");
-const BRIDGE_PORT: u16 = 5060;
-const SIPP_PORT: u16 = 5070;
 /// SIPp is killed if it runs longer than this (its own `-timeout` is shorter).
 const SIPP_DEADLINE: Duration = Duration::from_secs(30);
 const READY_DEADLINE: Duration = Duration::from_secs(10);
@@ -82,14 +89,19 @@ impl Case {
 }
 
 fn write_config(dir: &Path, ip: Ipv4Addr, limits: &str) -> PathBuf {
+    let (rtp_first, rtp_last) = ports::free_udp_range(100);
     let body = format!(
         r#"[sip]
-listen = ["udp:{ip}:{BRIDGE_PORT}", "tcp:{ip}:{BRIDGE_PORT}"]
+# Port 0: the kernel chooses, the log says which.
+listen = ["udp:{ip}:0", "tcp:{ip}:0"]
 # 64*T1 = 6.4 s: the lost-ACK case ends in seconds.
 t1 = "100ms"
 
+[admin]
+enabled = false
+
 [rtp]
-port_range = "30000-30099"
+port_range = "{rtp_first}-{rtp_last}"
 
 [limits]
 {limits}
@@ -114,13 +126,17 @@ struct Bridge {
     child: Child,
     log: PathBuf,
     ip: Ipv4Addr,
+    /// The addresses it bound (port 0 in the configuration), from its log.
+    udp: SocketAddr,
+    tcp: SocketAddr,
 }
 
 impl Bridge {
+    /// Starts the daemon and waits for the `listening` lines of its two sockets.
     fn start(dir: &Path, ip: Ipv4Addr, limits: &str) -> Self {
         let config = write_config(dir, ip, limits);
         let log = dir.join("bridge.log");
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .env_clear()
             .env("RUST_LOG", "debug")
             .arg("run")
@@ -131,7 +147,31 @@ impl Bridge {
             .stderr(File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Self { child, log, ip }
+        let (udp, tcp) =
+            common::wait_for_log(&mut child, &log, "both SIP sockets listening", |l| {
+                let found = common::sip_listening(l);
+                let of = |t: &str| found.iter().find(|(k, _)| k == t).map(|(_, a)| *a);
+                Some((of("UDP")?, of("TCP")?))
+            });
+        assert!(
+            udp.ip() == ip && tcp.ip() == ip && udp.port() != 0 && tcp.port() != 0,
+            "the bridge reports {udp} and {tcp}, not ports of {ip}"
+        );
+        Self {
+            child,
+            log,
+            ip,
+            udp,
+            tcp,
+        }
+    }
+
+    /// Its SIP address for `transport`.
+    fn addr(&self, transport: Transport) -> SocketAddr {
+        match transport {
+            Transport::Udp => self.udp,
+            Transport::Tcp => self.tcp,
+        }
     }
 
     fn log(&self) -> String {
@@ -146,7 +186,7 @@ impl Bridge {
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let local = socket.local_addr().unwrap();
-        let target = SocketAddr::from((self.ip, BRIDGE_PORT));
+        let target = self.udp;
         let start = Instant::now();
         let mut buf = [0u8; 4096];
         for n in 1u32.. {
@@ -160,7 +200,7 @@ impl Bridge {
             );
             let ip = self.ip;
             let options = format!(
-                "OPTIONS sip:ping@{ip}:{BRIDGE_PORT} SIP/2.0\r\n\
+                "OPTIONS sip:ping@{target} SIP/2.0\r\n\
                  Via: SIP/2.0/UDP {local};branch=z9hG4bK-ready-{n}\r\n\
                  Max-Forwards: 70\r\n\
                  From: <sip:harness@{ip}>;tag=ready{n}\r\n\
@@ -183,10 +223,11 @@ impl Bridge {
             }
         }
         if transport == Transport::Tcp {
-            while TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err() {
+            let tcp = self.tcp;
+            while TcpStream::connect_timeout(&tcp, Duration::from_millis(200)).is_err() {
                 assert!(
                     start.elapsed() < READY_DEADLINE,
-                    "bridge does not accept TCP on {target}; its log:\n{}",
+                    "bridge does not accept TCP on {tcp}; its log:\n{}",
                     self.log()
                 );
                 std::thread::sleep(Duration::from_millis(50));
@@ -239,7 +280,8 @@ struct SippRun {
     screen: String,
 }
 
-fn run_sipp(dir: &Path, case: &Case) -> SippRun {
+/// Runs SIPp as a UAC for `case` against `target`, from a port (and media ports) found free.
+fn run_sipp(dir: &Path, case: &Case, target: SocketAddr) -> SippRun {
     let ip = case.ip.to_string();
     let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let mut args: Vec<String> = vec![
@@ -254,9 +296,11 @@ fn run_sipp(dir: &Path, case: &Case) -> SippRun {
         "-i".into(),
         ip.clone(),
         "-p".into(),
-        SIPP_PORT.to_string(),
+        ports::free_udp_tcp_port().to_string(),
         "-mi".into(),
         ip.clone(),
+        "-mp".into(),
+        ports::free_sipp_media_port().to_string(),
         "-m".into(),
         "1".into(),
         "-l".into(),
@@ -279,7 +323,7 @@ fn run_sipp(dir: &Path, case: &Case) -> SippRun {
         file("sipp-actions.log"),
     ];
     args.extend(case.sipp_args.iter().map(|&a| a.to_owned()));
-    args.push(format!("{ip}:{BRIDGE_PORT}"));
+    args.push(target.to_string());
     let command = format!("sipp {}", args.join(" "));
 
     let screen_path = dir.join("sipp-screen.log");
@@ -431,7 +475,7 @@ fn interop(case: &Case, allowed_errors: &[u16]) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let mut bridge = Bridge::start(dir.path(), case.ip, case.limits);
     bridge.wait_ready(case.transport);
-    let run = run_sipp(dir.path(), case);
+    let run = run_sipp(dir.path(), case, bridge.addr(case.transport));
     let bridge_exit = bridge.stop();
     let bridge_log = bridge.log();
     let report = report(case, &run, &bridge_log, bridge_exit);
@@ -544,21 +588,26 @@ fn cancel_scenario_handles_the_cancel_winning() {
         let case = Case::udp("cancel", last_octet);
         let dir = tempfile::tempdir().unwrap();
         let ip = case.ip.to_string();
+        let stand_in = SocketAddr::from((case.ip, ports::free_udp_tcp_port()));
+        let stderr = dir.path().join("stand-in-stderr.log");
         let mut uas = Command::new("sipp")
             .arg("-sf")
             .arg(scenario("uas_cancel_stand_in"))
             .args(["-set", "order", order, "-i", &ip, "-p"])
-            .arg(BRIDGE_PORT.to_string())
+            .arg(stand_in.port().to_string())
+            .args(["-mp", &ports::free_sipp_media_port().to_string()])
             .args(["-m", "1", "-nostdin", "-timeout", "15s", "-timeout_error"])
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        // The INVITE is retransmitted after 500 ms if the stand-in is not listening yet.
-        std::thread::sleep(Duration::from_millis(200));
-        let run = run_sipp(dir.path(), &case);
+        // The caller is pointed at the stand-in only once it holds its port.
+        ports::wait_until_bound(&mut uas, "the SIPp stand-in", Proto::Udp, stand_in, || {
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        });
+        let run = run_sipp(dir.path(), &case, stand_in);
         let uas_status = wait_or_kill(&mut uas, STOP_DEADLINE);
         let report = report(&case, &run, "(no bridge: SIPp stand-in)", None);
         assert!(
@@ -667,7 +716,9 @@ fn a_drain_with_ten_live_calls_loses_none() {
     let mut sipp = Command::new("sipp")
         .arg("-sf")
         .arg(scenario("held_call"))
-        .args(["-i", &ip.to_string(), "-p", &SIPP_PORT.to_string()])
+        .args(["-i", &ip.to_string(), "-mi", &ip.to_string()])
+        .args(["-p", &ports::free_udp_tcp_port().to_string()])
+        .args(["-mp", &ports::free_sipp_media_port().to_string()])
         .args(["-m", "10", "-l", "10", "-r", "20", "-d", "4000", "-nostdin"])
         .args([
             "-timeout",
@@ -676,7 +727,7 @@ fn a_drain_with_ten_live_calls_loses_none() {
             "-trace_err",
             "-trace_stat",
         ])
-        .arg(format!("{ip}:{BRIDGE_PORT}"))
+        .arg(bridge.udp.to_string())
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -753,7 +804,8 @@ fn digit_action_transfers_the_caller_by_refer() {
 
 /// A digest registrar in SIPp (its own digest code checks our credentials): the bridge
 /// registers at start (401, then credentials), logs the granted expiry, and de-registers
-/// (Expires: 0) at shutdown.
+/// (Expires: 0) at shutdown. Its REGISTERs name the port the bridge bound (port 0 in its
+/// configuration) in Via and Contact.
 #[test]
 fn bridge_registers_with_digest_and_unregisters_at_shutdown() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -763,10 +815,15 @@ fn bridge_registers_with_digest_and_unregisters_at_shutdown() {
     let password = dir.path().join("pbx-password");
     std::fs::write(&password, "s3cret\n").unwrap();
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let registrar_addr = SocketAddr::from((ip, ports::free_udp_tcp_port()));
+    let registrar_stderr = dir.path().join("registrar-stderr.log");
     let mut registrar = Command::new("sipp")
         .arg("-sf")
         .arg(scenario("registrar"))
-        .args(["-i", &ip.to_string(), "-p", "5090", "-m", "1", "-nostdin"])
+        .args(["-i", &ip.to_string(), "-mi", &ip.to_string()])
+        .args(["-p", &registrar_addr.port().to_string()])
+        .args(["-mp", &ports::free_sipp_media_port().to_string()])
+        .args(["-m", "1", "-nostdin"])
         .args([
             "-timeout",
             "20s",
@@ -777,12 +834,19 @@ fn bridge_registers_with_digest_and_unregisters_at_shutdown() {
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(File::create(&registrar_stderr).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The bridge registers only at a registrar seen holding its port.
+    ports::wait_until_bound(
+        &mut registrar,
+        "the SIPp registrar",
+        Proto::Udp,
+        registrar_addr,
+        || std::fs::read_to_string(&registrar_stderr).unwrap_or_default(),
+    );
     let accounts = format!(
-        "\n[[sip.accounts]]\nname = \"pbx\"\nregistrar = \"sip:{ip}:5090\"\nusername = \"2001\"\n\
+        "\n[[sip.accounts]]\nname = \"pbx\"\nregistrar = \"sip:{registrar_addr}\"\nusername = \"2001\"\n\
          password_file = \"{}\"\n",
         password.display()
     );
@@ -794,12 +858,18 @@ fn bridge_registers_with_digest_and_unregisters_at_shutdown() {
     let exit = bridge.stop();
     let registrar_status = wait_or_kill(&mut registrar, STOP_DEADLINE);
     let log = bridge.log();
-    let sipp_log: String = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("registrar_"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect();
+    let registrar_file = |suffix: &str| -> String {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("registrar_") && name.ends_with(suffix)
+            })
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect()
+    };
+    let sipp_log = registrar_file(".log");
     let report = format!(
         "--- bridge ---\n{}\n--- SIPp ---\n{}",
         tail(&log, 6000),
@@ -816,6 +886,29 @@ fn bridge_registers_with_digest_and_unregisters_at_shutdown() {
     );
     assert!(log.contains("unregistered account=pbx"), "{report}");
     assert!(!log.contains("s3cret"), "the password reached the log");
+    // Every REGISTER (challenged, authorised, de-registration) names the bound port.
+    let trace = parse_trace(&registrar_file("_messages.log"));
+    let registers: Vec<&Traced> = trace
+        .iter()
+        .filter(|m| m.received && m.start_line().starts_with("REGISTER "))
+        .collect();
+    assert!(
+        registers.len() >= 3,
+        "REGISTERs: {}\n{report}",
+        registers.len()
+    );
+    let udp = bridge.udp;
+    for register in registers {
+        let (via, contact) = (register.header("Via"), register.header("Contact"));
+        assert!(
+            via.is_some_and(|v| v.starts_with(&format!("SIP/2.0/UDP {udp};"))),
+            "Via {via:?} does not name the bound {udp}\n{report}"
+        );
+        assert!(
+            contact.is_some_and(|c| c.contains(&format!("@{udp}>")) || c.contains(&format!("@{udp};"))),
+            "Contact {contact:?} does not name the bound {udp}\n{report}"
+        );
+    }
 }
 
 fn require_baresip() {
@@ -971,23 +1064,27 @@ fn baresip_call_hold_resume_hangup() {
     std::fs::create_dir(&conf).unwrap();
     let wav = dir.path().join("tone.wav");
     write_tone_wav(&wav, 10);
+    // Its SIP and ctrl_tcp ports and RTP range, found free.
+    let sip = SocketAddr::from((ip, ports::free_udp_tcp_port()));
+    let ctrl_addr = SocketAddr::from((ip, ports::free_tcp_port()));
+    let (rtp_first, rtp_last) = ports::free_udp_range(100);
     std::fs::write(
         conf.join("config"),
         format!(
             "poll_method epoll\n\
-             sip_listen {ip}:5080\n\
+             sip_listen {sip}\n\
              sip_trans_def udp\n\
              net_interface {ip}\n\
              audio_source aufile,{wav}\n\
              audio_alert aufile,{wav}\n\
-             rtp_ports 31000-31099\n\
+             rtp_ports {rtp_first}-{rtp_last}\n\
              module_path {BARESIP_MODULES}\n\
              module g711.so\n\
              module aufile.so\n\
              module_app account.so\n\
              module_app menu.so\n\
              module_app ctrl_tcp.so\n\
-             ctrl_tcp_listen {ip}:4444\n",
+             ctrl_tcp_listen {ctrl_addr}\n",
             wav = wav.display()
         ),
     )
@@ -1011,9 +1108,13 @@ fn baresip_call_hold_resume_hangup() {
         .spawn()
         .unwrap();
 
-    let mut ctrl = Ctrl::connect(SocketAddr::from((ip, 4444)));
+    // Commands go to baresip's own ctrl_tcp socket, never to another program's.
+    let baresip_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    ports::wait_until_bound(&mut baresip, "baresip", Proto::Udp, sip, baresip_log);
+    ports::wait_until_bound(&mut baresip, "baresip", Proto::Tcp, ctrl_addr, baresip_log);
+    let mut ctrl = Ctrl::connect(ctrl_addr);
     let mut steps = Vec::new();
-    let dial = format!("sip:echo@{ip}:{BRIDGE_PORT}");
+    let dial = format!("sip:echo@{}", bridge.udp);
     let mut ok = true;
     // Each re-INVITE's answer arrives as CALL_REMOTE_SDP.
     for (command, params, event) in [
