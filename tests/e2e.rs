@@ -5,9 +5,11 @@
 //! per-call log record is checked too, but only as secondary evidence, after the external
 //! checks.
 //!
-//! Every test has its own SIP port (15061-15070; SIPp on +100) and RTP port range (200 ports
-//! from 21800 up; below the kernel's ephemeral ports, so no client socket takes one) on
-//! 127.0.0.1, so they run in parallel; nothing is sent to any other address.
+//! Everything is on 127.0.0.1 and nothing is sent to any other address; no port is fixed, as the
+//! host may run other programs: the daemon listens on port 0 and the test reads the port it
+//! bound from its log (`tests/e2e/bridge.rs`); its RTP range, SIPp's ports and baresip's (SIP,
+//! ctrl_tcp, RTP) are found free at run time (`tests/common/ports.rs`), and baresip is seen
+//! holding its ctrl_tcp socket before the test connects to it. So the tests run in parallel.
 //! SIPp, baresip and tcpdump (and root, for the capture) are required: without them a test
 //! fails with what to install, unless `SRB_SKIP_E2E=1`, which skips it with a message.
 //!
@@ -75,7 +77,7 @@ fn g711_passthrough_is_byte_exact() {
     if !tools_present("g711_passthrough_is_byte_exact", &[SIPP, TCPDUMP]) {
         return;
     }
-    let mut setup = Setup::new(15061, 22000);
+    let mut setup = Setup::new();
     setup.fake = "record_audio = true";
     setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
     let bridge = Bridge::start(setup);
@@ -160,7 +162,7 @@ fn pcm16_tone_keeps_level_and_frequency() {
     if !tools_present("pcm16_tone_keeps_level_and_frequency", &[SIPP]) {
         return;
     }
-    let mut setup = Setup::new(15062, 22200);
+    let mut setup = Setup::new();
     setup.fake = "record_audio = true";
     setup.profile = "audio_format = \"pcm16\"".to_owned();
     let bridge = Bridge::start(setup);
@@ -217,7 +219,7 @@ fn reply_tone_reaches_baresip_clean() {
     if !tools_present("reply_tone_reaches_baresip_clean", &[BARESIP]) {
         return;
     }
-    let mut setup = Setup::new(15063, 22400);
+    let mut setup = Setup::new();
     setup.fake = r#"reply = { kind = "tone", frequency_hz = 440, duration_ms = 1500 }"#;
     // The model speaks first; the caller stays silent (no barge-in).
     setup.profile = "audio_format = \"g711_ulaw\"\ngreeting = \"Say hello.\"".to_owned();
@@ -230,16 +232,19 @@ fn reply_tone_reaches_baresip_clean() {
     std::fs::create_dir(&sounds).unwrap();
     let silence = dir.join("silence.wav");
     write_wav(&silence, &vec![0; 8000 * 10], 8000);
+    let sip = SocketAddr::from((LOCALHOST, common::ports::free_udp_tcp_port()));
+    let ctrl_addr = SocketAddr::from((LOCALHOST, common::ports::free_tcp_port()));
+    let (rtp_first, rtp_last) = common::ports::free_udp_range(100);
     std::fs::write(
         conf.join("config"),
         format!(
             "poll_method epoll\n\
-             sip_listen 127.0.0.1:15163\n\
+             sip_listen {sip}\n\
              sip_trans_def udp\n\
              net_interface 127.0.0.1\n\
              audio_source aufile,{silence}\n\
              audio_alert aufile,{silence}\n\
-             rtp_ports 22600-22699\n\
+             rtp_ports {rtp_first}-{rtp_last}\n\
              snd_path {sounds}\n\
              module_path {BARESIP_MODULES}\n\
              module g711.so\n\
@@ -248,7 +253,7 @@ fn reply_tone_reaches_baresip_clean() {
              module_app account.so\n\
              module_app menu.so\n\
              module_app ctrl_tcp.so\n\
-             ctrl_tcp_listen 127.0.0.1:15263\n",
+             ctrl_tcp_listen {ctrl_addr}\n",
             silence = silence.display(),
             sounds = sounds.display(),
         ),
@@ -272,9 +277,17 @@ fn reply_tone_reaches_baresip_clean() {
         .spawn()
         .unwrap();
 
-    let mut ctrl = Ctrl::connect(SocketAddr::from((LOCALHOST, 15263)));
-    let dial = "sip:echo@127.0.0.1:15063";
-    let established = ctrl.command("dial", dial, "CALL_ESTABLISHED", Duration::from_secs(15));
+    // Commands go to baresip's own ctrl_tcp socket, never to another program's.
+    let baresip_log_text = || std::fs::read_to_string(&baresip_log).unwrap_or_default();
+    for (proto, addr) in [
+        (common::ports::Proto::Udp, sip),
+        (common::ports::Proto::Tcp, ctrl_addr),
+    ] {
+        common::ports::wait_until_bound(&mut baresip, "baresip", proto, addr, baresip_log_text);
+    }
+    let mut ctrl = Ctrl::connect(ctrl_addr);
+    let dial = format!("sip:echo@127.0.0.1:{}", bridge.sip_port);
+    let established = ctrl.command("dial", &dial, "CALL_ESTABLISHED", Duration::from_secs(15));
     // The tone is 1.5 s from the answer; listen for 3 s.
     std::thread::sleep(Duration::from_secs(3));
     let closed = established && ctrl.command("hangup", "", "CALL_CLOSED", Duration::from_secs(5));
@@ -474,7 +487,7 @@ fn barge_in_stops_playback_within_a_frame() {
     if !tools_present("barge_in_stops_playback_within_a_frame", &[SIPP, TCPDUMP]) {
         return;
     }
-    let mut setup = Setup::new(15064, 22800);
+    let mut setup = Setup::new();
     setup.fake = r#"reply = { kind = "tone", frequency_hz = 440, duration_ms = 10000 }"#;
     setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
     let bridge = Bridge::start(setup);
@@ -612,7 +625,7 @@ fn interrupt_response_false_plays_the_whole_reply() {
     ) {
         return;
     }
-    let mut setup = Setup::new(15065, 23000);
+    let mut setup = Setup::new();
     setup.fake = r#"reply = { kind = "tone", frequency_hz = 440, duration_ms = 10000 }"#;
     // The greeting is the 10 s reply; the caller's turn must neither cut it nor start another.
     setup.profile = "audio_format = \"g711_ulaw\"\ngreeting = \"Say hello.\"\n\
@@ -757,13 +770,9 @@ fn answer_429(stream: TcpStream) {
 
 /// A call placed at a daemon whose upstream is a stand-in answering with `answer`: SIPp's
 /// run (it expects a 503), what the daemon left, and the stand-in's accept times.
-fn call_a_refusing_upstream(
-    answer: fn(TcpStream),
-    sip_port: u16,
-    rtp_base: u16,
-) -> (SippRun, Stopped, Vec<u64>) {
+fn call_a_refusing_upstream(answer: fn(TcpStream)) -> (SippRun, Stopped, Vec<u64>) {
     let (port, accepted, _listener) = stand_in_upstream(answer);
-    let mut setup = Setup::new(sip_port, rtp_base);
+    let mut setup = Setup::new();
     setup.upstream = "remote";
     setup.upstreams = openai_upstream(port);
     setup.env = vec![("E2E_API_KEY", "sk-e2e-test-key".to_owned())];
@@ -787,7 +796,7 @@ fn cancel_while_the_upstream_connects_gets_487() {
         return;
     }
     let (port, accepted, _listener) = stand_in_upstream(never_answer);
-    let mut setup = Setup::new(15066, 23200);
+    let mut setup = Setup::new();
     setup.upstream = "remote";
     setup.upstreams = openai_upstream(port);
     setup.env = vec![("E2E_API_KEY", "sk-e2e-test-key".to_owned())];
@@ -819,7 +828,7 @@ fn upstream_401_gets_503_with_retry_after() {
     if !tools_present("upstream_401_gets_503_with_retry_after", &[SIPP]) {
         return;
     }
-    let (run, stopped, accepted) = call_a_refusing_upstream(answer_401, 15067, 23400);
+    let (run, stopped, accepted) = call_a_refusing_upstream(answer_401);
     let report = format!("{}\n{}", run.report(), stopped.report());
     assert!(run.ok(), "SIPp failed\n{report}");
     assert!(run.actions.contains("503 Retry-After:  30 "), "{report}");
@@ -842,7 +851,7 @@ fn upstream_429_passes_its_retry_after_on() {
     if !tools_present("upstream_429_passes_its_retry_after_on", &[SIPP]) {
         return;
     }
-    let (run, stopped, accepted) = call_a_refusing_upstream(answer_429, 15070, 21800);
+    let (run, stopped, accepted) = call_a_refusing_upstream(answer_429);
     let report = format!("{}\n{}", run.report(), stopped.report());
     assert!(run.ok(), "SIPp failed\n{report}");
     assert!(run.actions.contains("503 Retry-After:  7 "), "{report}");
@@ -857,7 +866,7 @@ fn upstream_close_ends_the_call_with_a_reason() {
     if !tools_present("upstream_close_ends_the_call_with_a_reason", &[SIPP]) {
         return;
     }
-    let mut setup = Setup::new(15068, 23600);
+    let mut setup = Setup::new();
     setup.fake = r#"session_max_duration = "3s""#;
     setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
     let bridge = Bridge::start(setup);
@@ -907,7 +916,7 @@ fn twenty_calls_for_thirty_seconds_lose_no_frame() {
         return;
     }
     const CALLS: usize = 20;
-    let mut setup = Setup::new(15069, 23800);
+    let mut setup = Setup::new();
     // The audio in full: base64 sizes alone do not give exact byte counts.
     setup.fake = "record_audio = true";
     setup.profile = "audio_format = \"g711_ulaw\"".to_owned();

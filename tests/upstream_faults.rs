@@ -9,13 +9,16 @@
 //! |---|---|
 //! | `an_upstream_that_stops_reading_is_hung_up_while_rtp_keeps_its_pace` | BYE with `cause=38 "realtime upstream not reading"` within the stall limit plus one keepalive interval; RTP every 20 ms until the BYE, none after |
 //! | `a_fatal_upstream_error_ends_the_call_and_no_rtp_follows_the_bye` | server errors end the call at once: BYE, the WebSocket closed with a reason, no RTP after the BYE |
-//! | `a_refused_session_setup_gets_503_and_leaves_nothing_behind` | 503 Retry-After; the WebSocket closed by the bridge; no RTP socket left bound; one record |
+//! | `a_refused_session_setup_gets_503_and_leaves_nothing_behind` | 503 Retry-After; the WebSocket closed by the bridge; no RTP socket of the daemon left bound; one record |
 //! | `a_flood_of_model_audio_keeps_the_daemon_small` | audio deltas as fast as the socket takes them grow the daemon by less than 48 MB |
 //! | `a_drain_with_a_stuck_upstream_ends_at_the_drain_timeout` | SIGTERM with a call whose upstream reads nothing: BYE at the drain timeout, exit 0 soon after |
 //!
 //! The tests run one at a time (a flood takes both cores, which would disturb another test's
-//! pacing) on SIP ports 15091-15095 (SIPp on +100) and RTP ports 25000-25999 of 127.0.0.1.
-//! SIPp and tcpdump (and root) are required, as for `tests/e2e.rs`.
+//! pacing), on 127.0.0.1 with no fixed port: the daemon listens on port 0 (the port read from
+//! its log), its RTP range and SIPp's ports are found free at run time (`tests/e2e/bridge.rs`),
+//! and the sockets counted as the daemon's are those its process holds, not whatever else on
+//! the host uses ports of the range. SIPp and tcpdump (and root) are required, as for
+//! `tests/e2e.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "e2e/bridge.rs"]
@@ -40,10 +43,10 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// The daemon's SIP and RTP on `lo`.
 fn capture(bridge: &Bridge) -> Capture {
-    let (a, b) = bridge.setup.rtp_range();
+    let (a, b) = bridge.rtp_range();
     let filter = format!(
         "udp and host 127.0.0.1 and (portrange {a}-{b} or port {})",
-        bridge.setup.sip_port
+        bridge.sip_port
     );
     Capture::start_filter(bridge.dir(), &filter)
 }
@@ -63,34 +66,10 @@ fn sip_sent_at(datagrams: &[Datagram], sip_port: u16, start: &str, contains: &st
 
 /// The RTP the daemon sent to SIPp.
 fn rtp_from_bridge(bridge: &Bridge, datagrams: &[Datagram]) -> Vec<Rtp> {
-    let (a, b) = bridge.setup.rtp_range();
+    let (a, b) = bridge.rtp_range();
     rtp_packets(datagrams, |d| {
         (a..=b).contains(&d.src.1) && d.src.1 % 2 == 0
     })
-}
-
-/// The UDP ports in `range` some socket on this machine is bound to (IPv4 and IPv6).
-fn bound_udp_ports(range: (u16, u16)) -> Vec<u16> {
-    let mut ports = Vec::new();
-    for file in ["/proc/net/udp", "/proc/net/udp6"] {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let Some(local) = line.split_whitespace().nth(1) else {
-                continue;
-            };
-            let Some(port) = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-            else {
-                continue;
-            };
-            if (range.0..=range.1).contains(&port) {
-                ports.push(port);
-            }
-        }
-    }
-    ports
 }
 
 /// A field of `/proc/PID/status`, in kB.
@@ -118,7 +97,7 @@ fn an_upstream_that_stops_reading_is_hung_up_while_rtp_keeps_its_pace() {
         return;
     }
     let _serial = serial();
-    let mut setup = Setup::new(15091, 25000);
+    let mut setup = Setup::new();
     setup.fake = r#"fault = { kind = "stop_reading", after = "3s" }"#;
     // pcm16: six times the bytes of G.711 on the WebSocket, so the socket buffers fill sooner.
     setup.profile = "audio_format = \"pcm16\"".to_owned();
@@ -128,7 +107,7 @@ fn an_upstream_that_stops_reading_is_hung_up_while_rtp_keeps_its_pace() {
     let capture = capture(&bridge);
     let run = bridge.sipp("e2e_upstream_drop", &["-m", "1"], Duration::from_secs(90));
     let datagrams = capture.stop();
-    let sip_port = bridge.setup.sip_port;
+    let sip_port = bridge.sip_port;
     let rtp = rtp_from_bridge(&bridge, &datagrams);
     let stopped = bridge.stop();
     let report = format!("{}\n{}", run.report(), stopped.report());
@@ -185,7 +164,7 @@ fn a_fatal_upstream_error_ends_the_call_and_no_rtp_follows_the_bye() {
         return;
     }
     let _serial = serial();
-    let mut setup = Setup::new(15092, 25200);
+    let mut setup = Setup::new();
     setup.fake = r#"fault = { kind = "error_every_event", after = "2s" }"#;
     setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
     let bridge = Bridge::start(setup);
@@ -193,7 +172,7 @@ fn a_fatal_upstream_error_ends_the_call_and_no_rtp_follows_the_bye() {
     let capture = capture(&bridge);
     let run = bridge.sipp("e2e_upstream_drop", &["-m", "1"], Duration::from_secs(30));
     let datagrams = capture.stop();
-    let sip_port = bridge.setup.sip_port;
+    let sip_port = bridge.sip_port;
     let rtp = rtp_from_bridge(&bridge, &datagrams);
     // After the call: the daemon and SIPp wait a few seconds, and still nothing flows.
     std::thread::sleep(Duration::from_secs(2));
@@ -240,14 +219,14 @@ fn a_refused_session_setup_gets_503_and_leaves_nothing_behind() {
         return;
     }
     let _serial = serial();
-    let mut setup = Setup::new(15093, 25400);
+    let mut setup = Setup::new();
     setup.fake = r#"fault = { kind = "refuse_session" }"#;
-    let range = setup.rtp_range();
     let bridge = Bridge::start(setup);
+    let range = bridge.rtp_range();
     let run = bridge.sipp("e2e_refused", &["-m", "3"], Duration::from_secs(30));
     // Everything of the three calls is released once they are refused.
     std::thread::sleep(Duration::from_millis(500));
-    let bound = bound_udp_ports(range);
+    let bound = common::ports::udp_ports_held_by(bridge.daemon.child.id(), range);
     let log = bridge.log_text();
     let stopped = bridge.stop();
     let report = format!("{}\n{}", run.report(), stopped.report());
@@ -289,7 +268,7 @@ fn a_flood_of_model_audio_keeps_the_daemon_small() {
         return;
     }
     let _serial = serial();
-    let mut setup = Setup::new(15094, 25600);
+    let mut setup = Setup::new();
     setup.fake = r#"fault = { kind = "flood_audio", after = "2s" }"#;
     setup.profile = "audio_format = \"g711_ulaw\"".to_owned();
     let bridge = Bridge::start(setup);
@@ -329,7 +308,7 @@ fn a_drain_with_a_stuck_upstream_ends_at_the_drain_timeout() {
         return;
     }
     let _serial = serial();
-    let mut setup = Setup::new(15095, 25800);
+    let mut setup = Setup::new();
     setup.fake = r#"fault = { kind = "stop_reading", after = "1s" }"#;
     setup.upstreams =
         "[limits]\ndrain_timeout = \"3s\"\nupstream_stall_timeout = \"60s\"\n".to_owned();

@@ -1,10 +1,14 @@
-//! The daemon as the end-to-end tests run it: a configuration from a [`Setup`] (its own SIP
-//! port and RTP range on 127.0.0.1, the in-process fake with a record, a profile), SIPp runs
-//! against it, a capture of its RTP, and what is left when it stops (exit code, log, the fake's
-//! record). Shared by `tests/e2e.rs` and `tests/upstream_faults.rs`.
+//! The daemon as the end-to-end tests run it: a configuration from a [`Setup`] (the in-process
+//! fake with a record, a profile), SIPp runs against it, a capture of its RTP, and what is left
+//! when it stops (exit code, log, the fake's record). Shared by `tests/e2e.rs` and
+//! `tests/upstream_faults.rs`.
+//!
+//! No fixed port: the daemon listens on UDP port 0 of 127.0.0.1 and [`Bridge::start`] reads the
+//! port it bound from its log ([`Bridge::sip_port`]); its RTP range (200 ports) is found free at
+//! run time ([`Bridge::rtp_range`]), and so are SIPp's ports, for each run; the admin endpoint is
+//! off.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,12 +19,12 @@ use crate::support::*;
 
 pub const LOCALHOST: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
 
+/// How many ports the daemon's RTP range has.
+pub const RTP_PORTS: u16 = 200;
+
 /// What differs between the tests' daemons.
+#[derive(Default)]
 pub struct Setup {
-    /// SIP port of the daemon (UDP, 127.0.0.1); SIPp uses this + 100.
-    pub sip_port: u16,
-    /// First port of the daemon's RTP range (even); the range is 200 ports.
-    pub rtp_base: u16,
     /// Extra keys of `[upstreams.fake]` (`record` is always set).
     pub fake: &'static str,
     /// Keys of `[profiles.p]` after `upstream` (sub-tables last).
@@ -33,24 +37,11 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn new(sip_port: u16, rtp_base: u16) -> Self {
+    pub fn new() -> Self {
         Self {
-            sip_port,
-            rtp_base,
-            fake: "",
-            profile: String::new(),
             upstream: "fake",
-            upstreams: String::new(),
-            env: Vec::new(),
+            ..Self::default()
         }
-    }
-
-    pub fn rtp_range(&self) -> (u16, u16) {
-        (self.rtp_base, self.rtp_base + 199)
-    }
-
-    pub fn sipp_port(&self) -> u16 {
-        self.sip_port + 100
     }
 }
 
@@ -61,6 +52,10 @@ pub struct Bridge {
     pub log: PathBuf,
     pub record: PathBuf,
     pub setup: Setup,
+    /// The UDP port the daemon bound (its `listening` log line).
+    pub sip_port: u16,
+    /// Its RTP range.
+    rtp: (u16, u16),
 }
 
 impl Bridge {
@@ -68,13 +63,16 @@ impl Bridge {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("bridge.log");
         let record = dir.path().join("fake.jsonl");
-        let (a, b) = setup.rtp_range();
+        let (a, b) = crate::common::ports::free_udp_range(RTP_PORTS);
         let config = format!(
             r#"[log]
 format = "json"
 
 [sip]
-listen = ["udp:127.0.0.1:{sip}"]
+listen = ["udp:127.0.0.1:0"]
+
+[admin]
+enabled = false
 
 [rtp]
 port_range = "{a}-{b}"
@@ -93,7 +91,6 @@ upstream = "{upstream}"
 [[routes]]
 profile = "p"
 "#,
-            sip = setup.sip_port,
             record = record.display(),
             fake = setup.fake,
             upstreams = setup.upstreams,
@@ -101,22 +98,25 @@ profile = "p"
             profile = setup.profile,
         );
         let env: Vec<(&str, &str)> = setup.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let daemon = Daemon::start_logged(&config, "info,sip_realtime_bridge=debug", &env, &log);
-        let mut bridge = Self {
+        let mut daemon =
+            Daemon::start_logged(&config, "info,sip_realtime_bridge=debug", &env, &log);
+        let sip = daemon.udp_addr();
+        assert_eq!(sip.ip(), LOCALHOST, "{}", daemon.log_text());
+        common::wait_for_200(sip);
+        Self {
             daemon,
             dir,
             log,
             record,
             setup,
-        };
-        if let Ok(Some(status)) = bridge.daemon.child.try_wait() {
-            panic!(
-                "the daemon exited at once ({status}):\n{}",
-                bridge.log_text()
-            );
+            sip_port: sip.port(),
+            rtp: (a, b),
         }
-        common::wait_for_200(SocketAddr::from((LOCALHOST, bridge.setup.sip_port)));
-        bridge
+    }
+
+    /// The daemon's RTP range.
+    pub fn rtp_range(&self) -> (u16, u16) {
+        self.rtp
     }
 
     pub fn dir(&self) -> &Path {
@@ -133,18 +133,11 @@ profile = "p"
     }
 
     pub fn sipp(&self, scenario: &str, extra: &[&str], limit: Duration) -> SippRun {
-        run_sipp(
-            self.dir(),
-            scenario,
-            self.setup.sip_port,
-            self.setup.sipp_port(),
-            extra,
-            limit,
-        )
+        run_sipp(self.dir(), scenario, self.sip_port, extra, limit)
     }
 
     pub fn capture(&self) -> Capture {
-        Capture::start(self.dir(), LOCALHOST, self.setup.rtp_range())
+        Capture::start(self.dir(), LOCALHOST, self.rtp)
     }
 
     /// Stops the daemon (SIGTERM): its exit code, its log, and the fake's record (complete once

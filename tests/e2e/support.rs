@@ -568,16 +568,11 @@ pub fn scenario(name: &str) -> PathBuf {
         .join(format!("{name}.xml"))
 }
 
-/// Runs SIPp as a UAC from 127.0.0.1:`local` against 127.0.0.1:`port` in `dir` until it ends
-/// or `limit`.
-pub fn run_sipp(
-    dir: &Path,
-    name: &str,
-    port: u16,
-    local: u16,
-    extra: &[&str],
-    limit: Duration,
-) -> SippRun {
+/// Runs SIPp as a UAC against 127.0.0.1:`port` in `dir` until it ends or `limit`; its own SIP
+/// port (`-p`) and media ports (`-mp`) on 127.0.0.1 are found free.
+pub fn run_sipp(dir: &Path, name: &str, port: u16, extra: &[&str], limit: Duration) -> SippRun {
+    let local = crate::common::ports::free_udp_tcp_port();
+    let media = crate::common::ports::free_sipp_media_port();
     let ip = Ipv4Addr::LOCALHOST;
     let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
     let ip_text = ip.to_string();
@@ -590,6 +585,8 @@ pub fn run_sipp(
         local.to_string(),
         "-mi".into(),
         ip_text.clone(),
+        "-mp".into(),
+        media.to_string(),
         "-nostdin".into(),
         "-recv_timeout".into(),
         "15000".into(),
