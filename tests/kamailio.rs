@@ -10,11 +10,13 @@
 //! | `bridge_registers_again_after_kamailio_restarts` | after a Kamailio restart (bindings lost) the daemon's refresh registers it again and a call gets through |
 //! | `bridge_transfers_the_caller_to_another_extension_through_kamailio` | transfer by REFER to another registered extension: baresip (registered as alice) calls the daemon through Kamailio and presses 0 (RFC 4733); the daemon REFERs it to extension 2002 (a registered SIPp); baresip calls 2002 through Kamailio (407 answered) and reports the 200 in a NOTIFY sipfrag; only then the daemon hangs up with the transfer as its Reason; its call record says `transferred` |
 //!
-//! Each test has its own ports on 127.0.0.1 (Kamailio 15081-15089, the daemon or the called SIPp
-//! on +100, the calling SIPp or baresip on +200, the daemon's RTP from 24000, 200 ports a test;
-//! the transfer test also has extension 2002 on +300, baresip's ctrl_tcp on +400, baresip's RTP
-//! on 24800-24899 and 2002's SIPp media port 24900), so they run in parallel; nothing is sent to
-//! any other address.
+//! Everything is on 127.0.0.1 and nothing is sent to any other address. No port is fixed, as
+//! the host may run other SIP software: the daemon listens on port 0 and the test reads the
+//! port it bound from its log; Kamailio's port (UDP and TCP), the SIPp and baresip ports
+//! (SIP, media, ctrl_tcp) and the RTP ranges are found free at run time
+//! (`tests/common/ports.rs`), and each peer that listens is seen holding its socket before
+//! anything is pointed at it, so no other program's answer is taken for its. So the tests run
+//! in parallel.
 //! Kamailio runs in the foreground in its own process group, which is ended when the test
 //! ends, pass or fail. `kamailio` and `sipp` are required (and `baresip` for the transfer test):
 //! without them a test fails with what to install, unless `SRB_SKIP_E2E=1`, which skips it with
@@ -33,6 +35,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Daemon;
+use common::ports::{self, Proto};
 use serde_json::Value;
 use support::*;
 
@@ -49,8 +52,8 @@ fn config_file() -> PathBuf {
 
 // --- Kamailio ------------------------------------------------------------------------------------
 
-/// Kamailio in the foreground on udp and tcp 127.0.0.1:`port`, logging to a file in `dir`. Its
-/// process group (the main process and its children) is ended on drop.
+/// Kamailio in the foreground on udp and tcp 127.0.0.1:`port` (found free), logging to a file in
+/// `dir`. Its process group (the main process and its children) is ended on drop.
 struct Kamailio {
     child: Option<Child>,
     dir: PathBuf,
@@ -61,8 +64,10 @@ struct Kamailio {
 }
 
 impl Kamailio {
-    /// Checks the configuration (`kamailio -c`), then starts it and waits until it answers.
-    fn start(dir: &Path, port: u16, defines: &[&str]) -> Self {
+    /// Checks the configuration (`kamailio -c`), then starts it on a port found free and waits
+    /// until it answers.
+    fn start(dir: &Path, defines: &[&str]) -> Self {
+        let port = ports::free_udp_tcp_port();
         let mut check = Command::new("kamailio");
         check.arg("-c").arg("-f").arg(config_file());
         for d in defines {
@@ -115,6 +120,13 @@ impl Kamailio {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        // Its own sockets, not another program's on the same port, answer the probe.
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        for proto in [Proto::Udp, Proto::Tcp] {
+            let log = self.log_path();
+            let read = || std::fs::read_to_string(&log).unwrap_or_default();
+            ports::wait_until_bound(self.child.as_mut().unwrap(), "kamailio", proto, addr, read);
+        }
         self.wait_ready();
     }
 
@@ -173,7 +185,8 @@ impl Kamailio {
             .status();
     }
 
-    /// Stops it and starts it again on the same port: every binding is forgotten.
+    /// Stops it and starts it again on the same port: every binding is forgotten. (Should another
+    /// program take the port meanwhile, the restart fails with Kamailio's log.)
     fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -188,8 +201,9 @@ impl Drop for Kamailio {
 
 // --- SIPp ----------------------------------------------------------------------------------------
 
-/// A SIPp started in the background (a UAS, or a UAC to `remote`), logging in its own
-/// directory `dir/label`.
+/// A SIPp started in the background (a UAS, or a UAC to `remote`) on 127.0.0.1:`local`, logging
+/// in its own directory `dir/label`; its media port (`-mp`) is found free unless `extra` gives
+/// one.
 struct Sipp {
     child: Child,
     dir: PathBuf,
@@ -235,6 +249,9 @@ impl Sipp {
         .iter()
         .map(|&a| a.to_owned())
         .collect();
+        if !extra.contains(&"-mp") {
+            args.extend(["-mp".to_owned(), ports::free_sipp_media_port().to_string()]);
+        }
         args.extend(extra.iter().map(|&a| a.to_owned()));
         if let Some(port) = remote {
             args.push(format!("127.0.0.1:{port}"));
@@ -253,6 +270,18 @@ impl Sipp {
             dir,
             command,
         }
+    }
+
+    /// Waits until it holds its UDP port `local` (a UAS, before a call is sent its way).
+    fn wait_bound(&mut self, local: u16) {
+        let stderr = self.dir.join("sipp-stderr.log");
+        ports::wait_until_bound(
+            &mut self.child,
+            &format!("SIPp ({})", self.command),
+            Proto::Udp,
+            SocketAddr::from(([127, 0, 0, 1], local)),
+            || std::fs::read_to_string(&stderr).unwrap_or_default(),
+        );
     }
 
     /// Waits for it to end (killed after `limit`).
@@ -370,9 +399,10 @@ fn kamailio_setup_registers_and_proxies_sipp() {
     ) {
         return;
     }
-    let (kam_port, uas_port, caller_port) = (15081, 15181, 15281);
     let dir = tempfile::tempdir().unwrap();
-    let kamailio = Kamailio::start(dir.path(), kam_port, &[]);
+    let kamailio = Kamailio::start(dir.path(), &[]);
+    let kam_port = kamailio.port;
+    let (uas_port, caller_port) = (ports::free_udp_tcp_port(), ports::free_udp_tcp_port());
 
     // The extension registers (401, then credentials), then answers on the same address.
     let register = sipp_register(dir.path(), "register", uas_port, kam_port, EXTENSION);
@@ -389,7 +419,7 @@ fn kamailio_setup_registers_and_proxies_sipp() {
         "SIPp could not register\n{}",
         report(&[&register])
     );
-    let uas = Sipp::spawn(
+    let mut uas = Sipp::spawn(
         dir.path(),
         "uas",
         "kamailio_uas",
@@ -397,6 +427,7 @@ fn kamailio_setup_registers_and_proxies_sipp() {
         None,
         &["-s", EXTENSION.0],
     );
+    uas.wait_bound(uas_port);
     // The caller is challenged (407), answers with credentials, and reaches the extension.
     let caller = sipp_call(
         dir.path(),
@@ -485,27 +516,27 @@ struct Rig {
     log: PathBuf,
     record: PathBuf,
     kam_port: u16,
+    /// The daemon's UDP port (port 0 in its configuration), from its log.
+    bridge_port: u16,
     caller_port: u16,
 }
 
 impl Rig {
-    /// Starts both on `kam_port` and `bridge_port` (RTP from `rtp_base`, 200 ports) and waits
-    /// until the daemon is registered.
-    /// `defines`: Kamailio's, beside `MAX_EXPIRES`; `profile`: more of the daemon's
-    /// configuration (TOML tables, e.g. the profile's transfer targets), appended.
-    fn start(
-        kam_port: u16,
-        bridge_port: u16,
-        caller_port: u16,
-        rtp_base: u16,
-        defines: &[&str],
-        profile: &str,
-    ) -> Self {
+    /// Starts both (Kamailio on a port found free, the daemon on port 0, its RTP range of 200
+    /// ports found free; the caller's port is found free too) and waits until the daemon is
+    /// registered. `defines`: Kamailio's, beside `MAX_EXPIRES`; `profile`: more of the daemon's
+    /// configuration (TOML tables, e.g. the profile's transfer targets), appended, given
+    /// Kamailio's port.
+    fn start(defines: &[&str], profile: &dyn Fn(u16) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let max_expires = format!("MAX_EXPIRES={GRANTED}");
         let mut all = vec![max_expires.as_str()];
         all.extend_from_slice(defines);
-        let kamailio = Kamailio::start(dir.path(), kam_port, &all);
+        let kamailio = Kamailio::start(dir.path(), &all);
+        let kam_port = kamailio.port;
+        let caller_port = ports::free_udp_tcp_port();
+        let (rtp_base, rtp_last) = ports::free_udp_range(200);
+        let profile = profile(kam_port);
         let log = dir.path().join("bridge.log");
         let record = dir.path().join("fake.jsonl");
         let config = format!(
@@ -513,7 +544,7 @@ impl Rig {
 format = "json"
 
 [sip]
-listen = ["udp:127.0.0.1:{bridge_port}"]
+listen = ["udp:127.0.0.1:0"]
 
 [[sip.accounts]]
 name = "pbx"
@@ -521,6 +552,9 @@ registrar = "sip:127.0.0.1:{kam_port}"
 username = "{user}"
 password_env = "PBX_PASSWORD"
 expires = {EXPIRES}
+
+[admin]
+enabled = false
 
 [rtp]
 port_range = "{rtp_base}-{rtp_last}"
@@ -541,28 +575,25 @@ profile = "p"
 {profile}
 "#,
             user = BRIDGE_USER.0,
-            rtp_last = rtp_base + 199,
             record = record.display(),
         );
-        let daemon = Daemon::start_logged(
+        let mut daemon = Daemon::start_logged(
             &config,
             "info,sip_realtime_bridge=debug",
             &[("PBX_PASSWORD", BRIDGE_USER.1)],
             &log,
         );
-        let mut rig = Self {
+        let bridge_port = daemon.udp_addr().port();
+        let rig = Self {
             kamailio,
             daemon,
             dir,
             log,
             record,
             kam_port,
+            bridge_port,
             caller_port,
         };
-        std::thread::sleep(Duration::from_millis(200));
-        if let Ok(Some(status)) = rig.daemon.child.try_wait() {
-            panic!("the daemon exited at once ({status})\n{}", rig.report(&[]));
-        }
         // Kamailio challenged the daemon's REGISTER, then saved the binding.
         assert!(
             wait_for(Duration::from_secs(10), || rig
@@ -662,7 +693,7 @@ fn bridge_registers_at_kamailio_and_answers_through_it() {
     ) {
         return;
     }
-    let rig = Rig::start(15082, 15182, 15282, 24000, &[], "");
+    let rig = Rig::start(&[], &|_| String::new());
 
     // 1. Registered: the daemon says so, with the expiry Kamailio granted (it asked for more).
     let registered = rig.registered(1);
@@ -690,7 +721,10 @@ fn bridge_registers_at_kamailio_and_answers_through_it() {
     );
     assert!(
         kam_log.lines().any(|l| l.contains("kamtest: INVITE for")
-            && l.contains(&format!("to sip:{}@127.0.0.1:15182", BRIDGE_USER.0))),
+            && l.contains(&format!(
+                "to sip:{}@127.0.0.1:{}",
+                BRIDGE_USER.0, rig.bridge_port
+            ))),
         "the INVITE went to the daemon's registered Contact\n{}",
         report()
     );
@@ -753,7 +787,7 @@ fn bridge_registers_again_after_kamailio_restarts() {
     ) {
         return;
     }
-    let mut rig = Rig::start(15083, 15183, 15283, 24200, &[], "");
+    let mut rig = Rig::start(&[], &|_| String::new());
     rig.registered(1);
 
     // Kamailio restarts and forgets the binding (usrloc in memory). The daemon's refresh, at
@@ -812,8 +846,8 @@ fn bridge_registers_with_sha256_digest() {
     }
     // Kamailio 5.6 challenges with one algorithm per instance: here SHA-256 only (SIPp 3.6
     // answers MD5 only, so no call).
-    let rig = Rig::start(15084, 15184, 15284, 24400, &["SHA256"], "");
-    let challenge = register_challenge(15084);
+    let rig = Rig::start(&["SHA256"], &|_| String::new());
+    let challenge = register_challenge(rig.kam_port);
     assert!(
         challenge.contains("algorithm=SHA-256"),
         "Kamailio -A SHA256 challenges with SHA-256: {challenge}"
@@ -827,7 +861,8 @@ fn bridge_registers_with_sha256_digest() {
 
 /// baresip as alice: registered at Kamailio on `kam_port` (its account answers 401 and 407 with
 /// alice's password), SIP on 127.0.0.1:`sip_port`, driven over ctrl_tcp on `ctrl_port`, RTP in
-/// `rtp`, sending silence. Its SIP trace (`-s`) goes to `dir/baresip.log`. Killed on drop.
+/// `rtp`, sending silence; started once it holds both sockets. Its SIP trace (`-s`) goes to
+/// `dir/baresip.log`. Killed on drop.
 struct Baresip {
     child: Child,
     log: PathBuf,
@@ -874,7 +909,7 @@ impl Baresip {
         std::fs::write(conf.join("contacts"), "").unwrap();
         let log = dir.join("baresip.log");
         let out = File::create(&log).unwrap();
-        let child = Command::new("baresip")
+        let mut child = Command::new("baresip")
             .arg("-f")
             .arg(&conf)
             .args(["-4", "-s"]) // -s: SIP trace on stdout
@@ -883,6 +918,12 @@ impl Baresip {
             .stderr(out)
             .spawn()
             .unwrap();
+        // Commands go to its own ctrl_tcp socket, never to another program's.
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        for (proto, port) in [(Proto::Udp, sip_port), (Proto::Tcp, ctrl_port)] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            ports::wait_until_bound(&mut child, "baresip", proto, addr, read);
+        }
         Self { child, log }
     }
 
@@ -948,22 +989,26 @@ fn bridge_transfers_the_caller_to_another_extension_through_kamailio() {
     ) {
         return;
     }
-    let (kam_port, bridge_port, caller_port, ext_port, ctrl_port) =
-        (15085, 15185, 15285, 15385, 15485);
-    // Key 0 transfers the caller to extension 2002, at the proxy.
-    let target = format!("sip:{}@127.0.0.1:{kam_port}", EXTENSION.0);
-    let transfer = format!(
-        r#"
+    // Key 0 transfers the caller to extension 2002, at the proxy (whose port Rig::start finds).
+    let extension_at = |kam_port: u16| format!("sip:{}@127.0.0.1:{kam_port}", EXTENSION.0);
+    let transfer = |kam_port: u16| {
+        format!(
+            r#"
 [[profiles.p.transfer_targets]]
 name = "operator"
 description = "Extension 2002, behind the proxy."
-uri = "{target}"
+uri = "{}"
 
 [profiles.p.dtmf.actions]
 "0" = {{ transfer = "operator" }}
-"#
-    );
-    let rig = Rig::start(kam_port, bridge_port, caller_port, 24600, &[], &transfer);
+"#,
+            extension_at(kam_port)
+        )
+    };
+    let rig = Rig::start(&[], &transfer);
+    let (kam_port, bridge_port, caller_port) = (rig.kam_port, rig.bridge_port, rig.caller_port);
+    let target = extension_at(kam_port);
+    let (ext_port, ctrl_port) = (ports::free_udp_tcp_port(), ports::free_tcp_port());
     let dir = rig.dir.path().to_owned();
 
     // Extension 2002: registers, then waits for a call on the same address.
@@ -973,17 +1018,19 @@ uri = "{target}"
         "extension 2002 could not register\n{}",
         rig.report(&[&register])
     );
-    let extension = Sipp::spawn(
+    let mut extension = Sipp::spawn(
         &dir,
         "extension-2002",
         "kamailio_uas",
         ext_port,
         None,
-        &["-s", EXTENSION.0, "-mp", "24900"],
+        &["-s", EXTENSION.0],
     );
+    extension.wait_bound(ext_port);
 
     // The caller: baresip as alice, registered, calls 2001 through the proxy and presses 0.
-    let mut baresip = Baresip::start(&dir, kam_port, caller_port, ctrl_port, (24800, 24899));
+    let rtp = ports::free_udp_range(100);
+    let mut baresip = Baresip::start(&dir, kam_port, caller_port, ctrl_port, rtp);
     let mut ctrl = Ctrl::connect(SocketAddr::from(([127, 0, 0, 1], ctrl_port)));
     let mut steps: Vec<(&str, bool)> = Vec::new();
     // (Its REGISTER may be done before ctrl_tcp is connected: the proxy's log tells.)
