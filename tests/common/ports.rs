@@ -12,6 +12,9 @@
 //! A port can still be taken between the check and the peer's bind. A peer that cannot bind
 //! exits; [`wait_until_bound`] fails the test with that peer's log and says why, and makes sure
 //! that what answers on the address is the peer's own socket, never another program's.
+//!
+//! `tests/occupy_ports.py` plays the other programs: run `cargo test` while it holds the
+//! addresses the tests once hard-coded and answers every SIP request with a forged 200.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
