@@ -19,6 +19,16 @@ fn bridge() -> Command {
     cmd
 }
 
+/// A shipped configuration's daemon, on loopback ports of its own (the host may hold 5060) and
+/// without the admin endpoint (or 9091).
+fn on_free_ports(cmd: &mut Command) -> &mut Command {
+    cmd.env(
+        "SRB_SIP__LISTEN",
+        r#"["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]"#,
+    )
+    .env("SRB_ADMIN__ENABLED", "false")
+}
+
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -46,6 +56,8 @@ api_key_env = "TEST_OPENAI_KEY"
 upstream = "openai"
 [[routes]]
 profile = "support"
+[admin]
+enabled = false
 "#;
 
 #[test]
@@ -308,7 +320,7 @@ fn api_key_from_the_environment_never_appears_in_output_even_at_trace() {
 #[test]
 fn json_log_lines_are_json_objects() {
     let (code, output) = run_until_ready_then_term(
-        bridge()
+        on_free_ports(&mut bridge())
             .arg("run")
             .arg("-c")
             .arg(repo("conf/demo.toml"))
@@ -330,7 +342,7 @@ fn json_log_lines_are_json_objects() {
 
 #[test]
 fn sigint_also_stops_the_daemon_cleanly() {
-    let mut child = bridge()
+    let mut child = on_free_ports(&mut bridge())
         .arg("run")
         .arg("-c")
         .arg(repo("conf/demo.toml"))
@@ -532,7 +544,7 @@ fn an_invalid_rust_log_falls_back_to_the_level_and_never_silences_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let body = OPENAI_ENV.replace(
         "listen = [\"udp:127.0.0.1:0\"]",
-        &format!("listen = [\"udp:127.0.0.1:{port}\"]\n[admin]\nenabled = false"),
+        &format!("listen = [\"udp:127.0.0.1:{port}\"]"),
     );
     let path = write_config(dir.path(), &body);
     let out = bridge()
@@ -576,14 +588,10 @@ fn probe_without_its_key_exits_3_and_names_the_key() {
 fn the_example_configuration_starts_with_only_the_openai_key() {
     // As installed, but on a loopback port of its own (the host may run a PBX on 5060).
     let mut cmd = bridge();
-    cmd.args(["run", "--config"])
+    on_free_ports(&mut cmd)
+        .args(["run", "--config"])
         .arg(repo("conf/example.toml"))
-        .env("OPENAI_API_KEY", KEY)
-        .env(
-            "SRB_SIP__LISTEN",
-            r#"["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]"#,
-        )
-        .env("SRB_ADMIN__ENABLED", "false");
+        .env("OPENAI_API_KEY", KEY);
     let (code, log) = run_until_ready_then_term(&mut cmd);
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
