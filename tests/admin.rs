@@ -265,3 +265,107 @@ fn the_parser_reads_escaped_labels_and_special_values() {
     assert_eq!(value(&samples, "b", &[]), Some(f64::INFINITY));
     assert_eq!(value(&samples, "c", &[]), Some(0.5));
 }
+
+/// The metric names a PromQL expression uses: `srb_` words, a histogram's `_bucket`, `_sum`
+/// and `_count` series named by their family.
+fn queried_metrics(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("srb_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &expr[start..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.push(family.to_owned());
+        i = end;
+    }
+    names
+}
+
+/// Every metric the Grafana dashboard (deploy/grafana/) queries is one the daemon exports, with
+/// the labels the dashboard groups by.
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/grafana/sip-realtime-bridge.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(dashboard["__inputs"][0]["pluginId"], "prometheus");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}", panel["title"]);
+        exprs.extend(
+            targets
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_owned()),
+        );
+    }
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        exprs.push(variable["definition"].as_str().unwrap().to_owned());
+    }
+
+    let (daemon, admin) = daemon_with_admin();
+    let (status, text) = get(admin, "/metrics");
+    assert_eq!(status, 200);
+    drop(daemon);
+    // `# TYPE name kind` for every family, whether or not it has samples yet.
+    let families: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let mut queried = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        for name in queried_metrics(expr) {
+            let kind = families.get(name.as_str());
+            assert!(
+                kind.is_some(),
+                "the dashboard queries {name}, which /metrics lacks: {expr}"
+            );
+            if expr.contains(&format!("{name}_bucket")) {
+                assert_eq!(kind, Some(&"histogram"), "{expr}");
+            }
+            queried.insert(name);
+        }
+    }
+    // The labels the dashboard groups or filters by are the daemon's.
+    for (name, label) in [
+        ("srb_calls_total", "end_reason"),
+        ("srb_calls_total", "answered"),
+        ("srb_websocket_failures_total", "kind"),
+        ("srb_registered", "account"),
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(name) && e.contains(label)),
+            "the dashboard does not use {label} of {name}"
+        );
+        let help = format!("# HELP {name} ");
+        assert!(text.contains(&help), "{name}");
+    }
+    // What an operator needs on one screen.
+    for name in [
+        "srb_active_calls",
+        "srb_calls_total",
+        "srb_call_setup_seconds",
+        "srb_upstream_connect_seconds",
+        "srb_first_model_audio_seconds",
+        "srb_barge_ins_total",
+        "srb_barge_in_reaction_seconds",
+        "srb_upstream_errors_total",
+        "srb_websocket_failures_total",
+        "srb_rtp_packets_lost_total",
+        "srb_rtp_jitter_seconds",
+        "srb_registered",
+        "srb_draining",
+    ] {
+        assert!(queried.contains(name), "the dashboard shows no {name}");
+    }
+}
