@@ -1,7 +1,8 @@
 //! The guides cannot drift from what they describe: the Kamailio routing in
 //! docs/deploying.md is the configuration `tests/kamailio.rs` runs, and every TOML example in
 //! the README and the guides is a configuration the daemon accepts (a `# fragment` on top of a
-//! minimal upstream, profile and route).
+//! minimal upstream, profile and route), and every `srb_` metric they name is one the daemon
+//! exports (a histogram through its `_bucket`, `_sum` or `_count` series only).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::path::Path;
@@ -85,4 +86,55 @@ fn every_toml_example_in_the_docs_is_accepted() {
         }
     }
     assert!(checked >= 2, "only {checked} TOML examples found");
+}
+
+/// The `srb_` words of `text`, each with what it names: the family, and the series suffix
+/// (`_bucket`, `_sum`, `_count`) when it names one of a family's series.
+fn metric_words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("srb_") {
+        let tail = &rest[at..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        words.push(tail[..len].to_owned());
+        rest = &tail[len..];
+    }
+    words
+}
+
+#[test]
+fn every_metric_the_docs_name_is_exported() {
+    // `# TYPE name kind` for every family, as /metrics renders them before any call.
+    let rendered = sip_realtime_bridge::metrics::Metrics::new().render();
+    let families: std::collections::BTreeMap<&str, &str> = rendered
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    assert!(families.len() > 10, "{rendered}");
+    let mut checked = 0;
+    for file in ["README.md", "docs/deploying.md"] {
+        for word in metric_words(&repo_file(file)) {
+            let series = ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+                word.strip_suffix(suffix)
+                    .filter(|f| families.contains_key(f))
+            });
+            let ok = match series {
+                Some(family) => families[family] == "histogram",
+                None => families.contains_key(word.as_str()),
+            };
+            assert!(
+                ok,
+                "{file} names `{word}`, which /metrics does not export as such; it has {:?}",
+                families.keys().collect::<Vec<_>>()
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} metric names found in the docs"
+    );
 }
