@@ -136,14 +136,22 @@ fn probe_command(path: &Path, profile: Option<&str>) -> ExitCode {
         upstream.kind()
     );
     // A key that cannot be read is the configuration's problem (exit 3), not the upstream's.
-    if let Some(Err(error)) = upstream.api_key().map(config::SecretSource::load) {
-        eprintln!(
-            "probe: {label}: FAILED: cannot read the API key (upstreams.{}.{}): {error}",
-            profile.upstream,
-            upstream.api_key_field().unwrap_or("api_key_env")
-        );
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    // Read once, here; the fake has none.
+    let key = match upstream
+        .api_key()
+        .map(config::SecretSource::load)
+        .transpose()
+    {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!(
+                "probe: {label}: FAILED: cannot read the API key (upstreams.{}.{}): {error}",
+                profile.upstream,
+                upstream.api_key_field().unwrap_or("api_key_env")
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -165,13 +173,11 @@ fn probe_command(path: &Path, profile: Option<&str>) -> ExitCode {
                 (target, dialect)
             }
             real => {
-                let key = match real.api_key().map(config::SecretSource::load) {
-                    Some(Ok(key)) => key,
-                    Some(Err(e)) => return Err(format!("cannot read the API key: {e}")),
-                    None => return Err("this upstream has no API key source".into()),
+                let Some(key) = &key else {
+                    return Err("this upstream has no API key source".into());
                 };
                 let target =
-                    realtime::connect_request(real, Some(&key)).map_err(|e| e.to_string())?;
+                    realtime::connect_request(real, Some(key)).map_err(|e| e.to_string())?;
                 (target, Dialect::for_upstream(real))
             }
         };

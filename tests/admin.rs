@@ -169,11 +169,7 @@ fn metrics_health_and_readiness_follow_calls_and_the_drain() {
     assert_eq!(get(admin, "/nothing").0, 404);
 
     // One call: INVITE, ACK, BYE from the caller.
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let me = socket.local_addr().unwrap();
+    let (socket, me) = phone();
     let to_header = live_call(&socket, to, "metered");
     std::thread::sleep(Duration::from_millis(200));
     let bye = format!(

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -34,11 +34,7 @@ fn sighup_changes_routes_for_new_calls_keeps_live_ones_and_refuses_a_bad_file() 
     let mut daemon = Daemon::start(&only_sales);
     let to = daemon.udp_addr();
     wait_for_200(to);
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let me = socket.local_addr().unwrap();
+    let (socket, me) = phone();
 
     // Before: only "sales..." is routed; a live call to it stays up through the reloads.
     let refused = final_response(&socket, to, &invite_to("support", me, to, "before"));

@@ -42,11 +42,7 @@ fn ipv4_and_ipv6_wildcards_listen_side_by_side_and_advertise_a_concrete_address(
     );
 
     // An INVITE to the IPv4 wildcard: Contact and SDP name 127.0.0.1, never 0.0.0.0.
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let me = socket.local_addr().unwrap();
+    let (socket, me) = phone();
     socket
         .send_to(invite("UDP", me, v4, "wild4").as_bytes(), v4)
         .unwrap();
@@ -79,11 +75,7 @@ fn a_port_0_listener_advertises_the_port_it_bound() {
     let to = daemon.udp_addr();
     assert_ne!(to.port(), 0, "{}", daemon.log_text());
     wait_for_200(to);
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let me = socket.local_addr().unwrap();
+    let (socket, me) = phone();
     let ok = final_response(&socket, to, &invite("UDP", me, to, "port0"));
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     let contact = header(&ok, "Contact").unwrap();
@@ -204,11 +196,7 @@ fn an_exhausted_rtp_range_refuses_with_503_and_ports_rest_after_a_call() {
     ));
     let to = daemon.udp_addr();
     wait_for_200(to);
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let me = socket.local_addr().unwrap();
+    let (socket, me) = phone();
     let ok = final_response(&socket, to, &invite("UDP", me, to, "first"));
     assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
     assert!(ok.contains(&format!("m=audio {rtp} RTP/AVP")), "{ok}");
@@ -272,11 +260,7 @@ fn on_sigterm_new_calls_and_options_get_503_and_live_calls_get_bye_at_the_drain_
     ));
     let to = daemon.udp_addr();
     wait_for_200(to);
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let me = socket.local_addr().unwrap();
+    let (socket, me) = phone();
     live_call(&socket, to, "live");
     std::thread::sleep(Duration::from_millis(200));
 
@@ -316,11 +300,7 @@ fn a_drain_ends_when_the_last_call_ends_and_a_second_sigterm_stops_at_once() {
     let mut daemon = Daemon::start(&config(&["udp:127.0.0.1:0"], ""));
     let to = daemon.udp_addr();
     wait_for_200(to);
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let me = socket.local_addr().unwrap();
+    let (socket, me) = phone();
     let to_header = live_call(&socket, to, "finishing");
     std::thread::sleep(Duration::from_millis(200));
     signal(&daemon, "-TERM");

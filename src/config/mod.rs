@@ -75,9 +75,9 @@ pub const ENV_PREFIX: &str = "SRB_";
 /// Where the systemd unit and `run` without `--config` look for the configuration.
 pub const DEFAULT_PATH: &str = "/etc/sip-realtime-bridge/bridge.toml";
 
-/// The whole, validated configuration of the daemon.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The whole, validated configuration of the daemon. Not deserialized as a whole:
+/// [`Config::load`] extracts each of its tables on its own.
+#[derive(Clone, Debug, Default)]
 pub struct Config {
     pub log: LogConfig,
     pub sip: SipConfig,
@@ -1504,7 +1504,7 @@ impl Config {
             true => match figment.extract_inner::<Vec<figment::value::Value>>("routes") {
                 Ok(routes) => Some(routes),
                 Err(e) => {
-                    problems.extend(e.into_iter().map(|e| invalid_from_figment(&e, None)));
+                    problems.extend(all(e));
                     None
                 }
             },

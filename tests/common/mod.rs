@@ -390,6 +390,16 @@ pub fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Sends `message` and returns the first final response (status >= 200).
+/// A phone's UDP socket on 127.0.0.1 (a port of its own, a 5 s read timeout) and its address.
+pub fn phone() -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let me = socket.local_addr().unwrap();
+    (socket, me)
+}
+
 pub fn final_response(socket: &UdpSocket, to: SocketAddr, message: &str) -> String {
     socket.send_to(message.as_bytes(), to).unwrap();
     let mut buf = [0u8; 8192];
